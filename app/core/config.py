@@ -1,0 +1,69 @@
+"""All service configuration, read once from the environment (prefix ``DIGITS_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field can be set as ``DIGITS_<FIELD_NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", env_file=None, extra="ignore")
+
+    models_dir: Path = Field(
+        default=Path("models/mnist"),
+        description="Directory holding integer-numbered SavedModel versions (TF Serving layout).",
+    )
+    max_upload_bytes: int = Field(
+        default=5 * 1024 * 1024, gt=0, description="Largest request body accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        gt=0,
+        description="Largest image accepted, width × height, checked before pixels are decoded.",
+    )
+    max_batch_size: int = Field(
+        default=256, gt=0, description="Most files accepted by one /predict/batch request."
+    )
+    model_poll_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How often to look for a new model version; 0 disables polling.",
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="TensorFlow intra-op threads (0 lets TensorFlow choose)."
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=0, description="TensorFlow inter-op threads (0 lets TensorFlow choose)."
+    )
+    max_batch_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How long the inference worker may wait to gather more concurrent requests.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every prediction endpoint requires the header X-API-Key.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    max_digits: int = Field(
+        default=12, gt=0, description="Most digits /recognize reads from one image."
+    )
+    review_threshold: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="A digit read with lower confidence than this flags the answer for review.",
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests override this dependency or pass Settings explicitly."""
+    return Settings()

@@ -1,0 +1,52 @@
+"""One error shape for every error the service returns.
+
+Every 4xx/5xx answer is ``{"error": {"code": ..., "message": ..., "details": ...}}`` so a client
+needs one parser, and ``message`` always tells a person what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """What went wrong, for a program (``code``) and for a person (``message``)."""
+
+    code: str = Field(examples=["not_an_image"])
+    message: str = Field(
+        examples=["The uploaded file is not an image. Send a PNG, JPEG, BMP, GIF or WebP file."]
+    )
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error with an HTTP status that the handlers turn into an :class:`ErrorResponse`."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body for this error."""
+        return ErrorResponse(
+            error=ErrorBody(code=self.code, message=self.message, details=self.details)
+        ).model_dump(exclude_none=True)
