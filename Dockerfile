@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1
+#
+# MNIST digit service. Stages:
+#   deps        virtualenv with the runtime dependencies of pyproject.toml (no project code)
+#   train-deps  deps + the [train] extra
+#   train       `python -m training`, writes a new models/mnist/<version>/ (compose profile "train")
+#   runtime     the API: uvicorn on :8000, non-root, with the bundled model (default target)
+#
+#   docker build -t mnist-digits .
+#   docker build --target train -t mnist-digits-train .
+#   docker build --build-arg TENSORFLOW_PACKAGE=tensorflow-cpu -t mnist-digits .   # x86-64 only
+
+ARG PYTHON_IMAGE=python:3.11-slim
+# tensorflow (the default, as pyproject.toml declares) has wheels for x86-64 and arm64;
+# tensorflow-cpu is the same library without the CUDA kernels: half the wheel, x86-64 only.
+ARG TENSORFLOW_PACKAGE=tensorflow
+
+FROM ${PYTHON_IMAGE} AS deps
+ARG TENSORFLOW_PACKAGE
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /build
+# Only the dependency list enters this layer: editing app/ or training/ reuses the installed
+# dependencies instead of downloading TensorFlow again.
+COPY pyproject.toml deploy/requirements_from_pyproject.py ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python requirements_from_pyproject.py --tensorflow-package "$TENSORFLOW_PACKAGE" \
+        > requirements.txt \
+    && pip install -r requirements.txt
+
+FROM deps AS train-deps
+ARG TENSORFLOW_PACKAGE
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python requirements_from_pyproject.py --extra train \
+        --tensorflow-package "$TENSORFLOW_PACKAGE" > requirements-train.txt \
+    && pip install -r requirements-train.txt
+
+FROM ${PYTHON_IMAGE} AS train
+# HOME and MPLCONFIGDIR point at /tmp because the container may run with the host user's uid
+# (so that new versions on the bind mount belong to that user), which has no home directory.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    MPLBACKEND=Agg \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+# /data/mnist is the download cache when no local MNIST is mounted there; a new named volume
+# copies this directory's mode, so whichever uid runs the trainer can fill it.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /data/mnist && chmod 1777 /data/mnist
+WORKDIR /app
+COPY --from=train-deps /opt/venv /opt/venv
+COPY training/ /app/training/
+USER 10001:10001
+# --models-dir sits in the entrypoint so that `docker compose run --rm train --recipe seed`
+# only has to name what it changes.
+ENTRYPOINT ["python", "-m", "training", "--models-dir", "/app/models/mnist"]
+CMD ["--recipe", "default"]
+
+FROM ${PYTHON_IMAGE} AS runtime
+# DIGITS_MODELS_DIR is where the bundled model is copied; a read-only volume mounted on the
+# same path (docker run -v "$PWD/models/mnist:/app/models/mnist:ro") replaces it.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=1 \
+    DIGITS_MODELS_DIR=/app/models/mnist
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY --from=deps /opt/venv /opt/venv
+# The model changes less often than the code, so it sits in the earlier layer. Files stay owned
+# by root: the service can read its code and model but not change them.
+COPY models/mnist/ /app/models/mnist/
+COPY app/ /app/app/
+USER 10001:10001
+EXPOSE 8000
+# uvicorn finishes in-flight requests on SIGTERM for up to --timeout-graceful-shutdown seconds;
+# the orchestrator's stop timeout (compose stop_grace_period) must be longer than that.
+STOPSIGNAL SIGTERM
+# slim has no curl; Python's urllib is already there. A 503 (model not loaded) raises: unhealthy.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "5"]

@@ -1,0 +1,55 @@
+"""Fixtures for the deployment tests: the parsed Dockerfile, Compose file and nginx config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.formats import Dockerfile, NginxBlock, parse_dockerfile, parse_nginx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def dockerfile() -> Dockerfile:
+    """The repository's Dockerfile, parsed."""
+    return parse_dockerfile((REPO / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as plain data (before variable interpolation)."""
+    document = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="session")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Compose services by name."""
+    result = compose["services"]
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.fixture(scope="session")
+def nginx() -> NginxBlock:
+    """deploy/nginx.conf, parsed."""
+    return parse_nginx((REPO / "deploy" / "nginx.conf").read_text())
+
+
+@pytest.fixture(scope="session")
+def app_routes() -> dict[str, set[str]]:
+    """Path → HTTP methods of every route the service registers (built, not started)."""
+    from app.main import create_app
+
+    routes: dict[str, set[str]] = {}
+    for route in create_app().routes:
+        path = getattr(route, "path", None)
+        methods = getattr(route, "methods", None) or set()
+        if path is not None:
+            routes.setdefault(path, set()).update(methods)
+    return routes

@@ -1,0 +1,349 @@
+"""docker-compose.yml: valid against the Compose Specification, and consistent with the image,
+the app's routes and settings, nginx and TensorFlow Serving configs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from app.core.config import Settings
+from tests.deploy.conftest import REPO
+from tests.deploy.formats import (
+    Dockerfile,
+    NginxBlock,
+    compose_bytes,
+    compose_seconds,
+    interpolate,
+    nginx_seconds,
+    nginx_size,
+)
+from tests.deploy.test_dockerfile import HEALTH_URL
+
+# Interpolation as on a fresh machine: no variable set, every ${X:-default} takes its default.
+FRESH_ENV: dict[str, str] = {}
+MODELS_SOURCE = "./models/mnist"
+
+
+def compose_spec_schema() -> dict[str, Any]:
+    """The Compose Specification JSON schema (compose-spec.json) as vendored by check-jsonschema.
+
+    check-jsonschema (Apache-2.0) ships compose-spec's own schema file, with its licence,
+    refreshed on each release, so the test reads the real specification from an installed
+    package instead of a copy kept here.
+    """
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads(vendor.joinpath("compose-spec.json").read_text())
+    assert schema["title"] == "Compose Specification"
+    return schema
+
+
+def _resolved(value: Any, environment: dict[str, str] = FRESH_ENV) -> Any:
+    """The value with Compose variables interpolated (by default as on a fresh machine)."""
+    if isinstance(value, str):
+        return interpolate(value, environment)
+    if isinstance(value, list):
+        return [_resolved(item, environment) for item in value]
+    if isinstance(value, dict):
+        return {key: _resolved(item, environment) for key, item in value.items()}
+    return value
+
+
+def _mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service's volumes in long syntax (short ``src:dst[:ro]`` entries expanded)."""
+    mounts = []
+    for entry in _resolved(service.get("volumes", [])):
+        if isinstance(entry, dict):
+            entry = {key: entry.get(key) for key in ("type", "source", "target", "read_only")}
+        if isinstance(entry, str):
+            source, target, *mode = entry.split(":")
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            entry = {"type": kind, "source": source, "target": target}
+            entry["read_only"] = bool(mode) and "ro" in mode[0].split(",")
+        mounts.append(entry)
+    return mounts
+
+
+def _mount_at(service: dict[str, Any], target: str) -> dict[str, Any]:
+    (mount,) = [m for m in _mounts(service) if m["target"] == target]
+    return mount
+
+
+def _argv(dockerfile: Dockerfile, keyword: str, stage: str = "runtime") -> list[str]:
+    instruction = dockerfile.stage(stage).last(keyword)
+    assert instruction is not None
+    argv = instruction.exec_form()
+    assert argv is not None
+    return argv
+
+
+def _option(argv: list[str], name: str, default: str | None = None) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _api_port(dockerfile: Dockerfile) -> int:
+    port = _option(_argv(dockerfile, "CMD"), "--port")
+    assert port is not None
+    return int(port)
+
+
+# ----------------------------------------------------------------------------- specification
+
+
+def test_compose_file_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    validator = Draft202012Validator(compose_spec_schema())
+    for document in (compose, _resolved(compose)):
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+        assert errors == []
+
+
+def test_the_schema_rejects_misspelt_keys(compose: dict[str, Any]) -> None:
+    # Guards the test above: a schema that accepted anything would make it pass vacuously.
+    broken = copy.deepcopy(compose)
+    broken["services"]["api"]["stop_grace_periode"] = "30s"
+    broken["services"]["api"]["deploy"]["resources"]["limits"]["memroy"] = "1g"
+    messages = [e.message for e in Draft202012Validator(compose_spec_schema()).iter_errors(broken)]
+    assert any("stop_grace_periode" in m for m in messages)
+    assert any("memroy" in m for m in messages)
+
+
+def test_profiles_and_build_targets(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    profiles = {name: service.get("profiles", []) for name, service in services.items()}
+    assert profiles == {"api": [], "lb": [], "train": ["train"], "tfserving": ["tfserving"]}
+    stages = {stage.name for stage in dockerfile.stages}
+    for name, service in services.items():
+        if "build" in service:
+            assert service["build"]["context"] == "."
+            assert service["build"]["target"] in stages, name
+    assert services["api"]["build"]["target"] == dockerfile.final.name
+    assert services["train"]["build"]["target"] == "train"
+
+
+def test_bind_mount_sources_exist(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for mount in _mounts(service):
+            if mount["type"] == "bind":
+                assert (REPO / mount["source"]).exists(), f"{name}: {mount['source']}"
+
+
+# ----------------------------------------------------------------------------- api
+
+
+def test_api_healthcheck_is_the_images_probe_of_a_real_route(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile, app_routes: dict[str, set[str]]
+) -> None:
+    healthcheck = services["api"]["healthcheck"]
+    assert healthcheck["test"][0] == "CMD"
+    argv = healthcheck["test"][1:]
+    assert argv == _argv(dockerfile, "HEALTHCHECK"), "one probe, in the image and in compose"
+    match = HEALTH_URL.search(argv[-1])
+    assert match is not None
+    assert "GET" in app_routes.get(match["path"], set())
+    assert match["path"] == "/health/ready"
+    assert int(match["port"]) == _api_port(dockerfile)
+    assert compose_seconds(healthcheck["start_period"]) >= 30, "room to load and warm the model"
+    for key in ("interval", "timeout"):
+        compose_seconds(healthcheck[key])
+
+
+def test_api_publishes_no_host_port_so_it_can_scale(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    api = services["api"]
+    assert "ports" not in api, "a fixed host port fails `--scale api=N` on the second replica"
+    assert "container_name" not in api, "a fixed name cannot be scaled either"
+    expose = dockerfile.final.last("EXPOSE")
+    assert expose is not None
+    assert api["expose"] == expose.words() == [str(_api_port(dockerfile))]
+
+
+def test_api_mounts_the_models_read_only_over_the_bundled_model(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    api = services["api"]
+    image_models_dir = dockerfile.final.env()["DIGITS_MODELS_DIR"]
+    assert api["environment"]["DIGITS_MODELS_DIR"] == image_models_dir
+    mount = _mount_at(api, image_models_dir)
+    assert mount["type"] == "bind"
+    assert mount["source"] == MODELS_SOURCE
+    assert mount["read_only"] is True
+    assert all(m["read_only"] for m in _mounts(api)), "the service writes nothing it reads"
+    assert api["read_only"] is True
+    assert api["tmpfs"] == ["/tmp"], "multipart uploads spool to /tmp"
+
+
+def test_api_environment_is_real_settings_with_polling_on(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = services["api"]["environment"]
+    for key in list(Settings.model_fields):
+        monkeypatch.delenv(f"DIGITS_{key.upper()}", raising=False)
+    for key, value in environment.items():
+        if key.startswith("DIGITS_"):
+            field = key.removeprefix("DIGITS_").lower()
+            assert field in Settings.model_fields, f"{key} is not a setting: it would be ignored"
+            if value is not None:
+                monkeypatch.setenv(key, str(value))
+    assert environment["DIGITS_API_KEY"] is None, "passed through from the host, never empty"
+    settings = Settings()
+    assert settings.models_dir == Path("/app/models/mnist")
+    assert settings.model_poll_seconds > 0, "a new version from `train` is picked up"
+    assert settings.api_key is None
+
+
+def test_api_restart_memory_limit_and_graceful_stop(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    api = services["api"]
+    assert api["restart"] in {"always", "unless-stopped", "on-failure"}
+    memory = compose_bytes(api["deploy"]["resources"]["limits"]["memory"])
+    assert 512 * 1024**2 <= memory <= 4 * 1024**3
+    graceful = _option(_argv(dockerfile, "CMD"), "--timeout-graceful-shutdown")
+    assert graceful is not None
+    assert api["stop_signal"] == "SIGTERM"
+    assert compose_seconds(api["stop_grace_period"]) > float(graceful), (
+        "Docker must wait longer than uvicorn's graceful shutdown before SIGKILL"
+    )
+
+
+# ----------------------------------------------------------------------------- lb (nginx)
+
+
+def test_lb_publishes_the_host_port_and_proxies_to_api(
+    services: dict[str, dict[str, Any]], nginx: NginxBlock, dockerfile: Dockerfile
+) -> None:
+    lb = services["lb"]
+    (published,) = _resolved(lb["ports"])
+    host, container = published.split(":")
+    assert host == "8000"
+    listen = [d.args[0] for d in nginx.find("listen")]
+    assert listen == [container]
+    mount = _mount_at(lb, "/etc/nginx/nginx.conf")
+    assert mount["source"] == "./deploy/nginx.conf"
+    assert mount["read_only"] is True
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    assert lb["restart"] in {"always", "unless-stopped"}
+    assert compose_bytes(lb["deploy"]["resources"]["limits"]["memory"]) > 0
+
+    (upstream,) = nginx.find("upstream")
+    servers = [d.args for d in upstream.children if d.name == "server"]
+    assert [args[0] for args in servers] == [f"api:{_api_port(dockerfile)}"]
+    assert "api" in services
+    assert "resolve" in servers[0], "re-resolve the service name as replicas come and go"
+    assert nginx.find("resolver")[0].args[0] == "127.0.0.11", "Docker's embedded DNS"
+    assert [d.args for d in nginx.find("proxy_pass")] == [[f"http://{upstream.args[0]}"]]
+
+
+def test_lb_healthcheck_hits_its_own_health_location(
+    services: dict[str, dict[str, Any]], nginx: NginxBlock
+) -> None:
+    url = services["lb"]["healthcheck"]["test"][-1]
+    match = HEALTH_URL.search(url)
+    assert match is not None
+    assert [match["port"]] == [d.args[0] for d in nginx.find("listen")]
+    locations = [d.args for d in nginx.find("location")]
+    assert ["=", match["path"]] in locations
+
+
+def test_lb_limits_agree_with_the_service(nginx: NginxBlock, dockerfile: Dockerfile) -> None:
+    (body_limit,) = nginx.find("client_max_body_size")
+    assert nginx_size(body_limit.args[0]) > Settings().max_upload_bytes, (
+        "the service, not nginx, must answer an oversized upload, in the API's error shape"
+    )
+    (upstream,) = nginx.find("upstream")
+    idle = upstream.directive("keepalive_timeout")
+    assert idle is not None
+    server_idle = _option(_argv(dockerfile, "CMD"), "--timeout-keep-alive", default="5")
+    assert server_idle is not None
+    assert nginx_seconds(idle.args[0]) < float(server_idle), (
+        "nginx must close idle upstream connections before uvicorn does, or it can reuse a "
+        "closing socket and answer 502"
+    )
+    retry = nginx.find("proxy_next_upstream")[0].args
+    assert "http_503" in retry, "a replica still warming up hands the request on"
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def test_train_writes_into_the_shared_models_directory(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    train = services["train"]
+    models_dir = _option(_argv(dockerfile, "ENTRYPOINT", stage="train"), "--models-dir")
+    assert models_dir is not None
+    mount = _mount_at(train, models_dir)
+    assert mount["source"] == MODELS_SOURCE == _mount_at(services["api"], models_dir)["source"]
+    assert mount["read_only"] is False, "the one writable mount of the models"
+    assert train["restart"] == "no", "a finished training run must not start again"
+    assert compose_bytes(train["deploy"]["resources"]["limits"]["memory"]) >= 2 * 1024**3
+    uid, gid = _resolved(train["user"]).split(":")
+    assert uid.isdigit()
+    assert gid.isdigit()
+    assert int(uid) != 0
+
+
+def test_train_reads_a_local_mnist_read_only_when_given(
+    compose: dict[str, Any],
+) -> None:
+    local = {"MNIST_HOST_DIR": "/srv/mnist"}
+    train = _resolved(compose["services"]["train"], local)
+    data_dir = train["environment"]["MNIST_DATA_DIR"]
+    assert data_dir == "/data/mnist"
+    mount = _mount_at(train, data_dir)
+    assert mount == {"type": "bind", "source": "/srv/mnist", "target": data_dir, "read_only": True}
+
+
+def test_train_downloads_into_the_cache_volume_otherwise(compose: dict[str, Any]) -> None:
+    train = _resolved(compose["services"]["train"])
+    environment = train["environment"]
+    assert environment["MNIST_DATA_DIR"] == "", "empty: the loader falls back to its cache"
+    cache = _mount_at(train, environment["MNIST_CACHE_DIR"])
+    assert cache["type"] == "volume"
+    assert cache["read_only"] is False
+    assert cache["source"] in compose["volumes"], "a named volume, kept between runs"
+
+
+# ----------------------------------------------------------------------------- tfserving
+
+_PROTO_FIELD = re.compile(r'(?P<key>\w+):\s*"(?P<value>[^"]*)"')
+
+
+def test_tfserving_serves_the_same_models_read_only(services: dict[str, dict[str, Any]]) -> None:
+    serving = services["tfserving"]
+    command = serving["command"]
+    flags = dict(item.removeprefix("--").split("=", 1) for item in command)
+    config_mount = _mount_at(serving, flags["model_config_file"])
+    assert config_mount["read_only"] is True
+    config_text = (REPO / config_mount["source"]).read_text()
+    fields = {m["key"]: m["value"] for m in _PROTO_FIELD.finditer(config_text)}
+    assert fields["name"] == "mnist"
+    assert fields["model_platform"] == "tensorflow"
+    model_mount = _mount_at(serving, fields["base_path"])
+    assert model_mount["source"] == MODELS_SOURCE
+    assert model_mount["read_only"] is True
+    assert flags["rest_api_port"] == "8501"
+    assert _resolved(serving["ports"]) == ["8501:8501"]
+    probe = serving["healthcheck"]["test"][-1]
+    assert "/dev/tcp/127.0.0.1/8501" in probe
+    assert "/v1/models/mnist" in probe
+    assert serving["user"] != "0"
+    assert compose_bytes(serving["deploy"]["resources"]["limits"]["memory"]) > 0
+
+
+def test_tfserving_is_not_older_than_the_tensorflow_that_writes_the_model(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    image, _, tag = services["tfserving"]["image"].partition(":")
+    assert image == "tensorflow/serving"
+    serving = tuple(int(part) for part in tag.split(".")[:2])
+    trainer = tuple(int(part) for part in metadata.version("tensorflow").split(".")[:2])
+    assert serving >= trainer, "an older server may not know the ops a newer TensorFlow exports"

@@ -1,0 +1,287 @@
+"""Invariants of the Dockerfile and its build context, read without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from app.core.config import Settings
+from tests.deploy.conftest import REPO
+from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
+
+# The only files that may enter the image before dependencies are installed: with anything
+# else in that layer's inputs, a code edit would reinstall TensorFlow.
+DEPENDENCY_INPUTS = {"pyproject.toml", "deploy/requirements_from_pyproject.py"}
+HEALTH_URL = re.compile(r"https?://(?P<host>[^:/'\"]+):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
+
+
+def _copy_sources(instruction: Instruction) -> list[str]:
+    """The context paths a COPY/ADD reads (all words but the destination)."""
+    return [source.rstrip("/") for source in instruction.words()[:-1]]
+
+
+def _installs_dependencies(instruction: Instruction) -> bool:
+    return instruction.keyword == "RUN" and "pip install" in instruction.arguments
+
+
+def _build_order(dockerfile: Dockerfile, stage: Stage) -> list[Instruction]:
+    """Every instruction that produces ``stage``, ancestors first (what its layers depend on)."""
+    return [item for s in dockerfile.lineage(stage) for item in s.instructions]
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_multi_stage_with_a_slim_python_final_stage(dockerfile: Dockerfile) -> None:
+    assert len(dockerfile.stages) >= 2, "a multi-stage build keeps build tools out of the image"
+    final = dockerfile.final
+    assert final.name == "runtime"
+    assert dockerfile.parent(final) is None, "the final stage starts from a clean base image"
+    assert final.base == "python:3.11-slim"
+    for stage in dockerfile.stages:
+        assert dockerfile.root_image(stage) == "python:3.11-slim", stage.name
+
+
+def test_dependencies_installed_before_any_code_is_copied(dockerfile: Dockerfile) -> None:
+    # The stages that install dependencies see only the dependency list...
+    for name in ("deps", "train-deps"):
+        order = _build_order(dockerfile, dockerfile.stage(name))
+        assert any(_installs_dependencies(item) for item in order), f"{name}: no pip install"
+        for item in order:
+            if item.keyword in {"COPY", "ADD"}:
+                assert item.flag("from") is None
+                assert set(_copy_sources(item)) <= DEPENDENCY_INPUTS, (
+                    f"line {item.line}: {item.arguments} is an input of the dependency layer, "
+                    "so editing it would reinstall TensorFlow"
+                )
+    # ...and the stages that hold code take the finished virtualenv, then add the code.
+    for name in ("runtime", "train"):
+        stage = dockerfile.stage(name)
+        assert not any(_installs_dependencies(item) for item in stage.instructions)
+        copies = stage.all("COPY")
+        assert copies[0].flag("from") in {"deps", "train-deps"}, "virtualenv first"
+        assert all(item.flag("from") is None for item in copies[1:])
+    deps = dockerfile.stage("deps")
+    (install,) = [item for item in deps.instructions if _installs_dependencies(item)]
+    assert "requirements_from_pyproject.py" in install.arguments
+    assert install.flag("mount") == "type=cache,target=/root/.cache/pip"
+
+
+def test_runtime_copies_the_venv_then_model_then_code(dockerfile: Dockerfile) -> None:
+    final = dockerfile.final
+    copies = final.all("COPY")
+    from_stages = [item for item in copies if item.flag("from")]
+    assert [item.flag("from") for item in from_stages] == ["deps"]
+    assert from_stages[0].words() == ["/opt/venv", "/opt/venv"]
+    sources = [_copy_sources(item) for item in copies if not item.flag("from")]
+    assert sources == [["models/mnist"], ["app"]]
+    assert all(item.flag("chown") is None for item in copies), "code and model stay root-owned"
+    assert "/opt/venv/bin" in final.env()["PATH"].split(":")[0]
+
+
+def test_bundled_model_lands_where_the_app_reads_it_by_default(dockerfile: Dockerfile) -> None:
+    final = dockerfile.final
+    models_dir = final.env()["DIGITS_MODELS_DIR"]
+    (copy_model,) = [i for i in final.all("COPY") if _copy_sources(i) == ["models/mnist"]]
+    assert copy_model.words()[-1].rstrip("/") == models_dir
+    assert "models_dir" in Settings.model_fields
+    workdir = final.last("WORKDIR")
+    assert workdir is not None
+    (copy_app,) = [i for i in final.all("COPY") if _copy_sources(i) == ["app"]]
+    assert copy_app.words()[-1].rstrip("/") == f"{workdir.arguments}/app", "app importable"
+    versions = [p for p in (REPO / "models" / "mnist").iterdir() if p.name.isdigit()]
+    assert versions, "models/mnist/<version>/ must exist: the image bundles it"
+
+
+def test_final_user_is_a_fixed_non_root_uid_created_in_the_stage(dockerfile: Dockerfile) -> None:
+    for stage in (dockerfile.final, dockerfile.stage("train")):
+        user = stage.last("USER")
+        assert user is not None, f"{stage.name}: no USER, the container would run as root"
+        uid, _, gid = user.arguments.partition(":")
+        assert uid.isdigit(), "numeric, so runAsNonRoot-style checks can verify it"
+        assert int(uid) >= 10000, "outside the range of host users and system accounts"
+        assert gid.isdigit()
+        created = " ".join(item.arguments for item in stage.all("RUN"))
+        assert f"--uid {uid}" in created
+        assert f"--gid {gid}" in created
+        assert stage.instructions.index(user) > max(
+            stage.instructions.index(item) for item in stage.all("RUN")
+        ), "nothing runs as root after switching user"
+
+
+def test_start_command(dockerfile: Dockerfile) -> None:
+    cmd = dockerfile.final.last("CMD")
+    assert cmd is not None
+    argv = cmd.exec_form()
+    assert argv is not None, "exec form, so uvicorn is PID 1 and receives SIGTERM itself"
+    assert argv[:3] == ["uvicorn", "app.main:create_app", "--factory"]
+    assert _option(argv, "--host") == "0.0.0.0"
+    graceful = _option(argv, "--timeout-graceful-shutdown")
+    assert graceful is not None
+    assert int(graceful) > 0
+    assert dockerfile.final.last("ENTRYPOINT") is None, "CMD alone, so `docker run IMG cmd` works"
+    stop = dockerfile.final.last("STOPSIGNAL")
+    assert stop is not None
+    assert stop.arguments == "SIGTERM"
+
+
+def test_expose_matches_the_port_uvicorn_listens_on(dockerfile: Dockerfile) -> None:
+    expose = dockerfile.final.last("EXPOSE")
+    assert expose is not None
+    cmd = dockerfile.final.last("CMD")
+    assert cmd is not None
+    argv = cmd.exec_form()
+    assert argv is not None
+    assert expose.words() == [_option(argv, "--port")] == ["8000"]
+
+
+def test_healthcheck_probes_readiness_on_a_real_route(
+    dockerfile: Dockerfile, app_routes: dict[str, set[str]]
+) -> None:
+    healthcheck = dockerfile.final.last("HEALTHCHECK")
+    assert healthcheck is not None
+    argv = healthcheck.exec_form()
+    assert argv is not None
+    assert argv[:2] == ["python", "-c"], "slim has no curl; Python's urllib is there"
+    match = HEALTH_URL.search(argv[2])
+    assert match is not None
+    assert match["host"] in {"127.0.0.1", "localhost"}
+    assert match["path"] == "/health/ready"
+    assert "GET" in app_routes.get(match["path"], set()), sorted(app_routes)
+    expose = dockerfile.final.last("EXPOSE")
+    assert expose is not None
+    assert [match["port"]] == expose.words()
+    for flag in ("interval", "timeout", "start-period", "retries"):
+        assert healthcheck.flag(flag), f"--{flag} set explicitly"
+
+
+def test_train_stage_has_the_training_extra_and_runs_the_trainer(dockerfile: Dockerfile) -> None:
+    train = dockerfile.stage("train")
+    assert dockerfile.parent(train) is None
+    (venv,) = [item for item in train.all("COPY") if item.flag("from")]
+    assert venv.flag("from") == "train-deps"
+    installs = _build_order(dockerfile, dockerfile.stage("train-deps"))
+    assert any(_installs_dependencies(i) and "--extra train" in i.arguments for i in installs)
+    code = [_copy_sources(i) for i in train.all("COPY") if not i.flag("from")]
+    assert code == [["training"]]
+    entrypoint = train.last("ENTRYPOINT")
+    assert entrypoint is not None
+    argv = entrypoint.exec_form()
+    assert argv is not None
+    assert argv[:3] == ["python", "-m", "training"]
+    assert _option(argv, "--models-dir") == "/app/models/mnist"
+
+
+def test_every_stage_and_argument_named_in_build_args_exists(dockerfile: Dockerfile) -> None:
+    names = [stage.name for stage in dockerfile.stages]
+    assert names == ["deps", "train-deps", "train", "runtime"]
+    assert dockerfile.global_args["TENSORFLOW_PACKAGE"] == "tensorflow"
+    for stage in ("deps", "train-deps"):
+        declared = [i.arguments for i in dockerfile.stage(stage).all("ARG")]
+        assert "TENSORFLOW_PACKAGE" in declared, f"{stage} must redeclare the global ARG to use it"
+
+
+# ----------------------------------------------------------------------------- build context
+
+
+@pytest.fixture(scope="module")
+def dockerignore() -> DockerIgnore:
+    return DockerIgnore.parse((REPO / ".dockerignore").read_text())
+
+
+def test_context_holds_everything_the_dockerfile_copies(
+    dockerfile: Dockerfile, dockerignore: DockerIgnore
+) -> None:
+    for stage in dockerfile.stages:
+        for item in stage.all("COPY") + stage.all("ADD"):
+            if item.flag("from"):
+                continue
+            for source in _copy_sources(item):
+                assert (REPO / source).exists(), f"line {item.line}: {source} missing"
+                files = [REPO / source] if (REPO / source).is_file() else []
+                files += [p for p in (REPO / source).rglob("*") if p.is_file()]
+                for path in files:
+                    relative = path.relative_to(REPO).as_posix()
+                    # Hidden entries (the trainer's .tmp-* dirs) and bytecode stay out on purpose.
+                    if any(p.startswith(".") or p == "__pycache__" for p in path.parts):
+                        continue
+                    assert not dockerignore.excluded(relative), f"{relative} left out"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".mypy_cache/3.11/app.json",
+        ".pytest_cache/v/cache/nodeids",
+        ".ruff_cache/CACHEDIR.TAG",
+        "artifacts/screenshot.png",
+        "tests/app/test_api.py",
+        "benchmarks/bench_serving.py",
+        "app/__pycache__/main.cpython-311.pyc",
+        "app/api/__pycache__/deps.cpython-311.pyc",
+        "models/mnist/.tmp-1234/saved_model.pb",
+        "models/mnist/2.tmp",
+        ".env",
+        "docker-compose.yml",
+    ],
+)
+def test_context_leaves_out_local_and_generated_files(
+    dockerignore: DockerIgnore, path: str
+) -> None:
+    assert dockerignore.excluded(path)
+
+
+# ----------------------------------------------------------------------------- dependency list
+
+
+def _requirements(*args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "requirements_from_pyproject.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.split()
+
+
+def test_requirements_are_pyprojects_dependencies() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert _requirements() == project["dependencies"]
+    with_train = _requirements("--extra", "train")
+    assert with_train == project["dependencies"] + project["optional-dependencies"]["train"]
+
+
+def test_requirements_can_swap_in_tensorflow_cpu_keeping_bounds() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (tensorflow,) = [r for r in project["dependencies"] if re.match(r"tensorflow\b", r)]
+    swapped = _requirements("--tensorflow-package", "tensorflow-cpu")
+    assert "tensorflow-cpu" + tensorflow.removeprefix("tensorflow") in swapped
+    assert tensorflow not in swapped
+
+
+def test_requirements_expand_the_projects_own_extras() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    dev = _requirements("--extra", "dev")
+    assert not any(line.startswith(project["name"]) for line in dev)
+    for requirement in project["optional-dependencies"]["train"]:
+        assert requirement in dev
+
+
+def test_requirements_refuse_an_unknown_extra() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy/requirements_from_pyproject.py"), "--extra", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown extra 'nope'" in result.stderr

@@ -1,0 +1,111 @@
+"""Entrypoint smoke test: the image's exact start command, run here against the bundled model.
+
+Only --host and --port change (loopback and a free port instead of 0.0.0.0:8000); the program,
+app factory, flags and environment are the Dockerfile's. The image's HEALTHCHECK probe is run
+against the live server too, so the probe itself is tested, not just the route it names.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import REPO
+from tests.deploy.formats import Dockerfile
+
+READY_WITHIN_SECONDS = 60.0  # a bound on waiting, not a speed claim
+HOST, IMAGE_PORT = "127.0.0.1", "8000"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _replace_option(argv: list[str], name: str, value: str) -> list[str]:
+    assert argv.count(name) == 1, f"{name} must appear once in {argv}"
+    index = argv.index(name) + 1
+    return [*argv[:index], value, *argv[index + 1 :]]
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def _image_environment(dockerfile: Dockerfile) -> dict[str, str]:
+    """This machine's environment, minus any DIGITS_* setting, plus the image's ENV."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    image = dockerfile.final.env()
+    image.pop("PATH")  # /opt/venv/bin in the image; here, the virtualenv running the tests
+    image["DIGITS_MODELS_DIR"] = str(REPO / "models" / "mnist")  # what the image copies there
+    environment.update(image)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    return environment
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.mark.slow
+def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
+    dockerfile: Dockerfile, tmp_path: Path
+) -> None:
+    final = dockerfile.final
+    cmd, healthcheck = final.last("CMD"), final.last("HEALTHCHECK")
+    assert cmd is not None
+    assert healthcheck is not None
+    image_argv, probe_argv = cmd.exec_form(), healthcheck.exec_form()
+    assert image_argv is not None
+    assert probe_argv is not None
+    port = str(_free_port())
+    argv = _replace_option(_replace_option(image_argv, "--host", HOST), "--port", port)
+    assert [a for a, b in zip(argv, image_argv, strict=True) if a != b] == [HOST, port]
+    image_url = f"http://127.0.0.1:{IMAGE_PORT}/"
+    assert image_url in probe_argv[-1]
+    probe = [*probe_argv[:-1], probe_argv[-1].replace(image_url, f"http://{HOST}:{port}/")]
+    environment = _image_environment(dockerfile)
+    log = tmp_path / "server.log"
+
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            argv, cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + READY_WITHIN_SECONDS
+        ready_url = f"http://{HOST}:{port}/health/ready"
+        while _status(ready_url) != 200:
+            assert server.poll() is None, f"server exited with {server.returncode}:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"not ready in time:\n{_tail(log)}"
+            time.sleep(0.25)
+        assert _status(f"http://{HOST}:{port}/health/live") == 200
+
+        healthy = subprocess.run(probe, env=environment, capture_output=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stderr.decode()
+
+        graceful = float(argv[argv.index("--timeout-graceful-shutdown") + 1])
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=graceful + 15) == 0, _tail(log)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    stopped = subprocess.run(probe, env=environment, capture_output=True, timeout=30)
+    assert stopped.returncode != 0, "the probe must fail when nothing answers"

@@ -1,0 +1,310 @@
+"""The Docker commands in README.md name services, profiles, stages and routes that exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.deploy.conftest import REPO
+from tests.deploy.formats import Dockerfile
+
+# docker compose options that take a value (so the value is not mistaken for a service name).
+_VALUE_OPTIONS = {
+    "-f",
+    "--file",
+    "-p",
+    "--project-name",
+    "--profile",
+    "--env-file",
+    "--project-directory",
+    "--scale",
+    "-e",
+    "--env",
+    "-u",
+    "--user",
+    "-v",
+    "--volume",
+    "--entrypoint",
+    "-w",
+    "--workdir",
+    "--name",
+    "--index",
+    "-t",
+    "--timeout",
+    "--tail",
+    "--wait-timeout",
+    "--build-arg",
+    "--target",
+    "--tag",
+    "-l",
+    "--label",
+    "--platform",
+}
+# Subcommands whose positional arguments are all service names.
+_SERVICE_COMMANDS = {"up", "build", "pull", "logs", "stop", "start", "restart", "ps", "rm", "kill"}
+# Subcommands whose first positional is a service and the rest belong to the container.
+_SERVICE_THEN_ARGS = {"run", "exec", "port"}
+
+
+@dataclass
+class Facts:
+    """What the commands may name: read from the Dockerfile and docker-compose.yml."""
+
+    services: dict[str, dict[str, Any]]
+    dockerfile: Dockerfile
+    routes: dict[str, set[str]]
+    built_tags: set[str] = field(default_factory=set)
+
+    @property
+    def profiles(self) -> set[str]:
+        return {p for service in self.services.values() for p in service.get("profiles", [])}
+
+
+def docker_section(markdown: str) -> str:
+    """The text of the first heading that mentions Docker, up to the next heading as high."""
+    lines = markdown.splitlines()
+    for start, line in enumerate(lines):
+        heading = re.match(r"(#+)\s+(.*)", line)
+        if heading and "docker" in heading[2].lower():
+            level = len(heading[1])
+            end = next(
+                (
+                    i
+                    for i in range(start + 1, len(lines))
+                    if (m := re.match(r"(#+)\s", lines[i])) and len(m[1]) <= level
+                ),
+                len(lines),
+            )
+            return "\n".join(lines[start:end])
+    raise AssertionError("README.md has no section whose heading mentions Docker")
+
+
+def shell_commands(section: str) -> list[list[str]]:
+    """Commands in the section's fenced code blocks, split into words, pipelines split apart.
+
+    Continuation lines are joined, ``# comments`` dropped, a leading ``$`` prompt and leading
+    ``NAME=value`` assignments removed.
+    """
+    commands: list[list[str]] = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", section, flags=re.M | re.S):
+        text = re.sub(r"\\\n", " ", block)
+        for line in text.splitlines():
+            line = re.sub(r"^\s*\$\s+", "", line)
+            lexer = shlex.shlex(line, posix=True, punctuation_chars="|&;")
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            words: list[str] = []
+            for word in [*lexer, "|"]:
+                if set(word) <= set("|&;"):
+                    while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
+                        words.pop(0)
+                    if words:
+                        commands.append(words)
+                    words = []
+                else:
+                    words.append(word)
+    return commands
+
+
+def _split_options(words: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Leading options (with their values) and the remaining words."""
+    options: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(words) and words[index].startswith("-"):
+        name, equals, value = words[index].partition("=")
+        if equals:
+            options.append((name, value))
+        elif name in _VALUE_OPTIONS:
+            index += 1
+            options.append((name, words[index]))
+        else:
+            options.append((name, None))
+        index += 1
+    return options, words[index:]
+
+
+def check_compose(words: list[str], facts: Facts) -> None:
+    """A ``docker compose ...`` command names only existing profiles, services and files."""
+    options, rest = _split_options(words[2:])
+    for name, value in options:
+        if name == "--profile":
+            assert value in facts.profiles, f"{shlex.join(words)}: no profile {value!r}"
+        if name in {"-f", "--file"}:
+            assert value is not None
+            assert (REPO / value).is_file(), f"{shlex.join(words)}: no file {value!r}"
+    assert rest, f"{shlex.join(words)}: no subcommand"
+    command, arguments = rest[0], rest[1:]
+    sub_options, positionals = _split_options(arguments)
+    for name, value in sub_options:
+        if name == "--scale":
+            assert value is not None
+            service, _, count = value.partition("=")
+            assert service in facts.services, f"{shlex.join(words)}: no service {service!r}"
+            assert count.isdigit()
+            assert "ports" not in facts.services[service], "a scaled service cannot fix a port"
+    if command in _SERVICE_COMMANDS:
+        named = positionals
+    elif command in _SERVICE_THEN_ARGS:
+        assert positionals, f"{shlex.join(words)}: which service?"
+        named = positionals[:1]
+    else:
+        named = []
+    for service in named:
+        assert service in facts.services, f"{shlex.join(words)}: no service {service!r}"
+
+
+def check_build(words: list[str], facts: Facts) -> None:
+    """A ``docker build ...`` command names existing stages and build arguments."""
+    options, positionals = _split_options(words[2:])
+    assert positionals == ["."], f"{shlex.join(words)}: the context is the repository root"
+    stages = {stage.name for stage in facts.dockerfile.stages}
+    for name, value in options:
+        if name == "--target":
+            assert value in stages, f"{shlex.join(words)}: no stage {value!r}"
+        if name == "--build-arg":
+            assert value is not None
+            key = value.partition("=")[0]
+            assert key in facts.dockerfile.global_args, f"{shlex.join(words)}: no ARG {key}"
+        if name in {"-t", "--tag"} and value is not None:
+            facts.built_tags.add(value)
+
+
+def check_run(words: list[str], facts: Facts) -> None:
+    """A ``docker run ...`` command runs a built image, its port, its models dir read-only."""
+    options, positionals = _split_options(words[2:])
+    assert positionals, f"{shlex.join(words)}: no image"
+    assert positionals[0] in facts.built_tags, f"{shlex.join(words)}: image not built above"
+    expose = facts.dockerfile.final.last("EXPOSE")
+    assert expose is not None
+    models_dir = facts.dockerfile.final.env()["DIGITS_MODELS_DIR"]
+    for name, value in options:
+        assert value is not None or name in {"--rm", "-d", "--detach", "-it", "-i"}, name
+        if name in {"-p", "--publish"} and value is not None:
+            assert value.rsplit(":", 1)[-1] in expose.words(), f"{shlex.join(words)}: port"
+        if name in {"-v", "--volume"} and value is not None:
+            _, target, *mode = value.split(":")
+            if target == models_dir:
+                assert mode == ["ro"], f"{shlex.join(words)}: models must be mounted read-only"
+
+
+def check_curl(words: list[str], facts: Facts) -> None:
+    """A ``curl`` to the API names a route; one to TF Serving names the mnist model."""
+    urls = [word for word in words if word.startswith("http")]
+    assert urls, f"{shlex.join(words)}: no URL"
+    serving_ports = {
+        entry.split(":")[0]
+        for entry in facts.services.get("tfserving", {}).get("ports", [])
+        if isinstance(entry, str)
+    }
+    for url in urls:
+        parts = urlsplit(url)
+        if str(parts.port) in serving_ports:
+            assert parts.path.startswith("/v1/models/mnist"), url
+        else:
+            assert parts.port == 8000, f"{url}: the compose stack and image answer on 8000"
+            assert parts.path in facts.routes, f"{url}: no such route"
+
+
+def check_readme_section(section: str, facts: Facts) -> list[list[str]]:
+    """Check every docker and curl command in the section; return the docker commands."""
+    docker = []
+    for words in shell_commands(section):
+        if words[:2] == ["docker", "compose"]:
+            check_compose(words, facts)
+            docker.append(words)
+        elif words[:2] == ["docker", "build"]:
+            check_build(words, facts)
+            docker.append(words)
+        elif words[:2] == ["docker", "run"]:
+            check_run(words, facts)
+            docker.append(words)
+        elif words[0] == "curl":
+            check_curl(words, facts)
+    return docker
+
+
+@pytest.fixture
+def facts(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile, app_routes: dict[str, set[str]]
+) -> Facts:
+    return Facts(services, dockerfile, app_routes)
+
+
+def test_readme_docker_commands_match_the_files(facts: Facts) -> None:
+    section = docker_section((REPO / "README.md").read_text())
+    commands = [shlex.join(words) for words in check_readme_section(section, facts)]
+    joined = "\n".join(commands)
+    assert "docker build" in joined
+    assert re.search(r"docker compose .*\bup\b", joined)
+    assert re.search(r"--scale api=\d", joined), "the scale-out command is documented"
+    for profile in sorted(facts.profiles):
+        assert f"--profile {profile}" in joined, f"the {profile} profile is documented"
+
+
+SAMPLE = """
+# Project
+
+## Docker
+
+```bash
+docker build -t mnist-digits .   # comment
+$ docker build --target train --build-arg TENSORFLOW_PACKAGE=tensorflow-cpu -t t .
+docker run --rm -p 8000:8000 -v "$PWD/models/mnist:/app/models/mnist:ro" mnist-digits
+docker compose up -d --wait --scale api=3
+A=1 B=2 docker compose --profile train run --rm train --recipe seed --epochs 5
+docker compose --profile tfserving \\
+    up -d tfserving
+echo '{}' | curl -fsS -d @- http://localhost:8501/v1/models/mnist:predict
+curl -fsS http://localhost:8000/health/ready
+```
+
+## Next
+```bash
+docker compose --profile nowhere up
+```
+"""
+
+
+def test_commands_are_extracted_from_the_docker_section_only() -> None:
+    commands = shell_commands(docker_section(SAMPLE))
+    assert commands[0] == ["docker", "build", "-t", "mnist-digits", "."]
+    assert commands[4][:6] == ["docker", "compose", "--profile", "train", "run", "--rm"]
+    assert commands[5] == ["docker", "compose", "--profile", "tfserving", "up", "-d", "tfserving"]
+    assert commands[6] == ["echo", "{}"]
+    assert commands[7][0] == "curl"
+    assert not any("nowhere" in words for words in commands)
+
+
+def test_the_sample_section_passes(facts: Facts) -> None:
+    assert len(check_readme_section(docker_section(SAMPLE), facts)) == 6
+
+
+@pytest.mark.parametrize(
+    ("command", "complaint"),
+    [
+        ("docker compose --profile nowhere up", "no profile 'nowhere'"),
+        ("docker compose up --scale apii=3", "no service 'apii'"),
+        ("docker compose up lb apii", "no service 'apii'"),
+        ("docker compose run --rm trainer", "no service 'trainer'"),
+        ("docker build --target nowhere .", "no stage 'nowhere'"),
+        ("docker build --build-arg NOPE=1 .", "no ARG NOPE"),
+        ("docker run --rm unbuilt-image", "image not built"),
+        ("docker build -t x . && docker run -v ./m:/app/models/mnist x", "read-only"),
+        ("docker build -t x . && docker run -p 9000:9000 x", "port"),
+        ("curl http://localhost:8000/no/such/route", "no such route"),
+        ("curl http://localhost:8501/v1/models/other:predict", "other"),
+    ],
+)
+def test_a_wrong_name_is_caught(facts: Facts, command: str, complaint: str) -> None:
+    with pytest.raises(AssertionError, match=re.escape(complaint)):
+        check_readme_section(f"# Docker\n```\n{command}\n```\n", facts)
+
+
+def test_a_readme_without_a_docker_section_fails() -> None:
+    with pytest.raises(AssertionError, match="no section"):
+        docker_section("# Project\n\n## Usage\n")
