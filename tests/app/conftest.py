@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
+
+from app.core.config import Settings
+from app.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODELS = REPO / "models" / "mnist"
@@ -119,3 +126,134 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+# --- tiny SavedModels ----------------------------------------------------------------------
+
+
+def build_model(path: Path, weights: np.ndarray, bias: np.ndarray) -> None:
+    """Save a 784→10 softmax model with the service's exact signature at ``path``."""
+    import tensorflow as tf
+
+    class Tiny(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(weights.astype(np.float32))
+            self.b = tf.Variable(bias.astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+        def serve(self, images: Any) -> dict[str, Any]:
+            x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, 784])
+            probabilities = tf.nn.softmax(tf.matmul(x, self.w) + self.b)
+            return {"probabilities": probabilities, "digit": tf.argmax(probabilities, axis=1)}
+
+    module = Tiny()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def constant_weights(digit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of a model that answers ``digit`` for every image (probability ~0.94)."""
+    bias = np.zeros(10, np.float32)
+    bias[digit] = 5.0
+    return np.zeros((784, 10), np.float32), bias
+
+
+def metrics_for(version: int, accuracy: float) -> dict[str, Any]:
+    """A metrics.json in the contract's shape."""
+    return {
+        "version": version,
+        "recipe": "fixture",
+        "created_at": "2025-01-01T00:00:00Z",
+        "test": {
+            "accuracy": accuracy,
+            "loss": 1.5,
+            "per_class": [
+                {"digit": d, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1000}
+                for d in range(10)
+            ],
+            "confusion_matrix": [[100 if i == j else 0 for j in range(10)] for i in range(10)],
+        },
+        "train": {"accuracy": accuracy},
+        "hyperparameters": {},
+        "timing": {},
+        "dataset": {},
+        "versions": {},
+    }
+
+
+@pytest.fixture(scope="session")
+def constant_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """SavedModels answering always 1, 2 or 3 (built once per session; copy, don't modify)."""
+    root = tmp_path_factory.mktemp("constant-models")
+    built = {}
+    for digit in (1, 2, 3):
+        build_model(root / str(digit), *constant_weights(digit))
+        built[digit] = root / str(digit)
+    return built
+
+
+class ModelsDir:
+    """A models directory for one test, with helpers to add versions."""
+
+    def __init__(self, path: Path, constant_models: dict[int, Path]) -> None:
+        self.path = path
+        self._constant = constant_models
+
+    def add(self, version: int, digit: int, accuracy: float = 0.5) -> Path:
+        """Install a version that answers ``digit`` for everything, atomically (via rename)."""
+        staging = self.path / f".tmp-{version}"
+        shutil.copytree(self._constant[digit], staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics_for(version, accuracy)))
+        target = self.path / str(version)
+        staging.rename(target)
+        return target
+
+    def add_corrupt(self, version: int) -> Path:
+        """Install a version whose saved_model.pb is garbage."""
+        target = self.path / str(version)
+        (target / "variables").mkdir(parents=True)
+        (target / "saved_model.pb").write_bytes(b"this is not a protocol buffer" * 10)
+        return target
+
+
+@pytest.fixture
+def models(tmp_path: Path, constant_models: dict[int, Path]) -> ModelsDir:
+    """An empty models directory for this test."""
+    path = tmp_path / "models"
+    path.mkdir()
+    return ModelsDir(path, constant_models)
+
+
+def make_settings(models_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test app: this models directory, no polling unless asked."""
+    values: dict[str, Any] = {"models_dir": models_dir, "model_poll_seconds": 0.0}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def client(models: ModelsDir) -> Iterator[TestClient]:
+    """A running app (lifespan done) serving version 1 of a model that always answers 1."""
+    models.add(1, digit=1)
+    with TestClient(create_app(make_settings(models.path))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    """The committed model's newest version directory (skips only if none is committed)."""
+    versions = (
+        sorted((int(p.name) for p in BUNDLED_MODELS.iterdir() if p.name.isdigit()), reverse=True)
+        if BUNDLED_MODELS.is_dir()
+        else []
+    )
+    if not versions:
+        pytest.skip(f"no bundled model under {BUNDLED_MODELS} yet (training writes models/mnist/1)")
+    return BUNDLED_MODELS / str(versions[0])
+
+
+@pytest.fixture(scope="module")
+def bundled_client(bundled_model_dir: Path) -> Iterator[TestClient]:
+    """A running app serving the committed model (shared by a test module)."""
+    with TestClient(create_app(make_settings(bundled_model_dir.parent))) as test_client:
+        yield test_client

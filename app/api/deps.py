@@ -1,0 +1,100 @@
+"""Dependencies the routes declare: settings, the served model, the inference worker, API key.
+
+Everything heavy is created once by ``create_app`` and its lifespan and kept on ``app.state``;
+these functions only hand it to the routes (``Annotated[..., Depends(...)]`` aliases below).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.core.config import Settings
+from app.core.errors import ApiError
+from app.core.telemetry import Telemetry
+from app.inference import InferenceWorker
+from app.model_store import LoadedModel, ModelStore
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Required on prediction endpoints when the service is started with "
+    "DIGITS_API_KEY set.",
+)
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings this app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> ModelStore:
+    """The model store (served version, versions on disk)."""
+    store: ModelStore = request.app.state.store
+    return store
+
+
+def get_worker(request: Request) -> InferenceWorker:
+    """The inference worker that runs every model call."""
+    worker: InferenceWorker = request.app.state.worker
+    return worker
+
+
+def get_telemetry(request: Request) -> Telemetry:
+    """The app's metrics."""
+    telemetry: Telemetry = request.app.state.telemetry
+    return telemetry
+
+
+def get_current_model(store: Annotated[ModelStore, Depends(get_store)]) -> LoadedModel:
+    """The model version this request will use from start to end; 503 while none is loaded."""
+    model = store.current
+    if model is None:
+        raise not_ready(store)
+    return model
+
+
+def not_ready(store: ModelStore) -> ApiError:
+    """The 503 answered while no model version is loaded."""
+    return ApiError(
+        503,
+        "model_not_ready",
+        f"No model is loaded yet: no servable version in {store.models_dir}. Try again "
+        "shortly; GET /model lists the versions found and why any failed to load.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def require_api_key(
+    request: Request, api_key: Annotated[str | None, Security(_api_key_scheme)] = None
+) -> None:
+    """Check the X-API-Key header when the service has an API key configured (401 otherwise)."""
+    expected = get_app_settings(request).api_key
+    if expected is None:
+        return
+    if api_key is None:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            f"This service requires an API key: send it in the {API_KEY_HEADER} header.",
+        )
+    # Constant-time comparison: the time taken says nothing about how much of the key matched.
+    if not secrets.compare_digest(
+        api_key.encode("utf-8"), expected.get_secret_value().encode("utf-8")
+    ):
+        raise ApiError(
+            401, "invalid_api_key", f"The API key in the {API_KEY_HEADER} header is not valid."
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
+TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
+ModelDep = Annotated[LoadedModel, Depends(get_current_model)]
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,332 @@
+"""What the service measures about itself: Prometheus metrics and the live figures of /metrics.
+
+Every app gets its own :class:`Telemetry` with its own ``CollectorRegistry`` (tests build many
+apps in one process). :class:`RequestTelemetryMiddleware` times every request, counts it by
+route template and status, writes the access log line, and turns any unhandled exception into
+a logged traceback and a generic 500 in the service's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import ApiError
+
+if TYPE_CHECKING:
+    from app.model_store import LoadedModel
+
+logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
+
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+UNMATCHED: Final = "unmatched"
+
+
+class Telemetry:
+    """The service's metrics, in one per-app registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.started_at = datetime.now(UTC)
+        self._started = time.monotonic()
+        r = self.registry
+        self.requests = Counter(
+            "digits_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "digits_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route and status.",
+            ["endpoint", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "digits_http_requests_in_progress", "Requests being answered now.", registry=r
+        )
+        self.errors = Counter(
+            "digits_errors",
+            "Errors returned, by error code (batch items included).",
+            ["code"],
+            registry=r,
+        )
+        self.images = Counter(
+            "digits_images_predicted",
+            "Images classified by the model, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "digits_inference_batch_images",
+            "Images per model call (concurrent requests are batched into one call).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "digits_inference_call_duration_seconds",
+            "Duration of one model call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_accuracy = Gauge(
+            "digits_model_test_accuracy",
+            "Accuracy of the served model on the 10,000 MNIST test images (from metrics.json).",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "digits_model_version", "Version number of the served model.", registry=r
+        )
+        self.model_info = Info("digits_model", "The served model.", registry=r)
+        self.ready = Gauge(
+            "digits_ready", "1 when a model is loaded and warmed up, else 0.", registry=r
+        )
+        self.load_failures = Counter(
+            "digits_model_load_failures", "Model versions that failed to load.", registry=r
+        )
+        ProcessCollector(registry=r)
+        self._lock = threading.Lock()
+        self._batches = 0
+        self._batched_images = 0
+        self._batched_requests = 0
+        self._largest_batch = 0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    # --- recording -------------------------------------------------------------------------
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        key = (endpoint, method, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(*key))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_error(self, code: str) -> None:
+        """Count one error answer (or one failed batch item) by its code."""
+        self.errors.labels(code).inc()
+
+    def count_images(self, endpoint: str, count: int) -> None:
+        """Count images the model classified for an endpoint."""
+        if count:
+            self.images.labels(endpoint).inc(count)
+
+    def observe_batch(self, images: int, requests: int, seconds: float) -> None:
+        """Record one model call of the inference worker."""
+        self.batch_size.observe(images)
+        self.batch_seconds.observe(seconds)
+        with self._lock:
+            self._batches += 1
+            self._batched_images += images
+            self._batched_requests += requests
+            self._largest_batch = max(self._largest_batch, images)
+
+    def set_model(self, model: LoadedModel) -> None:
+        """Publish the served model (called after every swap)."""
+        metrics = model.metrics or {}
+        self.model_version.set(model.version)
+        self.model_info.info(
+            {
+                "version": str(model.version),
+                "recipe": str(metrics.get("recipe", "")),
+                "created_at": str(metrics.get("created_at", "")),
+            }
+        )
+        accuracy = model.test_accuracy
+        if accuracy is not None:
+            self.model_accuracy.set(accuracy)
+        self.ready.set(1)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def prometheus(self, accept: str) -> tuple[bytes, str]:
+        """The registry in the format the ``Accept`` header asks for, and its content type."""
+        if "application/openmetrics-text" in accept:
+            body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
+            return body, OPENMETRICS_CONTENT_TYPE
+        return generate_latest(self.registry), PROMETHEUS_CONTENT_TYPE
+
+    def live_figures(self) -> dict[str, Any]:
+        """Counters since start, for the JSON form of /metrics."""
+        endpoints: dict[str, dict[str, Any]] = {}
+        latency_sum: dict[str, float] = {}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                labels = sample.labels
+                entry = endpoints.setdefault(
+                    f"{labels['method']} {labels['endpoint']}",
+                    {"requests": 0, "errors": 0, "by_status": {}, "mean_latency_ms": 0.0},
+                )
+                count = int(sample.value)
+                entry["requests"] += count
+                entry["by_status"][labels["status"]] = (
+                    entry["by_status"].get(labels["status"], 0) + count
+                )
+                if labels["status"] >= "400":
+                    entry["errors"] += count
+        for metric in self.latency.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    key = f"{sample.labels['method']} {sample.labels['endpoint']}"
+                    latency_sum[key] = latency_sum.get(key, 0.0) + sample.value
+        for key, entry in endpoints.items():
+            if entry["requests"]:
+                mean = latency_sum.get(key, 0.0) / entry["requests"]
+                entry["mean_latency_ms"] = round(1000 * mean, 3)
+        errors = {
+            s.labels["code"]: int(s.value)
+            for m in self.errors.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+        images = {
+            s.labels["endpoint"]: int(s.value)
+            for m in self.images.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+        with self._lock:
+            batches, batched, requests = self._batches, self._batched_images, self._batched_requests
+            largest = self._largest_batch
+        return {
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "requests_total": sum(e["requests"] for e in endpoints.values()),
+            "requests_in_progress": int(
+                self.registry.get_sample_value("digits_http_requests_in_progress") or 0
+            ),
+            "endpoints": dict(sorted(endpoints.items())),
+            "errors_by_code": dict(sorted(errors.items())),
+            "images_predicted": sum(images.values()),
+            "images_by_endpoint": dict(sorted(images.items())),
+            "inference": {
+                "model_calls": batches,
+                "images": batched,
+                "requests": requests,
+                "mean_images_per_call": round(batched / batches, 3) if batches else 0.0,
+                "mean_requests_per_call": round(requests / batches, 3) if batches else 0.0,
+                "largest_call": largest,
+            },
+        }
+
+
+_INTERNAL = ApiError(
+    500,
+    "internal_error",
+    "The server failed to process this request. It has been logged; try again, and report it "
+    "if it persists.",
+)
+_INTERNAL_BODY: Final = json.dumps(_INTERNAL.body()).encode()
+
+
+class RequestTelemetryMiddleware:
+    """Times and counts every request, logs one access line, and hides crashes behind a 500."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the application, observing its answer."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        telemetry = self.telemetry
+        telemetry.in_progress.inc()
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            error_logger.exception(
+                "unhandled error in %s %s", scope.get("method"), scope.get("path")
+            )
+            telemetry.count_error(_INTERNAL.code)
+            if not response_started:
+                status = 500
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(_INTERNAL_BODY)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _INTERNAL_BODY})
+        finally:
+            telemetry.in_progress.dec()
+            seconds = time.perf_counter() - started
+            endpoint = _route_template(scope)
+            method = scope.get("method", "")
+            telemetry.observe_request(endpoint, method, status, seconds)
+            if logger.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                logger.info(
+                    '%s "%s %s" %d %.1fms',
+                    f"{client[0]}:{client[1]}" if client else "-",
+                    method,
+                    scope.get("path", ""),
+                    status,
+                    seconds * 1000,
+                    extra={
+                        "method": method,
+                        "path": scope.get("path", ""),
+                        "endpoint": endpoint,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template, so metrics never carry raw, unbounded paths."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    # Refused before routing (e.g. a body over the limit): find the route it was meant for.
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(candidate, "path", UNMATCHED))
+    return UNMATCHED

@@ -1,0 +1,207 @@
+"""The FastAPI application: ``create_app()`` builds it, its lifespan loads the model.
+
+Run it with ``uvicorn app.main:create_app --factory``. Settings come from the environment
+(``DIGITS_*``, see :mod:`app.core.config`) unless passed in, as tests do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.routes import health, metrics, model, predict, web
+from app.core.config import Settings, get_settings
+from app.core.errors import ApiError
+from app.core.limits import BodySizeLimitMiddleware
+from app.core.logging import configure_logging
+from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
+from app.inference import InferenceWorker
+from app.model_store import ModelStore, configure_tensorflow
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION: Final = """
+Reads handwritten digits with a TensorFlow SavedModel trained on MNIST.
+
+* `POST /predict`: one digit image; `POST /predict/batch`: many in one call.
+* Any reasonable image works: a 28×28 MNIST-style image is read as it is, anything else (a
+  photo of a digit written on paper, a canvas drawing) is normalized the way MNIST was built.
+* `GET /model`, `GET /metrics`, `GET /health/live`, `GET /health/ready` for operators.
+
+Every error has the same shape: `{"error": {"code": ..., "message": ..., "details": ...}}`,
+where `code` is for programs and `message` tells a person what to do.
+"""
+
+TAGS: Final = [
+    {"name": "predict", "description": "Read handwritten digits."},
+    {"name": "model", "description": "The served model version."},
+    {"name": "metrics", "description": "Model evaluation and live figures (JSON or Prometheus)."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm the newest model version before serving; stop the workers at shutdown."""
+    settings: Settings = app.state.settings
+    store: ModelStore = app.state.store
+    worker: InferenceWorker = app.state.worker
+    await run_in_threadpool(
+        configure_tensorflow, settings.intra_op_threads, settings.inter_op_threads
+    )
+    # In a thread: loading a SavedModel takes a while and must not freeze the event loop.
+    await run_in_threadpool(store.refresh)
+    worker.start()
+    store.start_polling(settings.model_poll_seconds)
+    try:
+        yield
+    finally:
+        store.stop_polling()
+        worker.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Nothing heavy happens here; the lifespan loads the model."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    telemetry = Telemetry()
+
+    app = FastAPI(
+        title="MNIST digit reader",
+        version="1.0.0",
+        summary="Read handwritten digits and postal codes over HTTP.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.telemetry = telemetry
+    app.state.store = ModelStore(settings.models_dir, on_change=telemetry.set_model)
+    app.state.worker = InferenceWorker(
+        max_batch_delay_ms=settings.max_batch_delay_ms, on_batch=telemetry.observe_batch
+    )
+    _install_error_handlers(app, telemetry)
+
+    app.include_router(predict.router)
+    app.include_router(model.router)
+    app.include_router(metrics.router)
+    app.include_router(health.router)
+    app.include_router(web.router)
+    web.mount_static(app)
+
+    # Outermost last: telemetry sees every answer, including the limit's 413.
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        on_reject=telemetry.count_error,
+    )
+    app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
+    return app
+
+
+# --- errors: one shape for everything ------------------------------------------------------
+
+_HTTP_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        telemetry.count_error(exc.code)
+        return _error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error = _from_http_exception(request, exc)
+        telemetry.count_error(error.code)
+        return _error_response(error)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        error = _from_validation_error(exc)
+        telemetry.count_error(error.code)
+        return _error_response(error)
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def _from_http_exception(request: Request, exc: StarletteHTTPException) -> ApiError:
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if status == 404:
+        message = f"There is no endpoint at {request.url.path}. See /docs for the API."
+    elif status == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}" + (
+            f"; use {allowed}." if allowed else "."
+        )
+    elif status == 400 and detail and detail.startswith("Too many files"):
+        # The multipart parser's own cap, far above the batch limit: same answer as the limit.
+        limit = request.app.state.settings.max_batch_size
+        return predict.too_many_files(None, limit)
+    elif status == 400 and detail:
+        message = f"The request could not be read: {detail} Send multipart/form-data."
+    else:
+        message = detail or "The request could not be processed."
+    headers = dict(exc.headers) if exc.headers else None
+    return ApiError(status, _HTTP_CODES.get(status, f"http_{status}"), message, headers=headers)
+
+
+_FIELD_HINTS: Final = {
+    "file": "send the image as multipart/form-data in a field named 'file'",
+    "files": "send the images as multipart/form-data, repeating a field named 'files' "
+    "once per image",
+}
+
+
+def _from_validation_error(exc: RequestValidationError) -> ApiError:
+    problems: list[dict[str, Any]] = []
+    sentences: list[str] = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        where, name = (loc[0], loc[-1]) if loc else ("request", "")
+        kind = str(error.get("type", ""))
+        problems.append({"loc": loc, "type": kind, "msg": str(error.get("msg", ""))})
+        if where == "body" and name in _FIELD_HINTS:
+            if kind == "missing":
+                sentences.append(f"The form field '{name}' is missing: {_FIELD_HINTS[name]}.")
+            else:
+                sentences.append(f"The form field '{name}' must be a file: {_FIELD_HINTS[name]}.")
+        elif where == "query" and name == "normalize":
+            sentences.append("Query parameter 'normalize' must be one of: auto, always, never.")
+        else:
+            label = {"query": "Query parameter", "body": "Form field", "header": "Header"}.get(
+                where, "Parameter"
+            )
+            sentences.append(f"{label} '{name}': {error.get('msg', 'invalid')}.")
+    return ApiError(
+        422,
+        "invalid_request",
+        " ".join(dict.fromkeys(sentences)) or "The request is invalid.",
+        details={"errors": problems},
+    )

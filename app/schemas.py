@@ -1,0 +1,292 @@
+"""Response models of the API: what each endpoint answers, as documented in OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from app.core.errors import ErrorResponse
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Probabilities = Annotated[
+    list[Probability],
+    Field(
+        min_length=10,
+        max_length=10,
+        description="Probability of each digit 0-9, in order; they sum to 1.",
+    ),
+]
+
+_PROBS_EXAMPLE: list[JsonValue] = [
+    0.0001,
+    0.0002,
+    0.0011,
+    0.0021,
+    0.0,
+    0.0003,
+    0.0,
+    0.9904,
+    0.0004,
+    0.0054,
+]
+
+
+class DigitPrediction(BaseModel):
+    """The model's reading of one digit image."""
+
+    digit: int = Field(ge=0, le=9, description="The most probable digit.", examples=[7])
+    confidence: Probability = Field(
+        description="Probability of that digit (the largest of the ten).", examples=[0.9904]
+    )
+    probabilities: Probabilities = Field(examples=[_PROBS_EXAMPLE])
+    normalized: bool = Field(
+        description=(
+            "Whether the image was normalized MNIST-style (grayscale, ink made white on black, "
+            "cropped, fitted to 20×20 and centred in 28×28) before the model saw it; false when "
+            "it already was a 28×28 MNIST-style image."
+        ),
+        examples=[False],
+    )
+
+
+class PredictResponse(DigitPrediction):
+    """Answer of ``POST /predict``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "digit": 7,
+                    "confidence": 0.9904,
+                    "probabilities": _PROBS_EXAMPLE,
+                    "model_version": 1,
+                    "normalized": False,
+                }
+            ]
+        }
+    )
+
+    model_version: int = Field(description="Version of the model that answered.", examples=[1])
+
+
+class ItemError(BaseModel):
+    """Why one file of a batch was not classified."""
+
+    code: str = Field(examples=["not_an_image"])
+    message: str = Field(
+        examples=["The uploaded file is not an image. Send a PNG, JPEG, BMP, GIF or WebP file."]
+    )
+
+
+class BatchItem(BaseModel):
+    """The answer for one file of a batch: a prediction or an error, never both."""
+
+    index: int = Field(ge=0, description="Position of the file in the request, from 0.")
+    filename: str | None = Field(description="The file name the client sent, if any.")
+    prediction: DigitPrediction | None = None
+    error: ItemError | None = None
+
+
+class BatchResponse(BaseModel):
+    """Answer of ``POST /predict/batch``: one entry per file, in the order they were sent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "filename": "seven.png",
+                            "prediction": {
+                                "digit": 7,
+                                "confidence": 0.9904,
+                                "probabilities": _PROBS_EXAMPLE,
+                                "normalized": False,
+                            },
+                            "error": None,
+                        },
+                        {
+                            "index": 1,
+                            "filename": "notes.txt",
+                            "prediction": None,
+                            "error": {
+                                "code": "not_an_image",
+                                "message": "The uploaded file is not an image. Send a PNG, "
+                                "JPEG, BMP, GIF or WebP file.",
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    model_version: int = Field(description="Version of the model that answered every item.")
+    results: list[BatchItem]
+
+
+# --- /model --------------------------------------------------------------------------------
+
+
+class TensorSpec(BaseModel):
+    """A tensor of the model's signature."""
+
+    name: str = Field(examples=["images"])
+    dtype: str = Field(examples=["uint8"])
+    shape: list[int | None] = Field(
+        description="Dimensions; null is a dimension of any size (the batch).",
+        examples=[[None, 28, 28]],
+    )
+
+
+class Signature(BaseModel):
+    """The SavedModel signature the service calls."""
+
+    name: str = Field(examples=["serving_default"])
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class FailedVersionInfo(BaseModel):
+    """A model version on disk that could not be served."""
+
+    version: int
+    reason: str = Field(examples=["SavedModel cannot be loaded: OSError: ..."])
+    failed_at: datetime
+
+
+class ModelResponse(BaseModel):
+    """Answer of ``GET /model``: the served version and what is on disk.
+
+    The served-model fields are null while no version is loaded; ``failed_versions`` then says
+    why.
+    """
+
+    ready: bool = Field(description="Whether a model is loaded, warmed up and serving.")
+    version: int | None = Field(examples=[1])
+    signature: Signature | None
+    recipe: str | None = Field(examples=["default"])
+    created_at: str | None = Field(examples=["2025-01-01T12:00:00Z"])
+    test_accuracy: float | None = Field(examples=[0.9262])
+    loaded_at: datetime | None
+    load_seconds: float | None = Field(description="Time to load and warm up this version.")
+    versions_on_disk: list[int] = Field(description="Version directories found, newest first.")
+    failed_versions: list[FailedVersionInfo]
+    poll_interval_seconds: float = Field(description="0 when polling for new versions is off.")
+    last_checked: datetime | None = Field(description="When the directory was last scanned.")
+
+
+# --- /metrics ------------------------------------------------------------------------------
+
+
+class PerClass(BaseModel):
+    """Test-set figures for one digit."""
+
+    model_config = ConfigDict(extra="allow")
+
+    digit: int
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    support: int | None = None
+
+
+class EvaluationFigures(BaseModel):
+    """The served model's evaluation on the 10,000 MNIST test images (from metrics.json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accuracy: float | None = Field(default=None, examples=[0.9262])
+    loss: float | None = Field(default=None, examples=[0.2671])
+    per_class: list[PerClass] | None = None
+    confusion_matrix: list[list[int]] | None = Field(
+        default=None, description="Rows: true digit 0-9; columns: predicted digit 0-9."
+    )
+
+
+class ModelEvaluation(BaseModel):
+    """The served model and its offline evaluation."""
+
+    version: int
+    recipe: str | None = None
+    created_at: str | None = None
+    test: EvaluationFigures | None = None
+
+
+class EndpointFigures(BaseModel):
+    """Requests answered by one endpoint since start."""
+
+    requests: int
+    errors: int = Field(description="Answers with a 4xx or 5xx status.")
+    by_status: dict[str, int]
+    mean_latency_ms: float
+
+
+class InferenceFigures(BaseModel):
+    """The inference worker's model calls since start."""
+
+    model_calls: int
+    images: int
+    requests: int
+    mean_images_per_call: float
+    mean_requests_per_call: float = Field(
+        description="Concurrent requests answered by one model call (micro-batching)."
+    )
+    largest_call: int
+
+
+class ServiceFigures(BaseModel):
+    """Live figures of this process since it started."""
+
+    ready: bool
+    started_at: datetime
+    uptime_seconds: float
+    requests_total: int
+    requests_in_progress: int
+    endpoints: dict[str, EndpointFigures] = Field(description='Keyed by "METHOD /route/template".')
+    errors_by_code: dict[str, int]
+    images_predicted: int
+    images_by_endpoint: dict[str, int]
+    inference: InferenceFigures
+
+
+class MetricsResponse(BaseModel):
+    """Answer of ``GET /metrics`` in JSON (the Prometheus format is chosen by ``Accept``)."""
+
+    model: ModelEvaluation | None = Field(description="Null while no model is loaded.")
+    service: ServiceFigures
+
+
+# --- /health -------------------------------------------------------------------------------
+
+
+class LiveResponse(BaseModel):
+    """The process is up and answering."""
+
+    status: Literal["alive"] = "alive"
+
+
+class ReadyResponse(BaseModel):
+    """A model is loaded and warmed up: predictions will be answered."""
+
+    status: Literal["ready"] = "ready"
+    model_version: int = Field(examples=[1])
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses, all in the one error shape."""
+    descriptions = {
+        400: "The upload is empty, not an image, or truncated.",
+        401: "The API key (header X-API-Key) is missing or wrong.",
+        413: "The body, the image's pixel count or the number of files is over the limit.",
+        415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",
+        422: "A form field or query parameter is missing or invalid, or no digit was found.",
+        503: "No model is loaded yet.",
+    }
+    return {
+        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
+    }
