@@ -14,6 +14,7 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -89,13 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_delay_ms=settings.max_batch_delay_ms, on_batch=telemetry.observe_batch
     )
     _install_error_handlers(app, telemetry)
+    _document_auth_only_when_enabled(app, settings)
 
-    app.include_router(predict.router)
-    app.include_router(model.router)
-    app.include_router(metrics.router)
-    app.include_router(health.router)
-    app.include_router(web.router)
+    routers = [predict.router, model.router, metrics.router, health.router, web.router]
+    for router in routers:
+        app.include_router(router)
     web.mount_static(app)
+    templates = [
+        (route.path_regex, route.path)
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
 
     # Outermost last: telemetry sees every answer, including the limit's 413.
     app.add_middleware(
@@ -103,8 +109,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_upload_bytes,
         on_reject=telemetry.count_error,
     )
-    app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
+    app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry, routes=templates)
     return app
+
+
+def _document_auth_only_when_enabled(app: FastAPI, settings: Settings) -> None:
+    """Keep the API-key scheme out of the OpenAPI document when no key is configured.
+
+    The document must say what this instance does: without DIGITS_API_KEY every endpoint is
+    open, and advertising a required header would be false.
+    """
+    if settings.api_key is not None:
+        return
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            document.get("components", {}).pop("securitySchemes", None)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --- errors: one shape for everything ------------------------------------------------------

@@ -1,0 +1,124 @@
+"""The OpenAPI document: complete for people, and true to what the service answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from app.main import create_app
+from tests.app.conftest import ModelsDir, make_settings
+
+OUR_PATHS = {"/predict", "/predict/batch", "/model", "/metrics", "/health/live", "/health/ready"}
+
+
+@pytest.fixture
+def running_app(models: ModelsDir) -> Iterator[FastAPI]:
+    """An app whose lifespan has run (model loaded, worker started)."""
+    models.add(1, digit=1)
+    app = create_app(make_settings(models.path, max_batch_size=8))
+    with TestClient(app):
+        yield app
+
+
+def test_api_conforms_to_its_schema(running_app: FastAPI) -> None:
+    """Schemathesis finds no 5xx and no answer outside the documented statuses and schemas.
+
+    Random bytes are valid for a binary file field, yet no image: the service rightly refuses
+    them with a documented 4xx, so "schema-valid data must be accepted" does not apply.
+    """
+    api = schemathesis.openapi.from_asgi("/openapi.json", running_app)
+    operations = [result.ok() for result in api.get_all_operations()]
+    labels = {op.label for op in operations}
+    assert {"POST /predict", "POST /predict/batch", "GET /metrics", "GET /model"} <= labels
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=25,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: Any) -> None:
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+        check()
+
+
+@pytest.fixture
+def openapi(client: TestClient) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_every_endpoint_is_documented(openapi: dict[str, Any]) -> None:
+    assert set(openapi["paths"]) >= OUR_PATHS
+    for path in OUR_PATHS:
+        for method, operation in openapi["paths"][path].items():
+            where = f"{method.upper()} {path}"
+            assert operation.get("summary"), where
+            assert len(operation.get("description", "")) > 40, where
+            assert operation.get("tags"), where
+            ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            assert "$ref" in ok, f"{where} has a response model"
+
+
+def test_errors_are_documented_with_the_one_error_shape(openapi: dict[str, Any]) -> None:
+    expected = {
+        "/predict": {"400", "401", "413", "415", "422", "503"},
+        "/predict/batch": {"400", "401", "413", "422", "503"},
+        "/health/ready": {"503"},
+    }
+    for path, statuses in expected.items():
+        responses = openapi["paths"][path][next(iter(openapi["paths"][path]))]["responses"]
+        assert statuses <= set(responses), path
+        for status in statuses:
+            ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse"), (path, status)
+    # FastAPI's own validation-error shape is replaced by ours everywhere.
+    assert "HTTPValidationError" not in openapi["components"]["schemas"]
+
+
+def test_examples_and_parameters_are_documented(openapi: dict[str, Any]) -> None:
+    schemas = openapi["components"]["schemas"]
+    assert schemas["PredictResponse"]["examples"][0]["digit"] == 7
+    assert schemas["BatchResponse"]["examples"]
+    predict = openapi["paths"]["/predict"]["post"]
+    [normalize] = [p for p in predict["parameters"] if p["name"] == "normalize"]
+    assert "auto" in normalize["description"]
+    assert normalize["schema"]["enum"] == ["auto", "always", "never"]
+    body = predict["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = schemas[body.rsplit("/", 1)[1]]
+    assert form["required"] == ["file"]
+    # No key configured for this app: the document must not claim one is needed.
+    assert "securitySchemes" not in openapi.get("components", {})
+    assert "security" not in predict
+    metrics_content = openapi["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/plain", "application/openmetrics-text"} <= set(
+        metrics_content
+    )
+
+
+def test_docs_page_is_served(client: TestClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert "swagger" in response.text.lower()
+
+
+def test_api_key_is_documented_when_configured(models: ModelsDir) -> None:
+    models.add(1, digit=1)
+    with TestClient(create_app(make_settings(models.path, api_key="k"))) as client:
+        openapi = client.get("/openapi.json").json()
+    assert openapi["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    assert openapi["paths"]["/predict"]["post"]["security"] == [{"APIKeyHeader": []}]
+    assert "security" not in openapi["paths"]["/model"]["get"]
