@@ -43,13 +43,19 @@ def nginx() -> NginxBlock:
 
 @pytest.fixture(scope="session")
 def app_routes() -> dict[str, set[str]]:
-    """Path → HTTP methods of every route the service registers (built, not started)."""
+    """Path → HTTP methods the service answers (the app is built, not started).
+
+    Read from the OpenAPI document, which lists every operation of the included routers, plus
+    the routes registered directly on the app (/docs, /openapi.json, static mounts).
+    """
     from app.main import create_app
 
+    app = create_app()
     routes: dict[str, set[str]] = {}
-    for route in create_app().routes:
+    for path, operations in app.openapi()["paths"].items():
+        routes.setdefault(path, set()).update(method.upper() for method in operations)
+    for route in app.routes:
         path = getattr(route, "path", None)
-        methods = getattr(route, "methods", None) or set()
-        if path is not None:
-            routes.setdefault(path, set()).update(methods)
+        if isinstance(path, str):
+            routes.setdefault(path, set()).update(getattr(route, "methods", None) or set())
     return routes

@@ -1,13 +1,20 @@
 """Entrypoint smoke test: the image's exact start command, run here against the bundled model.
 
-Only --host and --port change (loopback and a free port instead of 0.0.0.0:8000); the program,
-app factory, flags and environment are the Dockerfile's. The image's HEALTHCHECK probe is run
-against the live server too, so the probe itself is tested, not just the route it names.
+The final stage's files are laid out under a temporary root as its COPY instructions place them
+(honouring .dockerignore), and its CMD runs in its WORKDIR with its ENV, so a service that needed
+a file the image lacks would fail here. Only --host and --port change (loopback and a free port
+instead of 0.0.0.0:8000). The image's HEALTHCHECK probe runs against the live server too, so the
+probe itself is tested, not just the route it names.
+
+The command runs as PID 1 of a new PID namespace (``unshare --pid --fork``), as in a container.
+That matters for the exit code: after a graceful shutdown uvicorn re-raises SIGTERM with the
+default action; a PID 1 ignores it and exits 0, which is what Docker reports after `docker stop`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import REPO
-from tests.deploy.formats import Dockerfile
+from tests.deploy.formats import Dockerfile, DockerIgnore
 
 READY_WITHIN_SECONDS = 60.0  # a bound on waiting, not a speed claim
 HOST, IMAGE_PORT = "127.0.0.1", "8000"
@@ -48,15 +55,51 @@ def _status(url: str) -> int | None:
         return None
 
 
-def _image_environment(dockerfile: Dockerfile) -> dict[str, str]:
-    """This machine's environment, minus any DIGITS_* setting, plus the image's ENV."""
+def _lay_out_image(dockerfile: Dockerfile, root: Path) -> None:
+    """Copy what the final stage COPYs from the build context to the same paths under root."""
+    ignore = DockerIgnore.parse((REPO / ".dockerignore").read_text())
+
+    def left_out(directory: str, names: list[str]) -> set[str]:
+        relative = Path(directory).relative_to(REPO)
+        return {n for n in names if ignore.excluded((relative / n).as_posix())}
+
+    for copy in dockerfile.final.all("COPY"):
+        if copy.flag("from"):
+            continue
+        *sources, destination = copy.words()
+        for source in sources:
+            target = root / destination.lstrip("/")
+            shutil.copytree(REPO / source, target, ignore=left_out, dirs_exist_ok=True)
+
+
+def _image_environment(dockerfile: Dockerfile, root: Path) -> dict[str, str]:
+    """This machine's environment minus any DIGITS_* setting, plus the image's ENV under root."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     image = dockerfile.final.env()
     image.pop("PATH")  # /opt/venv/bin in the image; here, the virtualenv running the tests
-    image["DIGITS_MODELS_DIR"] = str(REPO / "models" / "mnist")  # what the image copies there
+    image["DIGITS_MODELS_DIR"] = str(root / image["DIGITS_MODELS_DIR"].lstrip("/"))
     environment.update(image)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     return environment
+
+
+def _as_pid_1(argv: list[str]) -> list[str]:
+    """argv run as PID 1 of a new PID namespace; unprivileged users get a user namespace too."""
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "unshare (util-linux) runs the command as a container's PID 1"
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return [unshare, *user, "--pid", "--fork", "--kill-child", *argv]
+
+
+def _child_pid(parent: subprocess.Popen[bytes]) -> int:
+    """The PID (as seen from here) of the process that unshare forked."""
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.monotonic() + 10
+    while not (text := children.read_text().split()):
+        assert parent.poll() is None, f"unshare exited with {parent.returncode}"
+        assert time.monotonic() < deadline, "unshare started no child"
+        time.sleep(0.05)
+    return int(text[0])
 
 
 def _tail(log: Path) -> str:
@@ -80,12 +123,21 @@ def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
     image_url = f"http://127.0.0.1:{IMAGE_PORT}/"
     assert image_url in probe_argv[-1]
     probe = [*probe_argv[:-1], probe_argv[-1].replace(image_url, f"http://{HOST}:{port}/")]
-    environment = _image_environment(dockerfile)
+    root = tmp_path / "image"
+    _lay_out_image(dockerfile, root)
+    workdir = final.last("WORKDIR")
+    assert workdir is not None
+    environment = _image_environment(dockerfile, root)
+    assert any(p.name.isdigit() for p in Path(environment["DIGITS_MODELS_DIR"]).iterdir())
     log = tmp_path / "server.log"
 
     with log.open("wb") as output:
         server = subprocess.Popen(
-            argv, cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT
+            _as_pid_1(argv),
+            cwd=root / workdir.arguments.lstrip("/"),
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + READY_WITHIN_SECONDS
@@ -100,7 +152,7 @@ def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
         assert healthy.returncode == 0, healthy.stderr.decode()
 
         graceful = float(argv[argv.index("--timeout-graceful-shutdown") + 1])
-        server.send_signal(signal.SIGTERM)
+        os.kill(_child_pid(server), signal.SIGTERM)  # what `docker stop` sends, to PID 1
         assert server.wait(timeout=graceful + 15) == 0, _tail(log)
     finally:
         if server.poll() is None:

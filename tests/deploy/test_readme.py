@@ -66,11 +66,13 @@ class Facts:
 
 
 def docker_section(markdown: str) -> str:
-    """The text of the first heading that mentions Docker, up to the next heading as high."""
+    """Every section whose heading mentions Docker or deployment, each up to the next heading
+    as high as its own, joined."""
     lines = markdown.splitlines()
+    sections: list[str] = []
     for start, line in enumerate(lines):
         heading = re.match(r"(#+)\s+(.*)", line)
-        if heading and "docker" in heading[2].lower():
+        if heading and re.search(r"docker|deploy", heading[2], flags=re.I):
             level = len(heading[1])
             end = next(
                 (
@@ -80,8 +82,9 @@ def docker_section(markdown: str) -> str:
                 ),
                 len(lines),
             )
-            return "\n".join(lines[start:end])
-    raise AssertionError("README.md has no section whose heading mentions Docker")
+            sections.append("\n".join(lines[start:end]))
+    assert sections, "README.md has no section whose heading mentions Docker or deployment"
+    return "\n".join(sections)
 
 
 def shell_commands(section: str) -> list[list[str]]:
@@ -267,6 +270,11 @@ curl -fsS http://localhost:8000/health/ready
 ```bash
 docker compose --profile nowhere up
 ```
+
+## Deployment notes
+```bash
+docker compose logs api
+```
 """
 
 
@@ -278,10 +286,11 @@ def test_commands_are_extracted_from_the_docker_section_only() -> None:
     assert commands[6] == ["echo", "{}"]
     assert commands[7][0] == "curl"
     assert not any("nowhere" in words for words in commands)
+    assert commands[-1] == ["docker", "compose", "logs", "api"]
 
 
 def test_the_sample_section_passes(facts: Facts) -> None:
-    assert len(check_readme_section(docker_section(SAMPLE), facts)) == 6
+    assert len(check_readme_section(docker_section(SAMPLE), facts)) == 7
 
 
 @pytest.mark.parametrize(
