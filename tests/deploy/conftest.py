@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,20 @@ def app_routes() -> dict[str, set[str]]:
         if isinstance(path, str):
             routes.setdefault(path, set()).update(getattr(route, "methods", None) or set())
     return routes
+
+
+@pytest.fixture(scope="session")
+def trainer_cli() -> Callable[[list[str]], argparse.Namespace]:
+    """The trainer's own argument parser; an argument list it rejects fails the test.
+
+    Importing it loads TensorFlow, so only the tests that check trainer arguments ask for it.
+    """
+    from training.train import parse_args
+
+    def parse(argv: list[str]) -> argparse.Namespace:
+        try:
+            return parse_args(argv)
+        except SystemExit as exit_:
+            raise AssertionError(f"the trainer rejects {argv}") from exit_
+
+    return parse

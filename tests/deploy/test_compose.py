@@ -3,9 +3,11 @@ the app's routes and settings, nginx and TensorFlow Serving configs."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import re
+from collections.abc import Callable
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -289,6 +291,18 @@ def test_train_writes_into_the_shared_models_directory(
     assert uid.isdigit()
     assert gid.isdigit()
     assert int(uid) != 0
+
+
+def test_train_command_is_accepted_by_the_trainer(
+    services: dict[str, dict[str, Any]],
+    dockerfile: Dockerfile,
+    trainer_cli: Callable[[list[str]], argparse.Namespace],
+) -> None:
+    entrypoint = _argv(dockerfile, "ENTRYPOINT", stage="train")
+    args = trainer_cli(entrypoint[3:] + services["train"]["command"])
+    assert args.models_dir == Path("/app/models/mnist")
+    assert args.recipe == "default"
+    assert args.data_dir is None, "MNIST_DATA_DIR (or the cache) decides, per the compose file"
 
 
 def test_train_reads_a_local_mnist_read_only_when_given(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +60,7 @@ class Facts:
     services: dict[str, dict[str, Any]]
     dockerfile: Dockerfile
     routes: dict[str, set[str]]
+    trainer: Callable[[list[str]], argparse.Namespace]
     built_tags: set[str] = field(default_factory=set)
 
     @property
@@ -159,6 +162,12 @@ def check_compose(words: list[str], facts: Facts) -> None:
         named = []
     for service in named:
         assert service in facts.services, f"{shlex.join(words)}: no service {service!r}"
+    if command == "run" and positionals[:1] == ["train"] and positionals[1:]:
+        entrypoint = facts.dockerfile.stage("train").last("ENTRYPOINT")
+        assert entrypoint is not None
+        argv = entrypoint.exec_form()
+        assert argv is not None
+        facts.trainer(argv[3:] + positionals[1:])
 
 
 def check_build(words: list[str], facts: Facts) -> None:
@@ -233,9 +242,12 @@ def check_readme_section(section: str, facts: Facts) -> list[list[str]]:
 
 @pytest.fixture
 def facts(
-    services: dict[str, dict[str, Any]], dockerfile: Dockerfile, app_routes: dict[str, set[str]]
+    services: dict[str, dict[str, Any]],
+    dockerfile: Dockerfile,
+    app_routes: dict[str, set[str]],
+    trainer_cli: Callable[[list[str]], argparse.Namespace],
 ) -> Facts:
-    return Facts(services, dockerfile, app_routes)
+    return Facts(services, dockerfile, app_routes, trainer_cli)
 
 
 def test_readme_docker_commands_match_the_files(facts: Facts) -> None:
@@ -300,6 +312,7 @@ def test_the_sample_section_passes(facts: Facts) -> None:
         ("docker compose up --scale apii=3", "no service 'apii'"),
         ("docker compose up lb apii", "no service 'apii'"),
         ("docker compose run --rm trainer", "no service 'trainer'"),
+        ("docker compose run --rm train --recipe fancy", "the trainer rejects"),
         ("docker build --target nowhere .", "no stage 'nowhere'"),
         ("docker build --build-arg NOPE=1 .", "no ARG NOPE"),
         ("docker run --rm unbuilt-image", "image not built"),
