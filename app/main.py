@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import health, metrics, model, predict, web
+from app.api.routes import health, metrics, model, predict, recognize, web
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.limits import BodySizeLimitMiddleware
@@ -92,7 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app, telemetry)
     _document_auth_only_when_enabled(app, settings)
 
-    routers = [predict.router, model.router, metrics.router, health.router, web.router]
+    routers = [
+        predict.router,
+        recognize.router,
+        model.router,
+        metrics.router,
+        health.router,
+        web.router,
+    ]
     for router in routers:
         app.include_router(router)
     web.mount_static(app)

@@ -1,0 +1,219 @@
+"""``POST /recognize``: read a whole handwritten digit string, such as a postal code.
+
+The image is segmented into candidate digits (:mod:`app.segmentation`); every candidate is
+normalized exactly as ``/predict`` normalizes one digit and all of them go to the model in ONE
+call; the reading that best explains the ink is then chosen from the model's answers. Digits
+the model is unsure of, or a string of the wrong length, flag the answer for review by a
+person, the way mail sorting works.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, File, Query, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ApiKeyDep, ModelDep, SettingsDep, TelemetryDep, WorkerDep
+from app.imaging import decode_image
+from app.schemas import Probabilities, Probability, error_responses
+from app.segmentation import (
+    Lattice,
+    choose_reading,
+    find_candidates,
+    normalize_candidates,
+)
+
+router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
+
+_PROBS_EXAMPLE: list[JsonValue] = [0.0002, 0.0011, 0.0003, 0.0004, 0.0002, 0.9931, 0.0012, 0.0001, 0.0031, 0.0003]
+
+
+class BoxModel(BaseModel):
+    """Where a digit is, in pixels of the uploaded image (after EXIF rotation)."""
+
+    x: int = Field(ge=0, description="Left edge.", examples=[34])
+    y: int = Field(ge=0, description="Top edge.", examples=[20])
+    width: int = Field(ge=1, examples=[41])
+    height: int = Field(ge=1, examples=[58])
+
+
+class SegmentReading(BaseModel):
+    """One digit of the string: what it was read as, how sure, and where it is."""
+
+    digit: int = Field(ge=0, le=9, description="The most probable digit.", examples=[5])
+    confidence: Probability = Field(
+        description="Probability of that digit (the largest of the ten).", examples=[0.9931]
+    )
+    probabilities: Probabilities = Field(examples=[_PROBS_EXAMPLE])
+    box: BoxModel
+
+
+class ImageSize(BaseModel):
+    """Size of the uploaded image in pixels (after EXIF rotation)."""
+
+    width: int = Field(ge=1, examples=[400])
+    height: int = Field(ge=1, examples=[100])
+
+
+class RecognizeResponse(BaseModel):
+    """Answer of ``POST /recognize``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "digits": "75001",
+                    "confidence": 0.8123,
+                    "needs_review": True,
+                    "review_reasons": [
+                        "digit 4 was read as 0 with confidence 0.86, below the threshold 0.90"
+                    ],
+                    "model_version": 1,
+                    "image": {"width": 400, "height": 100},
+                    "segments": [
+                        {
+                            "digit": 5,
+                            "confidence": 0.9931,
+                            "probabilities": _PROBS_EXAMPLE,
+                            "box": {"x": 34, "y": 20, "width": 41, "height": 58},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    digits: str = Field(
+        pattern=r"^[0-9]+$", description="The digits read, left to right.", examples=["75001"]
+    )
+    confidence: Probability = Field(
+        description="Confidence in the whole string: the product of the digits' confidences.",
+        examples=[0.8123],
+    )
+    needs_review: bool = Field(
+        description="True when a person should check the reading: a digit's confidence is "
+        "below the threshold, or the string's length is not the expected one."
+    )
+    review_reasons: list[str] = Field(
+        description="Why the reading needs review, one sentence per reason (empty when not)."
+    )
+    model_version: int = Field(description="Version of the model that answered.", examples=[1])
+    image: ImageSize
+    segments: list[SegmentReading] = Field(
+        description="One entry per digit, left to right, in the same order as `digits`."
+    )
+
+
+def _prepare(
+    data: bytes, max_pixels: int, max_digits: int
+) -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
+    """Decode, segment and normalize (CPU work, run in the thread pool)."""
+    img = decode_image(data, max_pixels=max_pixels)
+    lattice = find_candidates(img, max_digits=max_digits)
+    return lattice, normalize_candidates(lattice), img.size
+
+
+def review_reasons(
+    confidences: list[float], threshold: float, expected_length: int | None
+) -> list[str]:
+    """Human-readable reasons to send a reading to review (empty when it can be trusted)."""
+    reasons = []
+    if expected_length is not None and len(confidences) != expected_length:
+        reasons.append(f"expected {expected_length} digits but read {len(confidences)}")
+    low = [i for i, c in enumerate(confidences) if c < threshold]
+    for i in low:
+        reasons.append(
+            f"digit {i + 1} of {len(confidences)} was read with confidence "
+            f"{confidences[i]:.2f}, below the threshold {threshold:.2f}"
+        )
+    return reasons
+
+
+@router.post(
+    "",
+    summary="Read a handwritten digit string (postal code)",
+    description=(
+        "Upload one image of a line of handwritten digits, such as a postal code, as "
+        "multipart/form-data field `file` (PNG, JPEG, BMP, GIF (first frame) or WebP): dark "
+        "ink on light paper or the reverse, grayscale or colour, any reasonable size. The "
+        "digits are found by segmentation (connected components; broken digits joined, "
+        "touching digits cut), each is normalized exactly as `/predict` normalizes one digit, "
+        "and all are classified in one model call.\n\n"
+        "The answer gives the string, each digit with its confidence, probabilities and box in "
+        "image pixels, and the string's confidence (product of the digits'). `needs_review` is "
+        "true, with reasons, when a digit's confidence is below `threshold` or when the number "
+        "of digits differs from `expected_length`: such readings should go to a person.\n\n"
+        "An image with no ink answers 422 `no_digits_found`; more digits than "
+        "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
+    ),
+    response_model=RecognizeResponse,
+    responses=error_responses(400, 401, 413, 415, 422, 503),
+)
+async def recognize(
+    file: Annotated[UploadFile, File(description="The image of the digit string.")],
+    expected_length: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="How many digits the string should have (5 for a US ZIP code). A "
+            "different count flags the answer for review.",
+            examples=[5],
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="A digit read with lower confidence than this flags the answer for "
+            "review. Default: the service's `DIGITS_REVIEW_THRESHOLD`.",
+            examples=[0.9],
+        ),
+    ] = None,
+    *,
+    model: ModelDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
+    telemetry: TelemetryDep,
+) -> dict[str, object]:
+    """Read the digit string in one uploaded image."""
+    data = await file.read()
+    lattice, batch, (width, height) = await run_in_threadpool(
+        _prepare, data, settings.max_image_pixels, settings.max_digits
+    )
+    prediction = await worker.predict(model, batch)
+    telemetry.count_images("/recognize", len(batch))
+    probabilities = prediction.probabilities
+    chosen = choose_reading(lattice, probabilities.max(axis=1), max_digits=settings.max_digits)
+    segments: list[dict[str, object]] = []
+    confidences: list[float] = []
+    digits = ""
+    for index in chosen:
+        probs = probabilities[index]
+        digit = int(np.argmax(probs))
+        box = lattice.candidates[index].box
+        confidences.append(float(probs[digit]))
+        digits += str(digit)
+        segments.append(
+            {
+                "digit": digit,
+                "confidence": confidences[-1],
+                "probabilities": probs.tolist(),
+                "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
+            }
+        )
+    limit = settings.review_threshold if threshold is None else threshold
+    reasons = review_reasons(confidences, limit, expected_length)
+    return {
+        "digits": digits,
+        "confidence": float(np.prod(confidences)),
+        "needs_review": bool(reasons),
+        "review_reasons": reasons,
+        "model_version": prediction.model_version,
+        "image": {"width": width, "height": height},
+        "segments": segments,
+    }

@@ -1,0 +1,648 @@
+"""Cut an image of a handwritten digit string (a postal code) into one crop per digit.
+
+The pipeline works on the ink map of :mod:`app.imaging` (ink bright, background 0)::
+
+    binarize -> connected components -> drop specks -> merge pieces of one digit
+             -> split touching digits -> order left to right
+
+Each segment keeps only its own ink (neighbours' strokes are masked out), so
+:func:`app.imaging.center_digit` can normalize it exactly as ``/predict`` normalizes a single
+digit. Only numpy and Pillow are used; connected components are labelled on run-lengths with a
+vectorized union-find, which takes milliseconds on a page-sized image.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from app.core.errors import ApiError
+from app.imaging import center_digit, ink_map, to_grayscale
+
+__all__ = [
+    "Box",
+    "Candidate",
+    "Lattice",
+    "build_lattice",
+    "choose_reading",
+    "connected_components",
+    "find_candidates",
+    "normalize_candidates",
+    "otsu_threshold",
+    "too_many_digits",
+]
+
+FloatImage = npt.NDArray[np.float32]
+
+#: Segmentation runs on at most this many pixels; bigger photos are reduced first (the boxes are
+#: scaled back). A digit string fills a small part of such a photo, so nothing readable is lost.
+MAX_WORK_PIXELS: Final = 2_000_000
+# Otsu's threshold is clamped to this range of the ink map: below it anti-aliasing halos join
+# neighbouring digits, above it thin or faint strokes break apart.
+_THRESHOLD_RANGE: Final = (0.25, 0.6)
+# Pixels down to this share of the threshold still join a stroke they touch (hysteresis).
+_HYSTERESIS: Final = 0.5
+# A component is a speck when both its sides are below this share of the digit height and its
+# area below this share of the median digit area.
+_SPECK_SIDE: Final = 0.35
+_SPECK_AREA: Final = 0.15
+# Components taller than this share of the digit height are whole digits, never fragments.
+_FRAGMENT_HEIGHT: Final = 0.7
+# Two components overlapping by this share of the narrower one's width are one digit.
+_MERGE_OVERLAP: Final = 0.5
+# Candidate cuts: only components wider than _MIN_SPLIT_WIDTH digit heights are cut, into
+# pieces no narrower than _MIN_PIECE_WIDTH, at most _MAX_PIECES, cuts _MIN_CUT_SPACING apart.
+_MIN_SPLIT_WIDTH: Final = 0.75
+_MIN_PIECE_WIDTH: Final = 0.45
+_MAX_PIECES: Final = 4
+_MIN_CUT_SPACING: Final = 0.12
+# Valleys of the projection (columns with the least ink within _VALLEY_REACH digit heights) are
+# candidate cuts too, unless within _CUT_MARGIN of the component's edge.
+_VALLEY_REACH: Final = 0.1
+_CUT_MARGIN: Final = 0.2
+# How far from the evenly spaced position a cut may move, as a share of one piece's width.
+_CUT_WINDOW: Final = 0.35
+# A candidate digit joins at most this many atoms and is at most this wide (in digit heights;
+# MNIST's widest 1% of digits reach 1.45 their height).
+_MAX_RUN: Final = 5
+_MAX_DIGIT_ASPECT: Final = 1.7
+# Reading score (see _candidate_score): tuned on synthetic postal codes from seeds other than
+# the benchmark's.
+_DIGIT_BONUS: Final = 3.1
+_WIDE_START: Final = 1.18
+_WIDE_PENALTY: Final = 15.0
+_NARROW_START: Final = 0.11
+_NARROW_PENALTY: Final = 20.0
+_SHORT_START: Final = 0.89
+_SHORT_PENALTY: Final = 15.0
+_CONFIDENCE_WEIGHT: Final = 5.4
+_CUT_WEIGHT: Final = 2.1
+# Separating two components that nearly touch or overlap (gap below _GAP_FREE digit heights)
+# costs _GAP_WEIGHT per digit height: such pieces are more often one broken digit.
+_GAP_FREE: Final = 0.06
+_GAP_WEIGHT: Final = 1.35
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in image pixels (``x``, ``y`` of the top-left corner)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass
+class _Part:
+    """A group of pixels that will become one segment (work coordinates, half-open ranges)."""
+
+    labels: tuple[int, ...]
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    area: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def otsu_threshold(values: npt.NDArray[np.floating], bins: int = 256) -> float:
+    """Otsu's threshold of values in 0..1: the level that best separates two classes."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mass0 = np.cumsum(hist * centres)
+    mean0 = mass0 / np.maximum(weight0, 1e-12)
+    mean1 = (mass0[-1] - mass0) / np.maximum(weight1, 1e-12)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def connected_components(binary: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int32], int]:
+    """Label the 8-connected components of a boolean image.
+
+    Returns ``(labels, count)`` with labels 1..count (0 is background), numbered in the order
+    of each component's first pixel in raster order.
+
+    Works on horizontal runs of pixels: runs on neighbouring rows that touch (diagonals
+    included) are joined with a union-find whose hooking and path compression are vectorized,
+    so the Python-level work is a handful of numpy passes, not one step per pixel.
+    """
+    mask = np.asarray(binary, dtype=bool)
+    height, width = mask.shape
+    labels = np.zeros((height, width), np.int32)
+    padded = np.zeros((height, width + 2), np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    # np.nonzero is row-major, so the k-th start and the k-th end belong to the same run.
+    rows, starts = np.nonzero(steps == 1)
+    _, ends = np.nonzero(steps == -1)
+    n_runs = rows.size
+    if n_runs == 0:
+        return labels, 0
+    stride = width + 2
+    start_key = rows.astype(np.int64) * stride + starts
+    end_key = rows.astype(np.int64) * stride + ends
+    # Run b (row r) touches run a (row r-1) when a.start <= b.end and b.start <= a.end (ends
+    # exclusive, so diagonal neighbours count). Runs in a row are sorted, so the touching runs
+    # of the row above form one contiguous range, found by binary search.
+    above = (rows.astype(np.int64) - 1) * stride
+    lo = np.searchsorted(end_key, above + starts, side="left")
+    hi = np.searchsorted(start_key, above + ends, side="right")
+    counts = np.where(rows > 0, np.maximum(hi - lo, 0), 0)
+    total = int(counts.sum())
+    run_b = np.repeat(np.arange(n_runs), counts)
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    run_a = np.repeat(lo, counts) + offsets
+
+    parent = np.arange(n_runs)
+    while True:
+        root_a, root_b = parent[run_a], parent[run_b]
+        differ = root_a != root_b
+        if not differ.any():
+            break
+        # Hook the larger root under the smaller: indices only decrease, so no cycles form.
+        np.minimum.at(
+            parent,
+            np.maximum(root_a[differ], root_b[differ]),
+            np.minimum(root_a[differ], root_b[differ]),
+        )
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    _, inverse = np.unique(parent, return_inverse=True)
+    run_label = inverse.reshape(-1).astype(np.int32) + 1
+    lengths = ends - starts
+    pixel_run = np.repeat(np.arange(n_runs), lengths)
+    pixel_col = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+        int(lengths.sum())
+    )
+    labels[rows[pixel_run], pixel_col] = run_label[pixel_run]
+    return labels, int(run_label.max())
+
+
+def _strong_components(
+    ink: FloatImage, low: float, high: float
+) -> tuple[npt.NDArray[np.int32], int]:
+    """Hysteresis: components of the ink above ``low`` that reach ``high`` somewhere.
+
+    A faint or thin stroke stays joined to its digit through its weaker pixels, while faint
+    smudges that never reach ``high`` are dropped.
+    """
+    labels, count = connected_components(ink > low)
+    strong = np.zeros(count + 1, bool)
+    strong[labels[ink > high]] = True
+    strong[0] = False
+    renumber = np.where(strong, np.cumsum(strong), 0).astype(np.int32)
+    return renumber[labels], int(strong.sum())
+
+
+def _component_parts(labels: npt.NDArray[np.int32], count: int) -> list[_Part]:
+    """Bounding box and area of every labelled component."""
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs].astype(np.int64) - 1
+    area = np.bincount(ids, minlength=count)
+    x0 = np.full(count, labels.shape[1], np.int64)
+    y0 = np.full(count, labels.shape[0], np.int64)
+    x1 = np.zeros(count, np.int64)
+    y1 = np.zeros(count, np.int64)
+    np.minimum.at(x0, ids, xs)
+    np.minimum.at(y0, ids, ys)
+    np.maximum.at(x1, ids, xs + 1)
+    np.maximum.at(y1, ids, ys + 1)
+    return [
+        _Part((i + 1,), int(x0[i]), int(x1[i]), int(y0[i]), int(y1[i]), int(area[i]))
+        for i in range(count)
+    ]
+
+
+def _digit_height(parts: list[_Part]) -> float:
+    """The typical digit height: the median height of the substantial components."""
+    biggest = max(p.area for p in parts)
+    return float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+
+
+def _drop_specks(parts: list[_Part], digit_height: float) -> list[_Part]:
+    """Remove dust and noise: components small in both sides and in area."""
+    median_area = float(np.median([p.area for p in parts if p.height >= 0.5 * digit_height]))
+    side = _SPECK_SIDE * digit_height
+    return [
+        p
+        for p in parts
+        if p.height >= side or p.width >= side or p.area >= _SPECK_AREA * median_area
+    ]
+
+
+def _union(a: _Part, b: _Part) -> _Part:
+    return _Part(
+        a.labels + b.labels,
+        min(a.x0, b.x0),
+        max(a.x1, b.x1),
+        min(a.y0, b.y0),
+        max(a.y1, b.y1),
+        a.area + b.area,
+    )
+
+
+def _merge_fragments(parts: list[_Part], digit_height: float) -> list[_Part]:
+    """Join pieces of one broken digit: components stacked over the same columns.
+
+    Two components merge when their column ranges overlap by at least half of the narrower
+    one's width and at least one of them is shorter than a whole digit; two full-height
+    components side by side are neighbours that lean into each other, not one digit.
+    """
+    parts = sorted(parts, key=lambda p: p.x0)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(parts)):
+            for j in range(i + 1, len(parts)):
+                a, b = parts[i], parts[j]
+                if b.x0 >= a.x1:
+                    break
+                overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+                fragment = min(a.height, b.height) < _FRAGMENT_HEIGHT * digit_height
+                if fragment and overlap >= _MERGE_OVERLAP * min(a.width, b.width):
+                    parts[i] = _union(a, b)
+                    del parts[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return parts
+
+
+def too_many_digits(found: int, max_digits: int) -> ApiError:
+    """The 422 answered when an image holds more digits than the service reads."""
+    return ApiError(
+        422,
+        "too_many_digits",
+        f"Found {found} digits, more than the {max_digits} this service reads in one image. "
+        "Send a single line of at most that many digits, or crop the image to the number.",
+        details={"found": found, "max_digits": max_digits},
+    )
+
+
+def _no_digits() -> ApiError:
+    return ApiError(
+        422,
+        "no_digits_found",
+        "No digits found: the image is blank or its contrast is too low. "
+        "Photograph the number larger, in focus, with dark ink on plain light paper "
+        "(or light on dark).",
+    )
+
+
+def _dilate(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """3×3 binary dilation."""
+    out = mask.copy()
+    out[1:, :] |= mask[:-1, :]
+    out[:-1, :] |= mask[1:, :]
+    grown = out.copy()
+    grown[:, 1:] |= out[:, :-1]
+    grown[:, :-1] |= out[:, 1:]
+    return grown
+
+
+@dataclass(frozen=True)
+class _Atom:
+    """The smallest unit of ink: a component, or a slice of one between two candidate cuts."""
+
+    labels: tuple[int, ...]
+    columns: tuple[int, int] | None
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """What separates two consecutive atoms: a cut through ink, or a gap between components."""
+
+    ink: float
+    """Ink crossed by the cut, in stroke widths (0 between separate components)."""
+    gap: float | None
+    """Horizontal gap between the components in digit heights (negative when they overlap);
+    None for a cut inside one component."""
+
+    def cost(self) -> float:
+        """The price of making this boundary a digit boundary."""
+        if self.gap is None:
+            return _CUT_WEIGHT * self.ink
+        return _GAP_WEIGHT * max(0.0, _GAP_FREE - self.gap)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run of consecutive atoms that may be one digit, with its ink ready to normalize."""
+
+    first: int
+    last: int
+    box: Box
+    ink: FloatImage
+    width_ratio: float
+    height_ratio: float
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Every way of reading the ink as a row of digits, before the model has looked at it.
+
+    The ink is cut into ``atom_count`` atoms ordered left to right; a reading is a partition of
+    the atoms into consecutive runs, each run one of ``candidates``. ``boundaries[i]`` says
+    what separates atom ``i`` from atom ``i + 1``.
+    """
+
+    candidates: tuple[Candidate, ...]
+    atom_count: int
+    boundaries: tuple[_Boundary, ...]
+
+
+def _stroke_width(binary: npt.NDArray[np.bool_]) -> float:
+    """Mean pen width in pixels: 2 × area / perimeter of the ink."""
+    area = int(binary.sum())
+    padded = np.pad(binary, 1)
+    perimeter = int((padded[:, 1:] != padded[:, :-1]).sum() + (padded[1:] != padded[:-1]).sum())
+    return max(1.0, 2.0 * area / max(perimeter, 1))
+
+
+def _cut_columns(profile: npt.NDArray[np.float64], digit_height: float) -> list[int]:
+    """Candidate cut columns of a component wide enough to hold several digits.
+
+    For every plausible count k of digits in the component, the k-1 cuts are put at the
+    emptiest column near the evenly spaced positions; the union of all of them is returned,
+    leaving to the reader (recognition and geometry together) which cuts are real.
+    """
+    width = profile.size
+    if width < _MIN_SPLIT_WIDTH * digit_height:
+        return []
+    most = min(_MAX_PIECES, int(np.ceil(width / (_MIN_PIECE_WIDTH * digit_height))))
+    found: set[int] = set()
+    for pieces in range(2, most + 1):
+        step = width / pieces
+        reach = max(1, round(_CUT_WINDOW * step))
+        for k in range(1, pieces):
+            centre = round(k * step)
+            lo, hi = max(1, centre - reach), min(width - 1, centre + reach)
+            if lo >= hi:
+                continue
+            columns = np.arange(lo, hi + 1)
+            # The emptiest column; among equals, the one nearest the expected position.
+            cost = profile[lo : hi + 1] + np.abs(columns - centre) / (4 * reach)
+            found.add(int(columns[np.argmin(cost)]))
+    # Every clear valley of the projection is a candidate too: touching digits meet where the
+    # ink is thinnest, wherever that falls.
+    margin = max(1, round(_CUT_MARGIN * digit_height))
+    reach = max(1, round(_VALLEY_REACH * digit_height))
+    padded = np.pad(profile, reach, constant_values=np.inf)
+    lowest = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1).min(axis=1)
+    valleys = np.flatnonzero(profile <= lowest)
+    found.update(int(c) for c in valleys if margin <= c <= width - margin)
+    cuts: list[int] = []
+    spacing = _MIN_CUT_SPACING * digit_height
+    for column in sorted(found, key=lambda c: profile[c]):
+        if all(abs(column - other) >= spacing for other in cuts):
+            cuts.append(column)
+    return sorted(cuts)
+
+
+def _atoms(
+    parts: list[_Part], labels: npt.NDArray[np.int32], digit_height: float, stroke: float
+) -> tuple[list[_Atom], list[_Boundary]]:
+    """Cut wide parts at their candidate columns: atoms left to right, and the boundaries."""
+    pieces: list[_Atom] = []
+    boundary: list[_Boundary] = []
+    for part in sorted(parts, key=lambda p: (p.x0 + p.x1) / 2):
+        window = np.isin(labels[part.y0 : part.y1, part.x0 : part.x1], part.labels)
+        profile = window.sum(axis=0).astype(np.float64)
+        cuts = _cut_columns(profile, digit_height)
+        edges = [0, *cuts, part.width]
+        atoms: list[_Atom] = []
+        costs: list[float] = []
+        for left, right in itertools.pairwise(edges):
+            rows = np.flatnonzero(window[:, left:right].any(axis=1))
+            if rows.size == 0:
+                continue
+            if atoms:
+                costs.append(float(profile[left]) / stroke)
+            atoms.append(
+                _Atom(
+                    part.labels,
+                    None if not cuts else (part.x0 + left, part.x0 + right),
+                    part.x0 + left,
+                    part.x0 + right,
+                    part.y0 + int(rows[0]),
+                    part.y0 + int(rows[-1]) + 1,
+                )
+            )
+        if pieces:
+            gap = (atoms[0].x0 - pieces[-1].x1) / digit_height
+            boundary.append(_Boundary(0.0, gap))
+        pieces.extend(atoms)
+        boundary.extend(_Boundary(cost, None) for cost in costs)
+    return pieces, boundary
+
+
+def _group_ink(
+    atoms: list[_Atom], labels: npt.NDArray[np.int32], ink: FloatImage
+) -> tuple[FloatImage, tuple[int, int]]:
+    """The atoms' own ink with a one-pixel anti-aliased rim; all other ink zeroed.
+
+    Returns the crop and the work coordinates (x0, y0) of its top-left corner.
+    """
+    height, width = labels.shape
+    x0 = max(0, min(a.x0 for a in atoms) - 1)
+    y0 = max(0, min(a.y0 for a in atoms) - 1)
+    x1 = min(width, max(a.x1 for a in atoms) + 1)
+    y1 = min(height, max(a.y1 for a in atoms) + 1)
+    window = labels[y0:y1, x0:x1]
+    cols = np.arange(x0, x1)
+    own = np.zeros(window.shape, bool)
+    for atom in atoms:
+        mask = np.isin(window, atom.labels)
+        if atom.columns is not None:
+            mask &= ((cols >= atom.columns[0]) & (cols < atom.columns[1]))[None, :]
+        own |= mask
+    keep = _dilate(own) & ((window == 0) | own)
+    crop = np.where(keep, ink[y0:y1, x0:x1], 0.0).astype(np.float32)
+    return crop, (x0, y0)
+
+
+def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
+    """Cut an ink map (float32 [H, W], ink bright) into atoms and list the candidate digits.
+
+    Boxes are in the ink map's pixel coordinates.
+
+    Raises:
+        ApiError: 422 ``no_digits_found`` when there is no ink, 422 ``too_many_digits`` when
+            even the most economical reading has more than ``max_digits`` digits.
+    """
+    arr = np.asarray(ink, dtype=np.float32)
+    if arr.size == 0 or float(arr.max(initial=0.0)) <= 0.0:
+        raise _no_digits()
+    level = min(max(otsu_threshold(arr), _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1])
+    low = _HYSTERESIS * level
+    labels, count = _strong_components(arr, low, level)
+    binary = labels > 0
+    if count == 0:
+        raise _no_digits()
+    parts = _component_parts(labels, count)
+    digit_height = _digit_height(parts)
+    parts = _drop_specks(parts, digit_height)
+    # A run holds at most _MAX_RUN atoms, so this many parts can never fit in max_digits digits;
+    # refusing here also bounds the work on a page of noise.
+    if len(parts) > _MAX_RUN * max_digits:
+        raise too_many_digits(len(parts), max_digits)
+    parts = _merge_fragments(parts, digit_height)
+    atoms, boundaries = _atoms(parts, labels, digit_height, _stroke_width(binary))
+    candidates = []
+    for first in range(len(atoms)):
+        for last in range(first + 1, min(first + _MAX_RUN, len(atoms)) + 1):
+            run = atoms[first:last]
+            width = max(a.x1 for a in run) - min(a.x0 for a in run)
+            if last - first > 1 and width > _MAX_DIGIT_ASPECT * digit_height:
+                break
+            crop, (x0, y0) = _group_ink(run, labels, arr)
+            rows = np.flatnonzero(crop.max(axis=1) > low)
+            cols = np.flatnonzero(crop.max(axis=0) > low)
+            box = Box(
+                x0 + int(cols[0]),
+                y0 + int(rows[0]),
+                int(cols[-1] - cols[0]) + 1,
+                int(rows[-1] - rows[0]) + 1,
+            )
+            candidates.append(
+                Candidate(
+                    first,
+                    last,
+                    box,
+                    crop,
+                    box.width / digit_height,
+                    box.height / digit_height,
+                )
+            )
+    return Lattice(tuple(candidates), len(atoms), tuple(boundaries))
+
+
+def _candidate_score(candidate: Candidate, confidence: float | None) -> float:
+    """How much a candidate looks like one digit: geometry, plus the model's confidence."""
+    score = _DIGIT_BONUS
+    score -= _WIDE_PENALTY * max(0.0, candidate.width_ratio - _WIDE_START)
+    score -= _NARROW_PENALTY * max(0.0, _NARROW_START - candidate.width_ratio)
+    score -= _SHORT_PENALTY * max(0.0, _SHORT_START - candidate.height_ratio)
+    if confidence is not None:
+        score += _CONFIDENCE_WEIGHT * float(np.log(max(confidence, 1e-6)))
+    return score
+
+
+def choose_reading(
+    lattice: Lattice,
+    confidences: npt.NDArray[np.floating] | None,
+    *,
+    max_digits: int | None = None,
+) -> list[int]:
+    """The best partition of the atoms into digits: indices into ``lattice.candidates``.
+
+    Dynamic programming over atom positions; a reading's score is the sum of its candidates'
+    scores (:func:`_candidate_score`) minus the cost of its boundaries (cuts through ink,
+    separating pieces that nearly touch). ``confidences`` (one per candidate, the model's top
+    probability) may be None to read from geometry alone.
+
+    Raises:
+        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``.
+    """
+    n = lattice.atom_count
+    best = np.full(n + 1, -np.inf)
+    best[0] = 0.0
+    back = np.full(n + 1, -1, np.int64)
+    ending: list[list[int]] = [[] for _ in range(n + 1)]
+    for index, cand in enumerate(lattice.candidates):
+        ending[cand.last].append(index)
+    for end in range(1, n + 1):
+        for index in ending[end]:
+            cand = lattice.candidates[index]
+            if not np.isfinite(best[cand.first]):
+                continue
+            conf = None if confidences is None else float(confidences[index])
+            score = best[cand.first] + _candidate_score(cand, conf)
+            if cand.first > 0:
+                score -= lattice.boundaries[cand.first - 1].cost()
+            if score > best[end]:
+                best[end] = score
+                back[end] = index
+    chosen: list[int] = []
+    end = n
+    while end > 0:
+        index = int(back[end])
+        chosen.append(index)
+        end = lattice.candidates[index].first
+    if max_digits is not None and len(chosen) > max_digits:
+        raise too_many_digits(len(chosen), max_digits)
+    return chosen[::-1]
+
+
+def _work_scale(width: int, height: int) -> float:
+    pixels = width * height
+    return 1.0 if pixels <= MAX_WORK_PIXELS else float(np.sqrt(MAX_WORK_PIXELS / pixels))
+
+
+def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
+    """Build the lattice of a decoded image; boxes in the image's own pixel coordinates.
+
+    Large photos are reduced to :data:`MAX_WORK_PIXELS` first (pixel averaging), which bounds
+    the time and memory of a request whatever the upload's size.
+
+    Raises:
+        ApiError: 422 ``no_digits_found`` or 422 ``too_many_digits``.
+    """
+    gray = to_grayscale(img)
+    height, width = gray.shape
+    scale = _work_scale(width, height)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = np.asarray(
+            Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.float32
+        )
+    lattice = build_lattice(ink_map(gray), max_digits=max_digits)
+    if scale == 1.0:
+        return lattice
+    sx, sy = width / gray.shape[1], height / gray.shape[0]
+    rescaled = []
+    for cand in lattice.candidates:
+        b = cand.box
+        x0, y0 = int(b.x * sx), int(b.y * sy)
+        x1 = min(width, int(np.ceil((b.x + b.width) * sx)))
+        y1 = min(height, int(np.ceil((b.y + b.height) * sy)))
+        rescaled.append(
+            Candidate(
+                cand.first,
+                cand.last,
+                Box(x0, y0, x1 - x0, y1 - y0),
+                cand.ink,
+                cand.width_ratio,
+                cand.height_ratio,
+            )
+        )
+    return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries)
+
+
+def normalize_candidates(lattice: Lattice) -> npt.NDArray[np.uint8]:
+    """Every candidate normalized as ``/predict`` normalizes a digit: uint8 [N, 28, 28]."""
+    return np.stack([center_digit(c.ink) for c in lattice.candidates]).astype(np.uint8)
