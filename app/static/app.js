@@ -465,10 +465,8 @@
     window.addEventListener(type, (event) => event.preventDefault());
   }
 
-  $("upload-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (currentFile) readFile(currentFile);
-  });
+  // Enter in the length field submits the form; its "change" event already read the file again.
+  $("upload-form").addEventListener("submit", (event) => event.preventDefault());
   $("api-key-form").addEventListener("submit", (event) => event.preventDefault());
   $("expected-length").addEventListener("change", () => {
     if (currentFile) readFile(currentFile);

@@ -1,0 +1,189 @@
+"""Fixtures for the browser tests: a real uvicorn server with the bundled model, headless chromium.
+
+The server is the service as it ships (``app.main:create_app`` under uvicorn, in its own
+process), so the page is tested against the real ``/predict``, ``/recognize`` and ``/metrics``.
+The browser is Debian's ``/usr/bin/chromium`` driven by the Python ``playwright`` package:
+``playwright install`` downloads a browser from the internet, which CI cannot reach, so
+``.ci/install-browser.sh`` installs the distribution's chromium instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright
+
+from tests.browser.support import REPO_ROOT, PageRecord
+
+SERVER_LOG = REPO_ROOT / "artifacts" / "browser-server.log"
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a quiet, reproducible headless run: no sandbox (CI runs as root), no GPU, and none
+# of chromium's own background traffic (updates, sync, safe browsing) so every request the
+# tests see comes from the page.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# Loading TensorFlow and warming the model takes seconds on a 2-core machine; this is only a
+# bound on how long to wait before giving up with the server's log, not a speed check.
+READY_WAIT_SECONDS = 180.0
+# How long an expectation waits for the page to catch up (a bound, not a speed check): a busy
+# 2-core CI machine can take more than playwright's default 5 s to answer its first request.
+expect.set_options(timeout=20_000)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _model_versions(models_dir: Path) -> list[int]:
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in models_dir.iterdir()
+        if child.is_dir() and child.name.isdigit() and (child / "saved_model.pb").is_file()
+    )
+
+
+def _log_tail(lines: int = 40) -> str:
+    if not SERVER_LOG.exists():
+        return "(no server log)"
+    return "\n".join(SERVER_LOG.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """Base URL of the real service under uvicorn, serving the bundled model, once ready."""
+    models_dir = Path(os.environ.get("DIGITS_MODELS_DIR", REPO_ROOT / "models" / "mnist"))
+    if not models_dir.is_absolute():
+        models_dir = REPO_ROOT / models_dir
+    if not _model_versions(models_dir):
+        pytest.fail(
+            f"No model version in {models_dir}: the browser tests need the bundled model "
+            "models/mnist/<n>/ (train one with `make train`)."
+        )
+    port = _free_port()
+    env = dict(os.environ)
+    env["DIGITS_MODELS_DIR"] = str(models_dir)
+    # The page is tried as a visitor without a key would; the key itself is the API's business.
+    env.pop("DIGITS_API_KEY", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with SERVER_LOG.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            _wait_until_ready(process, base)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + READY_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"The server exited with code {process.returncode}:\n{_log_tail()}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"The server was not ready after {READY_WAIT_SECONDS:.0f} s:\n{_log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Debian chromium; the tests skip only when it is not installed at all."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed: run `bash .ci/install-browser.sh` (as root)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def _open_page(browser: Browser, width: int, height: int) -> Iterator[PageRecord]:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    record = PageRecord(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            record.console_errors.append(message.text)
+
+    def on_request(request: Request) -> None:
+        record.requests.append(request.url)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: record.page_errors.append(str(error)))
+    page.on("request", on_request)
+    try:
+        yield record
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def desktop(browser: Browser) -> Iterator[PageRecord]:
+    """A fresh browser tab the size of a laptop screen."""
+    yield from _open_page(browser, 1280, 900)
+
+
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[PageRecord]:
+    """A fresh browser tab as wide as a small phone held upright."""
+    yield from _open_page(browser, 375, 740)
+
+
+@pytest.fixture(scope="session")
+def mnist_test_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 MNIST **test** images (uint8 [N,28,28]) and labels, via ``training.data``."""
+    from training.data import load_mnist, resolve_data_dir
+
+    directory = resolve_data_dir()
+    if directory is None or not directory.is_dir():
+        pytest.skip("MNIST is not available: set MNIST_DATA_DIR to the directory of IDX .gz files")
+    data = load_mnist(directory, progress=False)
+    return data.test_images, data.test_labels

@@ -1,0 +1,369 @@
+"""The web page in a real headless chromium against the real service and the bundled model.
+
+Each test drives the page as a person would (mouse strokes on the pad, a file picked or dropped)
+and checks what the page shows against what the service answers. Screenshots land in
+``artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+from tests.browser.support import PageRecord
+
+pytestmark = pytest.mark.browser
+
+Point = tuple[float, float]
+
+# Strokes in pad coordinates (0..1 across, 0..1 down), drawn the way people write these digits.
+ONE: list[list[Point]] = [[(0.53, 0.18), (0.50, 0.50), (0.47, 0.82)]]
+ZERO: list[list[Point]] = [
+    [
+        (0.5 + 0.22 * math.sin(2 * math.pi * k / 32), 0.5 - 0.32 * math.cos(2 * math.pi * k / 32))
+        for k in range(33)
+    ]
+]
+SEVEN: list[list[Point]] = [
+    [(0.28, 0.22), (0.72, 0.22)],
+    [(0.72, 0.22), (0.58, 0.52), (0.45, 0.82)],
+]
+
+# Five distinct digits, among them a narrow 1 and a round 0 that segmentation must not merge.
+POSTAL_CODE = "40517"
+# A digit goes into the test image only if the served model reads it alone at least this surely,
+# so a wrong string on the page points at segmentation or the page, not at a hard MNIST digit.
+CLEAR_DIGIT_CONFIDENCE = 0.95
+
+
+COUNT_BOX_PIXELS = """canvas => {
+    const g = canvas.getContext("2d");
+    const data = g.getImageData(0, 0, canvas.width, canvas.height).data;
+    let count = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const [red, green, blue] = [data[i], data[i + 1], data[i + 2]];
+        if (red > 230 && green > 110 && green < 170 && blue < 40) count += 1;
+    }
+    return count;
+}"""
+
+
+def draw(page: Page, strokes: Sequence[Sequence[Point]]) -> None:
+    """Draw strokes on the pad with mouse events (pointer down, moves, up)."""
+    box = page.locator("#pad").bounding_box()
+    assert box is not None, "the drawing pad is not visible"
+
+    def at(point: Point) -> Point:
+        return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
+
+    for stroke in strokes:
+        page.mouse.move(*at(stroke[0]))
+        page.mouse.down()
+        for point in stroke[1:]:
+            page.mouse.move(*at(point), steps=4)
+        page.mouse.up()
+
+
+def wait_for_guess(page: Page) -> None:
+    """Wait until the guess on the page answers the finished drawing."""
+    expect(page.locator("#prediction")).to_have_attribute("data-state", "done")
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Encode a grayscale uint8 array as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def clear_digits(
+    server_url: str, images: np.ndarray, labels: np.ndarray, wanted: str
+) -> list[np.ndarray]:
+    """For each wanted digit, the first MNIST test image of it the served model reads surely."""
+    chosen = []
+    with httpx.Client(base_url=server_url, timeout=30.0) as client:
+        for char in wanted:
+            digit = int(char)
+            for index in np.flatnonzero(labels == digit)[:100]:
+                answer = client.post(
+                    "/predict", files={"file": ("digit.png", png_bytes(images[index]), "image/png")}
+                ).json()
+                if answer["digit"] == digit and answer["confidence"] >= CLEAR_DIGIT_CONFIDENCE:
+                    chosen.append(images[index])
+                    break
+            else:
+                pytest.fail(
+                    f"No MNIST test {digit} among the first 100 is read surely by the model"
+                )
+    return chosen
+
+
+def postal_code_png(digits: list[np.ndarray], labels: str) -> bytes:
+    """The digits side by side, evenly spaced, dark ink on white paper, no noise."""
+    from benchmarks.postal_codes import Layout, render_postal_code
+
+    layout = Layout(
+        length=len(labels),
+        digit_height=(56.0, 56.0),
+        scale_jitter=(1.0, 1.0),
+        aspect_jitter=(1.0, 1.0),
+        slant=(0.0, 0.0),
+        baseline_jitter=0.0,
+        gap=(0.4, 0.4),
+        touching_probability=0.0,
+        margin=(0.5, 0.5),
+        noise_sigma=(0.0, 0.0),
+        speck_probability=0.0,
+        colour_probability=0.0,
+        dark_on_light_probability=1.0,
+    )
+    rendered = render_postal_code(
+        np.random.default_rng(0), digits, [int(char) for char in labels], layout
+    )
+    return rendered.png
+
+
+def test_page_shows_the_model_figures_and_needs_no_other_host(
+    server_url: str, desktop: PageRecord
+) -> None:
+    page = desktop.page
+    metrics = httpx.get(f"{server_url}/metrics", headers={"Accept": "application/json"}).json()
+    model = metrics["model"]
+
+    response = page.goto(f"{server_url}/")
+    assert response is not None
+    assert response.status == 200
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+
+    expect(page).to_have_title("Handwritten digit reader")
+    expect(page.locator("#model-version")).to_have_text(str(model["version"]))
+    expect(page.locator("#model-accuracy")).to_have_text(f"{model['test']['accuracy'] * 100:.2f} %")
+    expect(page.get_by_role("link", name="API documentation")).to_have_attribute("href", "/docs")
+    expect(page.get_by_role("button", name="Clear")).to_be_visible()
+    expect(page.get_by_label("Choose an image")).to_be_attached()
+    expect(page.locator("#bars li")).to_have_count(10)
+    page.wait_for_load_state("networkidle")
+    desktop.screenshot("01-page-loaded")
+
+    assert f"{server_url}/metrics" in desktop.requests
+    assert f"{server_url}/static/app.js" in desktop.requests
+    assert desktop.external_requests() == []
+    assert desktop.console_errors == []
+    assert desktop.page_errors == []
+
+
+@pytest.mark.parametrize(
+    ("digit", "strokes"),
+    [
+        pytest.param(1, ONE, id="one"),
+        pytest.param(0, ZERO, id="zero"),
+        pytest.param(7, SEVEN, id="seven"),
+    ],
+)
+def test_a_drawn_digit_is_read(
+    server_url: str, desktop: PageRecord, digit: int, strokes: list[list[Point]]
+) -> None:
+    page = desktop.page
+    page.goto(f"{server_url}/")
+
+    draw(page, strokes)
+    wait_for_guess(page)
+
+    expect(page.locator("#predicted-digit")).to_have_text(str(digit))
+    expect(page.locator("#bars li.top .bar-digit")).to_have_text(str(digit))
+    desktop.screenshot(f"02-drawn-{digit}")
+    assert any("/predict?normalize=always" in url for url in desktop.requests)
+    assert desktop.external_requests() == []
+    assert desktop.console_errors == []
+    assert desktop.page_errors == []
+
+
+def test_the_pad_sends_an_opaque_image(server_url: str, desktop: PageRecord) -> None:
+    # A transparent background would reach the server as "no ink" or as the wrong polarity.
+    page = desktop.page
+    page.goto(f"{server_url}/")
+    draw(page, ONE)
+    wait_for_guess(page)
+
+    data_url = page.locator("#pad").evaluate("pad => pad.toDataURL('image/png')")
+    drawing = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGBA")
+    alpha = np.asarray(drawing)[..., 3]
+    gray = np.asarray(drawing.convert("L"))
+    assert alpha.min() == 255
+    assert gray.min() == 0
+    assert gray.max() == 255
+
+
+@pytest.fixture(scope="module")
+def postal_photo(
+    server_url: str,
+    mnist_test_digits: tuple[np.ndarray, np.ndarray],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A PNG of POSTAL_CODE written with MNIST test digits, which the service itself reads right."""
+    images, labels = mnist_test_digits
+    photo = postal_code_png(clear_digits(server_url, images, labels, POSTAL_CODE), POSTAL_CODE)
+    answer = httpx.post(
+        f"{server_url}/recognize", files={"file": ("code.png", photo, "image/png")}, timeout=30.0
+    ).json()
+    assert answer["digits"] == POSTAL_CODE, f"the service itself read {answer}"
+    path = tmp_path_factory.mktemp("postal") / "postal-code.png"
+    path.write_bytes(photo)
+    return path
+
+
+def test_a_postal_code_photo_is_read_with_boxes(
+    server_url: str, desktop: PageRecord, postal_photo: Path
+) -> None:
+    answer = httpx.post(
+        f"{server_url}/recognize",
+        files={"file": ("code.png", postal_photo.read_bytes(), "image/png")},
+        timeout=30.0,
+    ).json()
+    page = desktop.page
+    page.goto(f"{server_url}/")
+    page.get_by_label("Choose an image").set_input_files(postal_photo)
+
+    expect(page.locator("#reading")).to_have_attribute("data-state", "done")
+    expect(page.locator("#read-digits")).to_have_text(POSTAL_CODE)
+    expect(page.locator("#segments tr")).to_have_count(len(POSTAL_CODE))
+    expect(page.locator("#segments tr td:nth-child(2)")).to_have_text(list(POSTAL_CODE))
+    expect(page.locator("#preview-caption")).to_contain_text(f"{len(POSTAL_CODE)} digits found")
+    expect(page.locator("#review" if answer["needs_review"] else "#review-ok")).to_be_visible()
+    # The boxes are drawn in orange over a grayscale photo: count the orange pixels.
+    box_pixels = page.locator("#preview").evaluate(COUNT_BOX_PIXELS)
+    assert box_pixels > 100 * len(POSTAL_CODE)
+    desktop.screenshot("03-postal-code")
+    assert desktop.external_requests() == []
+    assert desktop.console_errors == []
+    assert desktop.page_errors == []
+
+
+def test_a_wrong_expected_length_flags_the_reading_for_review(
+    server_url: str, desktop: PageRecord, postal_photo: Path
+) -> None:
+    expected = len(POSTAL_CODE) - 1
+    answer = httpx.post(
+        f"{server_url}/recognize",
+        params={"expected_length": expected},
+        files={"file": ("code.png", postal_photo.read_bytes(), "image/png")},
+        timeout=30.0,
+    ).json()
+    assert answer["needs_review"] is True
+    page = desktop.page
+    page.goto(f"{server_url}/")
+    page.get_by_label("Choose an image").set_input_files(postal_photo)
+    expect(page.locator("#reading")).to_have_attribute("data-state", "done")
+
+    page.get_by_label("Expected number of digits").fill(str(expected))
+    page.get_by_label("Expected number of digits").press("Enter")
+
+    expect(page.locator("#review")).to_be_visible()
+    expect(page.locator("#review-reasons li")).to_have_text(answer["review_reasons"])
+    expect(page.locator("#review-ok")).to_be_hidden()
+    expect(page.locator("#read-digits")).to_have_text(POSTAL_CODE)
+    desktop.screenshot("04-needs-review")
+    assert any(f"expected_length={expected}" in url for url in desktop.requests)
+    assert desktop.console_errors == []
+    assert desktop.page_errors == []
+
+
+def test_a_dropped_digit_is_read(
+    server_url: str, desktop: PageRecord, mnist_test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = mnist_test_digits
+    (digit,) = clear_digits(server_url, images, labels, "3")
+    page = desktop.page
+    page.goto(f"{server_url}/")
+
+    page.locator("#drop-zone").evaluate(
+        """(zone, encoded) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const files = new DataTransfer();
+            files.items.add(new File([bytes], "three.png", { type: "image/png" }));
+            const init = { dataTransfer: files, bubbles: true, cancelable: true };
+            zone.dispatchEvent(new DragEvent("drop", init));
+        }""",
+        base64.b64encode(png_bytes(digit)).decode("ascii"),
+    )
+
+    expect(page.locator("#reading")).to_have_attribute("data-state", "done")
+    expect(page.locator("#read-digits")).to_have_text("3")
+    expect(page.locator("#segments tr")).to_have_count(1)
+    desktop.screenshot("05-dropped-digit")
+    assert desktop.page_errors == []
+
+
+def test_an_upload_that_is_not_an_image_shows_the_service_message(
+    server_url: str, desktop: PageRecord, tmp_path: Path
+) -> None:
+    content = b"Dear reader, this is a letter, not a picture of one.\n"
+    refusal = httpx.post(
+        f"{server_url}/recognize", files={"file": ("letter.txt", content, "text/plain")}
+    )
+    assert 400 <= refusal.status_code < 500
+    message = refusal.json()["error"]["message"]
+    assert message
+    path = tmp_path / "letter.txt"
+    path.write_bytes(content)
+
+    page = desktop.page
+    page.goto(f"{server_url}/")
+    page.get_by_label("Choose an image").set_input_files(path)
+
+    error = page.get_by_role("alert").filter(has_text=message)
+    expect(error).to_be_visible()
+    expect(error).to_have_text(message)
+    expect(page.locator("#reading")).to_be_hidden()
+    desktop.screenshot("06-not-an-image")
+    # The refused upload itself is logged by chromium as a failed resource; nothing else may be.
+    assert desktop.page_errors == []
+    assert all("status of 4" in text for text in desktop.console_errors)
+
+
+def test_the_page_fits_a_phone_and_clear_works_from_the_keyboard(
+    server_url: str, phone: PageRecord
+) -> None:
+    page = phone.page
+    page.goto(f"{server_url}/")
+    viewport_width = page.evaluate("window.innerWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport_width
+    pad = page.locator("#pad").bounding_box()
+    assert pad is not None
+    assert pad["x"] >= 0
+    assert pad["x"] + pad["width"] <= viewport_width
+
+    draw(page, ONE)
+    wait_for_guess(page)
+    expect(page.locator("#predicted-digit")).to_have_text("1")
+    phone.screenshot("07-phone")
+
+    for _ in range(10):
+        if page.evaluate("document.activeElement.id") == "clear":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "clear", "Clear is not reachable by Tab"
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#prediction")).to_have_attribute("data-state", "idle")
+    expect(page.locator("#predicted-digit")).to_have_text("–")
+    ink = page.locator("#pad").evaluate(
+        """pad => {
+            const data = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height).data;
+            let lit = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i] > 0) lit += 1;
+            return lit;
+        }"""
+    )
+    assert ink == 0
+    assert phone.console_errors == []
+    assert phone.page_errors == []
