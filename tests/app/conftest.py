@@ -27,7 +27,8 @@ from app.core.config import Settings
 from app.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLED_MODELS = REPO / "models" / "mnist"
+# The committed model; TEST_BUNDLED_MODELS points these tests at another models directory.
+BUNDLED_MODELS = Path(os.environ.get("TEST_BUNDLED_MODELS", REPO / "models" / "mnist"))
 
 
 # --- MNIST ---------------------------------------------------------------------------------
@@ -255,5 +256,7 @@ def bundled_model_dir() -> Path:
 @pytest.fixture(scope="module")
 def bundled_client(bundled_model_dir: Path) -> Iterator[TestClient]:
     """A running app serving the committed model (shared by a test module)."""
-    with TestClient(create_app(make_settings(bundled_model_dir.parent))) as test_client:
+    # Quiet access log: these tests send thousands of requests.
+    settings = make_settings(bundled_model_dir.parent, log_level="WARNING")
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
