@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -28,7 +29,6 @@ from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
 )
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ApiError
@@ -248,11 +248,18 @@ _INTERNAL_BODY: Final = json.dumps(_INTERNAL.body()).encode()
 
 
 class RequestTelemetryMiddleware:
-    """Times and counts every request, logs one access line, and hides crashes behind a 500."""
+    """Times and counts every request, logs one access line, and hides crashes behind a 500.
 
-    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+    ``routes`` lists (path regex, path template) of the app's routes, to name requests that
+    were answered before routing.
+    """
+
+    def __init__(
+        self, app: ASGIApp, telemetry: Telemetry, routes: list[tuple[re.Pattern[str], str]]
+    ) -> None:
         self.app = app
         self.telemetry = telemetry
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the application, observing its answer."""
@@ -295,7 +302,7 @@ class RequestTelemetryMiddleware:
         finally:
             telemetry.in_progress.dec()
             seconds = time.perf_counter() - started
-            endpoint = _route_template(scope)
+            endpoint = _route_template(scope, self.routes)
             method = scope.get("method", "")
             telemetry.observe_request(endpoint, method, status, seconds)
             if logger.isEnabledFor(logging.INFO):
@@ -317,16 +324,14 @@ class RequestTelemetryMiddleware:
                 )
 
 
-def _route_template(scope: Scope) -> str:
+def _route_template(scope: Scope, known: list[tuple[re.Pattern[str], str]]) -> str:
     """The matched route's path template, so metrics never carry raw, unbounded paths."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str):
         return path
     # Refused before routing (e.g. a body over the limit): find the route it was meant for.
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(candidate, "path", UNMATCHED))
+    raw = scope.get("path", "")
+    for pattern, template in known:
+        if pattern.match(raw):
+            return template
     return UNMATCHED
