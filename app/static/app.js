@@ -62,9 +62,14 @@
     return `${(value * 100).toFixed(decimals)} %`;
   }
 
-  function showError(element, message) {
-    element.textContent = message;
+  function showError(element, err) {
+    element.textContent = err.message;
     element.hidden = false;
+    if (err.status === 401) {
+      // The service wants a key: open the field where it goes, and say where that is.
+      $("api-key-details").open = true;
+      element.textContent += " Enter it under “API key” at the end of the page.";
+    }
   }
 
   function hideError(element) {
@@ -75,8 +80,11 @@
   // ---------------------------------------------------------------- model figures
 
   let shownModelVersion = null;
+  // The page can open while the service is still loading its model (503): look again a few times.
+  const MODEL_INFO_RETRIES = 20;
+  const MODEL_INFO_RETRY_MS = 3000;
 
-  async function loadModelInfo() {
+  async function loadModelInfo(retriesLeft = MODEL_INFO_RETRIES) {
     const status = $("model-status");
     try {
       const metrics = await callApi("/metrics");
@@ -90,6 +98,9 @@
       status.textContent = `Model details are unavailable: ${err.message}`;
       status.hidden = false;
       $("model-details").hidden = true;
+      if (err.status === 503 && retriesLeft > 0) {
+        setTimeout(() => loadModelInfo(retriesLeft - 1), MODEL_INFO_RETRY_MS);
+      }
     }
   }
 
@@ -114,6 +125,7 @@
   const MAX_WAIT_MS = 600;
 
   let drawing = false;
+  let penId = null;
   let lastPoint = null;
   let hasInk = false;
   let timer = null;
@@ -157,8 +169,11 @@
 
   pad.addEventListener("pointerdown", (event) => {
     if (event.pointerType === "mouse" && event.button !== 0) return;
+    // One pen at a time: a second finger on the pad would draw a line jumping between the two.
+    if (drawing) return;
     event.preventDefault();
     pad.setPointerCapture(event.pointerId);
+    penId = event.pointerId;
     drawing = true;
     lastPoint = padPoint(event);
     dot(lastPoint);
@@ -166,7 +181,7 @@
   });
 
   pad.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
+    if (!drawing || event.pointerId !== penId) return;
     const events = typeof event.getCoalescedEvents === "function" ? event.getCoalescedEvents() : [];
     for (const each of events.length ? events : [event]) {
       const point = padPoint(each);
@@ -176,9 +191,10 @@
     inkChanged();
   });
 
-  function endStroke() {
-    if (!drawing) return;
+  function endStroke(event) {
+    if (!drawing || event.pointerId !== penId) return;
     drawing = false;
+    penId = null;
     lastPoint = null;
     // Ask now rather than after the debounce: the stroke is finished.
     schedulePrediction(0);
@@ -282,7 +298,7 @@
       }
     } catch (err) {
       if (err.name === "AbortError" || seq !== predictSeq) return;
-      showError($("predict-error"), err.message);
+      showError($("predict-error"), err);
       setPredictState("error", "No guess: see the message below.");
     } finally {
       if (inFlight === controller) inFlight = null;
@@ -297,6 +313,7 @@
     if (inFlight) inFlight.abort();
     inFlight = null;
     drawing = false;
+    penId = null;
     resetPad();
     hideError($("predict-error"));
     $("predicted-digit").textContent = "–";
@@ -357,7 +374,7 @@
       if (seq !== readSeq) return;
       reading.hidden = true;
       reading.dataset.state = "error";
-      showError(errorBox, err.message);
+      showError(errorBox, err);
     }
   }
 
@@ -468,6 +485,11 @@
   // Enter in the length field submits the form; its "change" event already read the file again.
   $("upload-form").addEventListener("submit", (event) => event.preventDefault());
   $("api-key-form").addEventListener("submit", (event) => event.preventDefault());
+  // A key just typed in (after a 401, say) applies at once to what is on the page.
+  $("api-key").addEventListener("change", () => {
+    if (hasInk) schedulePrediction(0);
+    if (currentFile) readFile(currentFile);
+  });
   $("expected-length").addEventListener("change", () => {
     if (currentFile) readFile(currentFile);
   });
