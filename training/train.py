@@ -1,0 +1,273 @@
+"""Train the 784->10 softmax digit classifier and export it as a new model version.
+
+Usage::
+
+    python -m training --recipe default                  # -> models/mnist/<next free version>/
+    mnist-train --recipe seed --data-dir ../shared/data/mnist --epochs 3 --version 7
+
+MNIST comes from ``--data-dir``, else ``$MNIST_DATA_DIR``, else a verified download cache
+(see :mod:`training.data`).
+
+The story of a run, in the order of :func:`run`:
+
+1. data: the verified MNIST arrays; the last ``validation_size`` training images are held out
+   for learning curves (the test set is only ever used for the final evaluation);
+2. preprocess: :func:`training.preprocess.preprocess_array` turns every image into 784 floats
+   once, with the same TF function the export will contain;
+3. model and fit: one dense softmax layer, fitted by Keras with the recipe's optimizer;
+4. export: the kernel and bias, with the preprocessing, become a SavedModel in a temporary
+   directory beside the target;
+5. evaluate: the exported SavedModel is reloaded and evaluated through its signature, exactly as
+   the server will call it; metrics.json and the report figures are written from that;
+6. publish: the temporary directory is renamed to ``<models_dir>/<version>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from training import preprocess as preprocessing_module
+from training.data import MnistData, MnistError, load_mnist
+from training.environment import library_versions, machine_info
+from training.evaluate import Evaluation, evaluate_signature
+from training.export import SIGNATURE_SPEC, load_signature, save_saved_model, write_version
+from training.model import FitResult, fit_classifier
+from training.preprocess import preprocess_array
+from training.recipes import RECIPES, Recipe
+
+DEFAULT_MODELS_DIR: Final = Path("models/mnist")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a run produced: the version directory and the metrics written into it."""
+
+    path: Path
+    version: int
+    metrics: dict[str, Any]
+
+
+def run(
+    recipe: Recipe,
+    data: MnistData,
+    *,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    version: int | None = None,
+    report: bool = True,
+    verbose: int | str = "auto",
+    load_seconds: float = 0.0,
+) -> TrainingRun:
+    """Train ``recipe`` on ``data`` and publish ``models_dir/<version>`` (next free if None)."""
+    started = time.perf_counter()
+
+    # 1. Data: a validation split carved from the end of the training set.
+    n_val = recipe.validation_size
+    if not 0 <= n_val < len(data.train_images):
+        raise ValueError(
+            f"validation_size {n_val} must be in [0, {len(data.train_images)}) training images"
+        )
+    n_fit = len(data.train_images) - n_val
+    fit_images, fit_labels = data.train_images[:n_fit], data.train_labels[:n_fit]
+    val_images, val_labels = data.train_images[n_fit:], data.train_labels[n_fit:]
+
+    # 2. Preprocess once, with the function the SavedModel will run.
+    tick = time.perf_counter()
+    fit_features = preprocess_array(fit_images, recipe.preprocessing)
+    val_features = preprocess_array(val_images, recipe.preprocessing) if n_val else None
+    preprocess_seconds = time.perf_counter() - tick
+
+    # 3. Model and fit.
+    validation = None if val_features is None else (val_features, val_labels)
+    fit = fit_classifier(recipe, fit_features, fit_labels, validation, verbose=verbose)
+
+    # 4-6. Export, evaluate the export, write metrics and report, publish atomically.
+    def build(directory: Path, chosen_version: int) -> None:
+        tick = time.perf_counter()
+        save_saved_model(directory, fit.kernel, fit.bias, recipe.preprocessing)
+        export_seconds = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        signature = load_signature(directory)
+        test = evaluate_signature(signature, data.test_images, data.test_labels)
+        train = evaluate_signature(signature, fit_images, fit_labels)
+        val = evaluate_signature(signature, val_images, val_labels) if n_val else None
+        evaluate_seconds = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        if report:
+            from training.report import write_report  # matplotlib only when a report is wanted
+
+            write_report(
+                directory / "report",
+                history=fit.history,
+                test=test,
+                test_images=data.test_images,
+                kernel=fit.kernel,
+                preprocessing=recipe.preprocessing,
+                title=f"v{chosen_version} ({recipe.name})",
+            )
+        report_seconds = time.perf_counter() - tick
+
+        timing = {
+            "load_seconds": load_seconds,
+            "preprocess_seconds": preprocess_seconds,
+            "fit_seconds": fit.fit_seconds,
+            "train_seconds": preprocess_seconds + fit.fit_seconds,
+            "export_seconds": export_seconds,
+            "evaluate_seconds": evaluate_seconds,
+            "report_seconds": report_seconds,
+            "total_seconds": load_seconds + time.perf_counter() - started,
+        }
+        metrics = build_metrics(chosen_version, recipe, data, fit, test, train, val, timing)
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", "utf-8")
+
+    path = write_version(models_dir, version, build)
+    metrics = json.loads((path / "metrics.json").read_text("utf-8"))
+    return TrainingRun(path=path, version=int(path.name), metrics=metrics)
+
+
+def build_metrics(
+    version: int,
+    recipe: Recipe,
+    data: MnistData,
+    fit: FitResult,
+    test: Evaluation,
+    train: Evaluation,
+    validation: Evaluation | None,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The metrics.json document. The server reads ``version``, ``recipe``, ``created_at``,
+    ``test.*``, ``train.accuracy``, ``hyperparameters``, ``timing``, ``dataset``, ``versions``.
+    """
+    hyperparameters = recipe.hyperparameters()
+    if recipe.preprocessing == "moment_normalize":
+        hyperparameters["moment_normalize"] = {
+            "target_sd_x": preprocessing_module.TARGET_SD_X,
+            "target_sd_y": preprocessing_module.TARGET_SD_Y,
+            "scale_x_range": list(preprocessing_module.SCALE_X_RANGE),
+            "scale_y_range": list(preprocessing_module.SCALE_Y_RANGE),
+            "max_shear": preprocessing_module.MAX_SHEAR,
+        }
+    return {
+        "version": version,
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "test": {
+            **test.summary(),
+            "per_class": test.per_class(),
+            "confusion_matrix": test.confusion.tolist(),
+        },
+        "train": train.summary(),
+        "validation": validation.summary() if validation is not None else None,
+        "hyperparameters": hyperparameters,
+        "history": fit.history,
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+        "dataset": {
+            "source": data.source,
+            "sha256_uncompressed": data.digests,
+            "train_examples": len(train.labels),
+            "validation_examples": 0 if validation is None else len(validation.labels),
+            "test_examples": len(test.labels),
+        },
+        "versions": library_versions(),
+        "machine": machine_info(),
+        "model": {
+            "format": "TensorFlow SavedModel (plain tf.Module: Keras is not needed to load it)",
+            "architecture": "dense 784 -> 10, softmax",
+            "preprocessing": recipe.preprocessing,
+            "signature": SIGNATURE_SPEC,
+        },
+    }
+
+
+def format_summary(result: TrainingRun) -> str:
+    """The end-of-run table: accuracy, loss, time and where the version was written."""
+    m = result.metrics
+    timing, hp = m["timing"], m["hyperparameters"]
+    rows = [
+        ("recipe", f"{m['recipe']}: {m['description']}"),
+        (
+            "hyperparameters",
+            f"{hp['preprocessing']}, {hp['optimizer']} lr={hp['learning_rate']:g} "
+            f"({hp['lr_schedule']}), batch {hp['batch_size']}, {hp['epochs']} epochs, "
+            f"l2={hp['l2']:g}, seed {hp['seed']}",
+        ),
+        ("test accuracy", f"{m['test']['accuracy']:.4f}  ({m['test']['num_examples']} images)"),
+        ("test loss", f"{m['test']['loss']:.4f}"),
+        ("train accuracy", f"{m['train']['accuracy']:.4f}  ({m['train']['num_examples']} images)"),
+    ]
+    if m["validation"]:
+        rows.append(("validation accuracy", f"{m['validation']['accuracy']:.4f}"))
+    rows += [
+        (
+            "training time",
+            f"{timing['train_seconds']:.1f} s (preprocess {timing['preprocess_seconds']:.1f} s "
+            f"+ fit {timing['fit_seconds']:.1f} s)",
+        ),
+        ("total time", f"{timing['total_seconds']:.1f} s (load, export, evaluation, report)"),
+        ("written", f"{result.path}  (version {result.version})"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    rule = "-" * (width + 2 + max(len(value) for _, value in rows))
+    lines = [rule, *(f"{name.ljust(width)}  {value}" for name, value in rows), rule]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; unset hyperparameters keep the recipe's values."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the MNIST 784->10 softmax classifier and export a model version.",
+    )
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    parser.add_argument(
+        "--data-dir",
+        help="directory with the four MNIST .gz files (default: $MNIST_DATA_DIR, else download)",
+    )
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--validation-size", type=int, help="training images held out")
+    parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``python -m training``, ``mnist-train``)."""
+    args = parse_args(argv)
+    recipe = RECIPES[args.recipe].with_overrides(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        validation_size=args.validation_size,
+    )
+    try:
+        tick = time.perf_counter()
+        data = load_mnist(args.data_dir)
+        load_seconds = time.perf_counter() - tick
+        result = run(
+            recipe,
+            data,
+            models_dir=args.models_dir,
+            version=args.version,
+            report=not args.no_report,
+            load_seconds=load_seconds,
+        )
+    except (MnistError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    return 0
