@@ -144,8 +144,12 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-def _open_page(browser: Browser, width: int, height: int) -> Iterator[PageRecord]:
-    context = browser.new_context(viewport={"width": width, "height": height})
+def _open_page(
+    browser: Browser, width: int, height: int, *, touch: bool = False
+) -> Iterator[PageRecord]:
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, has_touch=touch, is_mobile=touch
+    )
     page = context.new_page()
     record = PageRecord(page)
 
@@ -173,8 +177,8 @@ def desktop(browser: Browser) -> Iterator[PageRecord]:
 
 @pytest.fixture
 def phone(browser: Browser) -> Iterator[PageRecord]:
-    """A fresh browser tab as wide as a small phone held upright."""
-    yield from _open_page(browser, 375, 740)
+    """A fresh browser tab on a small touch-screen phone held upright."""
+    yield from _open_page(browser, 375, 740, touch=True)
 
 
 @pytest.fixture(scope="session")
