@@ -315,6 +315,7 @@ def download(
             with os.fdopen(fd, "wb") as sink:
                 _fetch(url, sink, label=expected.name, progress=progress)
             read_idx(tmp, expected)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is ordinary data
             os.replace(tmp, target)
             return target
         except MnistFileError as exc:
@@ -383,13 +384,15 @@ class ProgressBar:
 
     def _draw(self, received: int, *, end: str) -> None:
         stream = self._stream or sys.stderr
-        mib = received / 2**20
+        # KiB for the small label files, MiB for the images.
+        unit, size = ("MiB", 2**20) if max(received, self._total or 0) >= 2**20 else ("KiB", 2**10)
         if self._total:
             fraction = min(received / self._total, 1.0)
             filled = int(fraction * self.WIDTH)
             bar = "#" * filled + "." * (self.WIDTH - filled)
-            text = f"{self._label} [{bar}] {fraction:4.0%} {mib:.1f}/{self._total / 2**20:.1f} MiB"
+            amount = f"{received / size:.1f}/{self._total / size:.1f} {unit}"
+            text = f"{self._label} [{bar}] {fraction:4.0%} {amount}"
         else:
-            text = f"{self._label} {mib:.1f} MiB"
+            text = f"{self._label} {received / size:.1f} {unit}"
         stream.write("\r" + text + end)
         stream.flush()

@@ -35,7 +35,8 @@ class Recipe:
     """The last ``validation_size`` training images are held out for learning curves."""
     seed: int
     steps_per_execution: int
-    """Batches per compiled call: fewer Python round trips. Changes speed, never the result."""
+    """Batches per compiled call (at most; see :mod:`training.model`): fewer Python round trips.
+    Changes speed, never the result."""
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         """A copy with the given fields replaced; ``None`` values mean "keep the recipe's"."""

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.training.synthetic import SyntheticDataset, make_dataset
@@ -114,11 +113,3 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
-
-
-@pytest.fixture
-def random_digits() -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
-    """``random_digits(n, seed)``: n noisy blob images [n, 28, 28] uint8 and labels [n]."""
-    from tests.training.synthetic import blob_digits
-
-    return blob_digits

@@ -280,3 +280,12 @@ def test_cli_reports_bad_data_in_one_line(
     assert err.startswith("error: ")
     assert "train-images-idx3-ubyte.gz" in err
     assert not (tmp_path / "models").exists()
+
+
+def test_steps_per_execution_divides_the_epoch() -> None:
+    from training.model import _steps_per_execution
+
+    assert _steps_per_execution(16, 108) == 12
+    assert _steps_per_execution(16, 64) == 16
+    assert _steps_per_execution(16, 107) == 1  # a prime: one step per call
+    assert _steps_per_execution(1, 1719) == 1
