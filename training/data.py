@@ -305,7 +305,9 @@ def download(
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / expected.name
     failures: list[str] = []
-    network_only = True
+    # "Offline" only when no mirror could even be connected to; a mirror that answered badly
+    # (HTTP error, cut transfer, wrong content) gets its own reason instead.
+    unreachable = True
     for base in base_urls if base_urls is not None else mirrors():
         url = base if base.endswith("/") else base + "/"
         url += expected.name
@@ -319,20 +321,22 @@ def download(
             os.replace(tmp, target)
             return target
         except MnistFileError as exc:
-            network_only = False
+            unreachable = False
             failures.append(f"{url}: {str(exc).removeprefix(str(tmp) + ': ')}")
         except urllib.error.HTTPError as exc:
-            network_only = False
+            unreachable = False
             failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            failures.append(f"{url}: {reason or type(exc).__name__}")
+        except urllib.error.URLError as exc:  # DNS failure, connection refused, no route
+            failures.append(f"{url}: {exc.reason}")
+        except (OSError, http.client.HTTPException) as exc:  # failed after connecting
+            unreachable = False
+            failures.append(f"{url}: transfer failed: {exc or type(exc).__name__}")
         finally:
             tmp.unlink(missing_ok=True)
     tried = "\n  ".join(failures) if failures else "(no mirror configured)"
     headline = (
         "Cannot download MNIST: no network connection to any mirror."
-        if network_only
+        if unreachable
         else f"Cannot download MNIST file {expected.name}: no mirror delivered a verified copy."
     )
     raise MnistDownloadError(f"{headline}\n  {tried}\n{OFFLINE_HINT}")
@@ -353,7 +357,7 @@ def _fetch(url: str, sink: IO[bytes], *, label: str, progress: bool) -> None:
         if total is not None and received != total:
             # urllib does not always raise when the peer closes early; the digest check would
             # catch it too, but this message is more precise.
-            raise http.client.IncompleteRead(b"", total - received)
+            raise ConnectionError(f"connection closed after {received} of {total} bytes")
 
 
 class ProgressBar:
