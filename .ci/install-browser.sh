@@ -30,4 +30,5 @@ echo "install-browser: installing ${missing[*]:-chromium}"
 DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
     "${packages[@]}"
 
-/usr/bin/chromium --version
+# The Debian launcher warns about its own memory probe on stderr; only the version matters here.
+/usr/bin/chromium --version 2>/dev/null

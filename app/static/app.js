@@ -59,7 +59,10 @@
   }
 
   function percent(value, decimals = 1) {
-    return `${(value * 100).toFixed(decimals)} %`;
+    const text = (value * 100).toFixed(decimals);
+    // Rounding must not claim a certainty the model did not.
+    if (value < 1 && Number(text) >= 100) return `> ${(100 - 10 ** -decimals).toFixed(decimals)} %`;
+    return `${text} %`;
   }
 
   function showError(element, err) {
