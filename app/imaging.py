@@ -15,7 +15,7 @@ and :func:`prepare_digit` runs it (or skips it for images that already are MNIST
 from __future__ import annotations
 
 import io
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ __all__ = [
 FloatImage = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]
 Normalize = Literal["auto", "always", "never"]
+_Pixel = TypeVar("_Pixel", bound=np.generic)
 
 #: Formats accepted from clients, as Pillow names them (MPO is how Pillow names camera JPEGs).
 ACCEPTED_FORMATS: Final = frozenset({"PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP"})
@@ -275,7 +276,7 @@ def prepare_digit(data: bytes, *, normalize: Normalize, max_pixels: int) -> tupl
         return _to_bytes(to_grayscale(img)), False
     if normalize == "auto" and img.mode == "L" and img.size == (MNIST_SIZE, MNIST_SIZE):
         pixels = np.asarray(img, dtype=np.uint8)
-        if pixels.max() > pixels.min() and not _ink_is_dark(pixels.astype(np.float32)):
+        if pixels.max() > pixels.min() and not _ink_is_dark(pixels):
             return pixels, False
     return normalize_image(img), True
 
@@ -345,7 +346,7 @@ def _to_bytes(gray: FloatImage) -> ByteImage:
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
 
 
-def _border(g: FloatImage) -> FloatImage:
+def _border(g: npt.NDArray[_Pixel]) -> npt.NDArray[_Pixel]:
     h, w = g.shape
     band = max(1, min(h, w) // 20)
     return np.concatenate(
@@ -353,11 +354,23 @@ def _border(g: FloatImage) -> FloatImage:
     )
 
 
-def _ink_is_dark(g: FloatImage) -> bool:
+def _ink_is_dark(g: FloatImage | ByteImage) -> bool:
     """Whether the ink is darker than the background: the extreme farther from the border wins."""
-    background = float(np.median(_border(g)))
-    darkest, brightest = np.percentile(g, [0.1, 99.9])
-    return background - float(darkest) > float(brightest) - background
+    # Grey-level histograms: exact for 8-bit data, and far cheaper than sorting for medians.
+    levels: ByteImage = (
+        np.asarray(g, dtype=np.uint8)
+        if g.dtype == np.uint8
+        else np.clip(np.rint(g), 0, 255).astype(np.uint8)
+    )
+    background = _histogram_quantiles(_border(levels), (0.5,))[0]
+    darkest, brightest = _histogram_quantiles(levels, (0.001, 0.999))
+    return background - darkest > brightest - background
+
+
+def _histogram_quantiles(levels: ByteImage, quantiles: tuple[float, ...]) -> list[int]:
+    counts = np.cumsum(np.bincount(levels.ravel(), minlength=256))
+    total = int(counts[-1])
+    return [int(np.searchsorted(counts, q * (total - 1), side="right")) for q in quantiles]
 
 
 def _subsample(values: FloatImage, limit: int = 40_000) -> FloatImage:

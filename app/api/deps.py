@@ -2,6 +2,8 @@
 
 Everything heavy is created once by ``create_app`` and its lifespan and kept on ``app.state``;
 these functions only hand it to the routes (``Annotated[..., Depends(...)]`` aliases below).
+They are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in the thread pool, a
+thread hop per dependency per request for what is an attribute lookup.
 """
 
 from __future__ import annotations
@@ -27,31 +29,31 @@ _api_key_scheme = APIKeyHeader(
 )
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings this app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     """The model store (served version, versions on disk)."""
     store: ModelStore = request.app.state.store
     return store
 
 
-def get_worker(request: Request) -> InferenceWorker:
+async def get_worker(request: Request) -> InferenceWorker:
     """The inference worker that runs every model call."""
     worker: InferenceWorker = request.app.state.worker
     return worker
 
 
-def get_telemetry(request: Request) -> Telemetry:
+async def get_telemetry(request: Request) -> Telemetry:
     """The app's metrics."""
     telemetry: Telemetry = request.app.state.telemetry
     return telemetry
 
 
-def get_current_model(store: Annotated[ModelStore, Depends(get_store)]) -> LoadedModel:
+async def get_current_model(store: Annotated[ModelStore, Depends(get_store)]) -> LoadedModel:
     """The model version this request will use from start to end; 503 while none is loaded."""
     model = store.current
     if model is None:
@@ -70,11 +72,11 @@ def not_ready(store: ModelStore) -> ApiError:
     )
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, api_key: Annotated[str | None, Security(_api_key_scheme)] = None
 ) -> None:
     """Check the X-API-Key header when the service has an API key configured (401 otherwise)."""
-    expected = get_app_settings(request).api_key
+    expected = (await get_app_settings(request)).api_key
     if expected is None:
         return
     if api_key is None:
