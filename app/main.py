@@ -58,10 +58,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(
         configure_tensorflow, settings.intra_op_threads, settings.inter_op_threads
     )
+    store.start_polling(settings.model_poll_seconds)
     # In a thread: loading a SavedModel takes a while and must not freeze the event loop.
     await run_in_threadpool(store.refresh)
     worker.start()
-    store.start_polling(settings.model_poll_seconds)
     try:
         yield
     finally:

@@ -231,6 +231,8 @@ class ModelStore:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.last_checked: datetime | None = None
+        self._reported_empty = False
+        self._polling = False
 
     @property
     def current(self) -> LoadedModel | None:
@@ -246,19 +248,24 @@ class ModelStore:
         """Serve the newest loadable version on disk; return the served model afterwards.
 
         Versions are tried newest first down to the one being served; each failure is logged
-        and remembered. The current model keeps serving whatever goes wrong.
+        and remembered. The current model keeps serving whatever goes wrong. Should the served
+        version's directory disappear, the newest remaining one takes over (a rollback).
         """
         with self._refresh_lock:
             self.last_checked = datetime.now(UTC)
             on_disk = versions_on_disk(self.models_dir)
             current = self._current
-            if not on_disk and current is None:
+            empty = not on_disk and current is None
+            if empty and not self._reported_empty:
+                # Once, not at every poll: the state is what matters, not its repetition.
                 logger.error(
                     "not ready: no model version in %s (expected integer-named SavedModel "
-                    "directories such as %s/1)",
+                    "directories such as %s/1)%s",
                     self.models_dir.resolve(),
                     self.models_dir,
+                    "; still looking" if self._polling else "",
                 )
+            self._reported_empty = empty
             for version in on_disk:
                 if current is not None and version == current.version:
                     break
@@ -296,6 +303,7 @@ class ModelStore:
         """Check the directory every ``interval_seconds`` in a background thread."""
         if interval_seconds <= 0 or self._poller is not None:
             return
+        self._polling = True
         self._stop.clear()
         self._poller = threading.Thread(
             target=self._poll, args=(interval_seconds,), name="model-poller", daemon=True

@@ -66,7 +66,13 @@ def test_no_model_means_not_ready_but_alive(
         models_dir.mkdir()
     logging.getLogger("app").addHandler(caplog.handler)
     try:
-        with TestClient(create_app(make_settings(models_dir))) as client:
+        app = create_app(make_settings(models_dir, model_poll_seconds=0.02))
+        with TestClient(app) as client:
+            # Several polls find nothing; the log says so once.
+            first = app.state.store.last_checked
+            wait_for(lambda: app.state.store.last_checked != first)
+            second = app.state.store.last_checked
+            wait_for(lambda: app.state.store.last_checked != second)
             assert client.get("/health/live").status_code == 200
             ready = client.get("/health/ready")
             assert ready.status_code == 503
@@ -83,6 +89,7 @@ def test_no_model_means_not_ready_but_alive(
     not_ready = [r for r in caplog.records if "not ready" in r.getMessage()]
     assert len(not_ready) == 1
     assert str(models_dir.resolve()) in not_ready[0].getMessage()
+    assert "still looking" in not_ready[0].getMessage()
 
 
 def test_polling_picks_up_a_model_that_appears_later(models: ModelsDir) -> None:
