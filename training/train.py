@@ -228,18 +228,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m training",
         description="Train the MNIST 784->10 softmax classifier and export a model version.",
     )
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="default",
+        help="default: the tuned recipe (default); seed: the original notebook",
+    )
     parser.add_argument(
         "--data-dir",
         help="directory with the four MNIST .gz files (default: $MNIST_DATA_DIR, else download)",
     )
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help=f"where versions live (default: {DEFAULT_MODELS_DIR})",
+    )
     parser.add_argument("--version", type=int, help="version number (default: next free)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--validation-size", type=int, help="training images held out")
+    keep = "(default: the recipe's)"
+    parser.add_argument("--epochs", type=int, help=f"passes over the training set {keep}")
+    parser.add_argument("--batch-size", type=int, help=f"examples per step {keep}")
+    parser.add_argument("--learning-rate", type=float, help=f"initial learning rate {keep}")
+    parser.add_argument("--seed", type=int, help=f"random seed {keep}")
+    parser.add_argument("--validation-size", type=int, help=f"last training images held out {keep}")
     parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
     return parser.parse_args(argv)
 
