@@ -1,0 +1,291 @@
+"""Memory benchmark: does the service's resident memory stay put under sustained and hostile load?
+
+Against a fresh uvicorn server (one worker, the public app, default settings):
+
+1. 1,000 warm-up requests (valid 28×28 PNG digits), then read VmRSS;
+2. 20,000 more valid requests: the growth must be at most 20 MB;
+3. 1,000 hostile inputs, a mix of every kind of bad upload the service refuses (garbage,
+   truncated PNG, decompression-bomb header, unsupported format, empty file, blank image,
+   bodies over the upload limit with and without Content-Length, wrong form field, too many
+   files) plus large pen-on-paper photos that must be decoded: the growth must be at most 50 MB.
+
+Every answer's status is checked, so a run that "passes" by failing requests is visible.
+The client is asyncio + httpx with 16 concurrent connections, in this process (the server runs in
+its own). Run alone: ``python benchmarks/bench_memory.py``; bench_serving.py runs it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import struct
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._server import (
+    PUBLIC_APP,
+    REPO,
+    digit_images,
+    multipart,
+    png,
+    start_server,
+)
+
+WARMUP = 1_000
+REQUESTS = 20_000
+HOSTILE = 1_000
+CONCURRENCY = 16
+TARGET_GROWTH_MB = 20.0
+TARGET_HOSTILE_MB = 50.0
+# The service's default upload limit (DIGITS_MAX_UPLOAD_BYTES); the server runs with defaults.
+UPLOAD_LIMIT = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request to send and the status it must get."""
+
+    kind: str
+    path: str
+    expected: int
+    content: bytes | None = None
+    content_type: str | None = None
+    chunked_bytes: int = 0
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A valid PNG header declaring a huge image, with almost no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(1024))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def photo_jpeg(digit: np.ndarray, width: int = 1600, height: int = 1200) -> bytes:
+    """A phone-photo-sized JPEG of a digit in dark ink on light paper."""
+    big = Image.fromarray(255 - digit).resize((height // 2, height // 2))
+    paper = Image.new("L", (width, height), 230)
+    paper.paste(big, (width // 3, height // 4))
+    buffer = io.BytesIO()
+    paper.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def hostile_requests(images: np.ndarray) -> list[Request]:
+    """One request of each hostile kind (cycled to build the hostile phase)."""
+    rng = np.random.default_rng(1)
+    good = png(images[0])
+    tiff = io.BytesIO()
+    Image.fromarray(images[0]).save(tiff, "TIFF")
+
+    def upload(data: bytes, name: str = "file") -> tuple[bytes, str]:
+        return multipart(name, [data])
+
+    kinds: list[tuple[str, str, int, tuple[bytes, str] | None, int]] = [
+        ("garbage bytes", "/predict", 400, upload(rng.bytes(4096)), 0),
+        ("truncated PNG", "/predict", 400, upload(png(images[1])[:120]), 0),
+        ("decompression-bomb header", "/predict", 413, upload(bomb_png()), 0),
+        ("unsupported format (TIFF)", "/predict", 415, upload(tiff.getvalue()), 0),
+        ("empty file", "/predict", 400, upload(b""), 0),
+        ("blank image", "/predict", 422, upload(png(np.zeros((28, 28), np.uint8))), 0),
+        ("wrong form field", "/predict", 422, upload(good, "image"), 0),
+        ("over the limit, Content-Length", "/predict", 413, upload(bytes(UPLOAD_LIMIT + 1)), 0),
+        ("over the limit, chunked", "/predict", 413, None, UPLOAD_LIMIT + 65_536),
+        ("too many files", "/predict/batch", 413, multipart("files", [good] * 300), 0),
+        ("pen-on-paper photo 1600×1200", "/predict", 200, upload(photo_jpeg(images[2])), 0),
+    ]
+    requests = []
+    for kind, path, expected, body, chunked in kinds:
+        content, content_type = body if body is not None else (None, None)
+        requests.append(Request(kind, path, expected, content, content_type, chunked))
+    return requests
+
+
+async def _chunks(total: int, size: int = 65_536) -> AsyncIterator[bytes]:
+    boundary = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    yield boundary
+    sent = len(boundary)
+    block = bytes(size)
+    while sent < total:
+        yield block
+        sent += size
+
+
+async def send(client: httpx.AsyncClient, request: Request) -> int:
+    """Send one request; the status code, or 0 for a connection error."""
+    try:
+        if request.chunked_bytes:
+            response = await client.post(
+                request.path,
+                content=_chunks(request.chunked_bytes),
+                headers={"Content-Type": "multipart/form-data; boundary=x"},
+            )
+        else:
+            assert request.content_type is not None
+            response = await client.post(
+                request.path,
+                content=request.content,
+                headers={"Content-Type": request.content_type},
+            )
+    except httpx.TransportError:
+        return 0
+    return response.status_code
+
+
+async def drive(
+    url: str, requests: list[Request], count: int, concurrency: int = CONCURRENCY
+) -> Counter[tuple[str, int, int]]:
+    """Send ``count`` requests cycling through ``requests``; count (kind, expected, got)."""
+    outcomes: Counter[tuple[str, int, int]] = Counter()
+    next_index = 0
+
+    async def client_loop() -> None:
+        nonlocal next_index
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            while next_index < count:
+                request = requests[next_index % len(requests)]
+                next_index += 1
+                status = await send(client, request)
+                outcomes[(request.kind, request.expected, status)] += 1
+
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return outcomes
+
+
+@dataclass
+class MemoryResult:
+    """RSS readings of one run and the answers it got."""
+
+    rss_after_warmup: float = 0.0
+    rss_after_requests: float = 0.0
+    rss_after_hostile: float = 0.0
+    valid: Counter[tuple[str, int, int]] = field(default_factory=Counter)
+    hostile: Counter[tuple[str, int, int]] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def growth(self) -> float:
+        """MB gained over the valid requests after warm-up."""
+        return self.rss_after_requests - self.rss_after_warmup
+
+    @property
+    def hostile_growth(self) -> float:
+        """MB gained over the hostile inputs."""
+        return self.rss_after_hostile - self.rss_after_requests
+
+    @property
+    def wrong_answers(self) -> int:
+        """Requests that did not get the status they should have."""
+        return sum(n for (_, want, got), n in (self.valid + self.hostile).items() if want != got)
+
+    def print_table(self) -> None:
+        """Markdown tables of the readings and of the hostile answers."""
+        print(f"## Memory (RSS of the server process, MB = 2^20 bytes; {self.seconds:.0f} s)\n")
+        print("| phase | requests | RSS after | growth | bound | wrong status |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        valid_wrong = sum(n for (_, want, got), n in self.valid.items() if want != got)
+        hostile_wrong = sum(n for (_, want, got), n in self.hostile.items() if want != got)
+        print(f"| warm-up | {WARMUP:,} | {self.rss_after_warmup:.1f} MB | | | |")
+        print(
+            f"| valid digits | {REQUESTS:,} | {self.rss_after_requests:.1f} MB "
+            f"| {self.growth:+.1f} MB | ≤ {TARGET_GROWTH_MB:g} MB | {valid_wrong} |"
+        )
+        print(
+            f"| hostile inputs | {HOSTILE:,} | {self.rss_after_hostile:.1f} MB "
+            f"| {self.hostile_growth:+.1f} MB | ≤ {TARGET_HOSTILE_MB:g} MB | {hostile_wrong} |"
+        )
+        print("\n| hostile kind | sent | expected status | statuses received |")
+        print("| --- | ---: | ---: | --- |")
+        per_kind: dict[str, Counter[int]] = {}
+        expected: dict[str, int] = {}
+        for (kind, want, got), n in self.hostile.items():
+            per_kind.setdefault(kind, Counter())[got] += n
+            expected[kind] = want
+        for kind, statuses in per_kind.items():
+            received = ", ".join(f"{s}×{n}" for s, n in sorted(statuses.items()))
+            print(f"| {kind} | {sum(statuses.values())} | {expected[kind]} | {received} |")
+
+    def checks(self) -> list[tuple[str, str, bool]]:
+        """(target, measured, met) rows for the summary."""
+        return [
+            (
+                f"RSS growth ≤ {TARGET_GROWTH_MB:g} MB over {REQUESTS:,} requests",
+                f"{self.growth:+.1f} MB",
+                self.growth <= TARGET_GROWTH_MB,
+            ),
+            (
+                f"RSS growth ≤ {TARGET_HOSTILE_MB:g} MB over {HOSTILE:,} hostile inputs",
+                f"{self.hostile_growth:+.1f} MB",
+                self.hostile_growth <= TARGET_HOSTILE_MB,
+            ),
+            (
+                "every memory-run request got its expected status",
+                f"{self.wrong_answers} wrong",
+                self.wrong_answers == 0,
+            ),
+        ]
+
+
+def run_memory_benchmark(models_dir: Path, log_dir: Path) -> MemoryResult:
+    """Start a fresh server and run the three phases against it."""
+    images, _ = digit_images(256)
+    valid = [
+        Request("valid digit", "/predict", 200, *multipart("file", [png(image)]))
+        for image in images
+    ]
+    hostile = hostile_requests(images)
+    result = MemoryResult()
+    started = time.perf_counter()
+    server = start_server(PUBLIC_APP, models_dir, log_dir / "memory.log")
+    try:
+        rss: Callable[[], float] = server.rss_mib
+        asyncio.run(drive(server.url, valid, WARMUP))
+        result.rss_after_warmup = rss()
+        result.valid = asyncio.run(drive(server.url, valid, REQUESTS))
+        result.rss_after_requests = rss()
+        result.hostile = asyncio.run(drive(server.url, hostile, HOSTILE))
+        result.rss_after_hostile = rss()
+    finally:
+        server.stop()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the memory benchmark alone and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models" / "mnist")
+    parser.add_argument("--log-dir", type=Path, default=REPO / "artifacts" / "bench")
+    args = parser.parse_args(argv)
+    result = run_memory_benchmark(args.models_dir.resolve(), args.log_dir)
+    result.print_table()
+    print()
+    for name, value, met in result.checks():
+        print(f"- {name}: {value} ({'met' if met else 'NOT met'})")
+    return 0 if all(met for _, _, met in result.checks()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
