@@ -27,7 +27,6 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "Normalize",
     "center_digit",
-    "declared_pixels",
     "decode_image",
     "ink_map",
     "normalize_image",
@@ -106,19 +105,6 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             "Upload the complete file again.",
         ) from exc
     return img
-
-
-def declared_pixels(data: bytes) -> int | None:
-    """Width × height an accepted image declares in its header, or None if it is not one.
-
-    Reads the header only (microseconds), so callers can decide where to decode the pixels.
-    """
-    try:
-        with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as img:
-            width, height = img.size
-    except Exception:  # anything unreadable is for decode_image to explain
-        return None
-    return width * height
 
 
 def to_grayscale(img: Image.Image) -> FloatImage:

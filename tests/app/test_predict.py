@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,6 +71,31 @@ def test_large_upload_is_decoded_off_the_event_loop_and_answered(client: TestCli
     response = post(client, encode(photo, "JPEG", quality=90), name="photo.jpg")
     assert response.status_code == 200
     assert response.json()["normalized"] is True
+
+
+def test_small_uploads_decode_on_the_loop_and_large_ones_in_a_thread(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api.routes import predict as predict_module
+
+    calls: list[tuple[int, int]] = []
+    real = predict_module.prepare_digit
+
+    def recording(data: bytes, **kwargs: Any) -> Any:
+        calls.append((threading.get_ident(), kwargs["max_pixels"]))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(predict_module, "prepare_digit", recording)
+    assert post(client, digit_png()).status_code == 200
+    [(loop_thread, _)] = calls
+    calls.clear()
+    photo = Image.new("L", (1000, 1000), 230)
+    ImageDraw.Draw(photo).line([(500, 200), (500, 800)], fill=20, width=30)
+    assert post(client, encode(photo)).status_code == 200
+    # First a header-only look on the loop (refused by the small inline limit), then the
+    # real decoding in the thread pool with the configured limit.
+    assert [thread == loop_thread for thread, _ in calls] == [True, False]
+    assert calls[1][1] == client.app.state.settings.max_image_pixels  # type: ignore[attr-defined]
 
 
 def test_batch_answers_in_order_with_per_item_errors(client: TestClient) -> None:

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ModelDep, SettingsDep, TelemetryDep, WorkerDep
 from app.core.errors import ApiError
-from app.imaging import Normalize, declared_pixels, prepare_digit
+from app.imaging import Normalize, prepare_digit
 from app.schemas import BatchResponse, PredictResponse, error_responses
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
@@ -48,9 +48,16 @@ def _digit(probabilities: np.ndarray, digit: int, normalized: bool) -> dict[str,
 
 
 async def _prepare(data: bytes, normalize: Normalize, max_pixels: int) -> tuple[np.ndarray, bool]:
-    pixels = declared_pixels(data) if len(data) <= INLINE_MAX_BYTES else None
-    if pixels is not None and pixels <= INLINE_MAX_PIXELS:
-        return prepare_digit(data, normalize=normalize, max_pixels=max_pixels)
+    if len(data) <= INLINE_MAX_BYTES:
+        # Try on the loop with a small pixel limit: decode_image checks it from the header,
+        # before any pixel is decoded, so a larger image costs only that check here.
+        try:
+            return prepare_digit(
+                data, normalize=normalize, max_pixels=min(max_pixels, INLINE_MAX_PIXELS)
+            )
+        except ApiError as exc:
+            if exc.code != "image_too_large" or max_pixels <= INLINE_MAX_PIXELS:
+                raise
     return await run_in_threadpool(prepare_digit, data, normalize=normalize, max_pixels=max_pixels)
 
 
