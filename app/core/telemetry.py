@@ -43,6 +43,7 @@ PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 UNMATCHED: Final = "unmatched"
+_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 class Telemetry:
@@ -120,7 +121,9 @@ class Telemetry:
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        key = (endpoint, method, str(status))
+        # Clients choose the method token: unknown ones share one label value, so a stream of
+        # made-up methods cannot grow the metrics without bound.
+        key = (endpoint, method if method in _METHODS else "OTHER", str(status))
         children = self._children.get(key)
         if children is None:
             children = (self.requests.labels(*key), self.latency.labels(*key))

@@ -126,3 +126,11 @@ def test_json_log_format() -> None:
     assert any(isinstance(h.formatter, JsonFormatter) for h in handlers)
     configure_logging("INFO", "text")
     assert len(logging.getLogger("app").handlers) == len(handlers)
+
+
+def test_label_values_stay_bounded(client: TestClient) -> None:
+    for i in range(5):
+        client.request(f"BREW{i}", f"/random/path/{i}")
+    values = scrape(client)
+    assert values["digits_http_requests_total{endpoint=unmatched,method=OTHER,status=404}"] == 5
+    assert not any("BREW" in key or "/random" in key for key in values)
