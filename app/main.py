@@ -241,7 +241,8 @@ def _from_validation_error(exc: RequestValidationError) -> ApiError:
     sentences: list[str] = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ())]
-        where, name = (loc[0], loc[-1]) if loc else ("request", "")
+        where = loc[0] if loc else "request"
+        name = loc[1] if len(loc) > 1 else ""
         kind = str(error.get("type", ""))
         problems.append({"loc": loc, "type": kind, "msg": str(error.get("msg", ""))})
         if where == "body" and name in _FIELD_HINTS:

@@ -200,6 +200,9 @@ def test_missing_field(client: TestClient) -> None:
 def test_text_field_instead_of_file(client: TestClient) -> None:
     error = assert_error(client.post("/predict", data={"file": "hello"}), 422, "invalid_request")
     assert "'file'" in str(error["message"])
+    response = client.post("/predict/batch", data={"files": ["a", "b"]})
+    error = assert_error(response, 422, "invalid_request")
+    assert "'files' must be a file" in str(error["message"])
 
 
 def test_blank_image_has_no_digit(client: TestClient) -> None:
