@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.app.conftest import encode, pen_on_paper
 
@@ -151,3 +151,31 @@ def test_pen_on_paper_photos_read_as_well_as_mnist(
         photo_right += int(answer["digit"] == labels[i])
     # Read as well as the MNIST originals themselves, give or take 3 digits in 200.
     assert photo_right >= mnist_right - 6, (photo_right, mnist_right)
+
+
+def drawn_with_a_fine_pen(digit: int) -> Image.Image:
+    """A digit drawn with 7-px strokes on a 600×800 light page, off-centre: thin next to
+    MNIST's strokes once scaled down, which the normalization must make up for."""
+    page = Image.new("L", (600, 800), 235)
+    pen = ImageDraw.Draw(page)
+    ink, width = 30, 7
+    if digit == 0:
+        pen.ellipse([(220, 180), (420, 560)], outline=ink, width=width)
+    elif digit == 1:
+        pen.line([(330, 150), (330, 600)], fill=ink, width=width)
+    elif digit == 3:
+        pen.line([(220, 220), (420, 220), (300, 380)], fill=ink, width=width)
+        pen.arc([(220, 330), (430, 600)], -90, 150, fill=ink, width=width)
+    elif digit == 4:
+        pen.line([(380, 150), (200, 450), (440, 450)], fill=ink, width=width)
+        pen.line([(380, 150), (380, 620)], fill=ink, width=width)
+    elif digit == 7:
+        pen.line([(200, 200), (420, 200), (280, 620)], fill=ink, width=width, joint="curve")
+    return page
+
+
+@pytest.mark.parametrize("digit", [0, 1, 3, 4, 7])
+def test_digits_drawn_with_a_fine_pen_are_read(bundled_client: TestClient, digit: int) -> None:
+    photo = encode(drawn_with_a_fine_pen(digit), "JPEG", quality=85)
+    answer = post_png(bundled_client, photo, name="drawn.jpg")
+    assert answer["digit"] == digit
