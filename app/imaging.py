@@ -342,21 +342,26 @@ def _border(g: npt.NDArray[_Pixel]) -> npt.NDArray[_Pixel]:
 
 def _ink_is_dark(g: FloatImage | ByteImage) -> bool:
     """Whether the ink is darker than the background: the extreme farther from the border wins."""
-    # Grey-level histograms: exact for 8-bit data, and far cheaper than sorting for medians.
     levels: ByteImage = (
         np.asarray(g, dtype=np.uint8)
         if g.dtype == np.uint8
         else np.clip(np.rint(g), 0, 255).astype(np.uint8)
     )
-    background = _histogram_quantiles(_border(levels), (0.5,))[0]
-    darkest, brightest = _histogram_quantiles(levels, (0.001, 0.999))
+    background = _quantiles(_border(levels), (0.5,))[0]
+    darkest, brightest = _quantiles(levels, (0.001, 0.999))
     return background - darkest > brightest - background
 
 
-def _histogram_quantiles(levels: ByteImage, quantiles: tuple[float, ...]) -> list[int]:
-    counts = np.cumsum(np.bincount(levels.ravel(), minlength=256))
-    total = int(counts[-1])
-    return [int(np.searchsorted(counts, q * (total - 1), side="right")) for q in quantiles]
+def _quantiles(levels: ByteImage, quantiles: tuple[float, ...]) -> list[int]:
+    """Exact quantiles (the value at sorted index floor(q × (n - 1))) of 8-bit data."""
+    flat = levels.ravel()
+    last = flat.size - 1
+    if flat.size <= 4096:
+        # Small (an MNIST-sized image): one sort beats building a histogram.
+        ordered = np.sort(flat)
+        return [int(ordered[int(q * last)]) for q in quantiles]
+    counts = np.cumsum(np.bincount(flat, minlength=256))
+    return [int(np.searchsorted(counts, int(q * last), side="right")) for q in quantiles]
 
 
 def _subsample(values: FloatImage, limit: int = 40_000) -> FloatImage:
