@@ -14,7 +14,10 @@ and :func:`prepare_digit` runs it (or skips it for images that already are MNIST
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+from collections.abc import Iterator
 from typing import Final, Literal, TypeVar
 
 import numpy as np
@@ -59,6 +62,9 @@ _MNIST_STROKE: Final = 0.085
 # Large photos are reduced before the ink is analysed: the result is 28×28 anyway, and this bounds
 # the cost of the per-pixel work below whatever the upload's size.
 _WORK_SIDE: Final = 512
+# Images from this many pixels up are decoded at most two at a time (one per core).
+_LARGE_IMAGE_PIXELS: Final = 2_000_000
+_large_image_slots = threading.BoundedSemaphore(2)
 # Below this contrast (grey levels, out of 255) between ink and paper there is no digit.
 _MIN_CONTRAST: Final = 24.0
 
@@ -74,6 +80,13 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
             413 ``image_too_large`` or 400 ``truncated_image``.
     """
+    img = _open(data, max_pixels)
+    with _decode_slot(img):
+        return _load(img, max_pixels)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read and check the header only: format and declared size."""
     if not data:
         raise ApiError(400, "empty_file", "The uploaded file is empty. Send an image file.")
     try:
@@ -89,13 +102,18 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise _too_large((width, height), max_pixels)
     if width == 0 or height == 0:
         raise ApiError(400, "not_an_image", "The image has no pixels (width or height is 0).")
+    return img
+
+
+def _load(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Decode the pixels of an opened image and turn it upright (EXIF orientation)."""
     try:
         img.load()
         orientation = img.getexif().get(0x0112, 1)
         if orientation in range(2, 9):
             img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
-        raise _too_large((width, height), max_pixels) from exc
+        raise _too_large(img.size, max_pixels) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
         # Pillow signals damaged pixel data with any of these depending on the codec.
         raise ApiError(
@@ -105,6 +123,22 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             "Upload the complete file again.",
         ) from exc
     return img
+
+
+@contextlib.contextmanager
+def _decode_slot(img: Image.Image) -> Iterator[None]:
+    """Hold one of the few slots for large images while their pixels are in memory.
+
+    A large image costs its width × height in memory (four times that in colour) while it is
+    decoded and reduced; bounding how many are processed at once bounds the peak, whatever
+    the number of concurrent uploads.
+    """
+    width, height = img.size
+    if width * height < _LARGE_IMAGE_PIXELS:
+        yield
+        return
+    with _large_image_slots:
+        yield
 
 
 def to_grayscale(img: Image.Image) -> FloatImage:
@@ -233,8 +267,7 @@ def center_digit(ink: FloatImage) -> ByteImage:
 
 def normalize_image(img: Image.Image) -> ByteImage:
     """Run the whole MNIST normalization on a decoded image: uint8 [28, 28]."""
-    gray = to_grayscale(img)
-    return center_digit(ink_map(_reduce(gray)))
+    return center_digit(ink_map(to_grayscale(_shrink(img))))
 
 
 def prepare_digit(data: bytes, *, normalize: Normalize, max_pixels: int) -> tuple[ByteImage, bool]:
@@ -248,7 +281,17 @@ def prepare_digit(data: bytes, *, normalize: Normalize, max_pixels: int) -> tupl
         ApiError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
             ``wrong_size`` when ``never`` gets an image that is not 28×28.
     """
-    img = decode_image(data, max_pixels=max_pixels)
+    img = _open(data, max_pixels)
+    with _decode_slot(img):
+        if normalize != "never" and img.format in ("JPEG", "MPO"):
+            # A phone photo needs no more than the working resolution: let the JPEG decoder
+            # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
+            img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
+        img = _load(img, max_pixels)
+        return _prepare_loaded(img, normalize)
+
+
+def _prepare_loaded(img: Image.Image, normalize: Normalize) -> tuple[ByteImage, bool]:
     if normalize == "never":
         if img.size != (MNIST_SIZE, MNIST_SIZE):
             width, height = img.size
@@ -413,19 +456,26 @@ def _background_surface(g: FloatImage) -> FloatImage:
     return clipped
 
 
-def _reduce(gray: FloatImage) -> FloatImage:
-    """Shrink an image whose longer side exceeds the working size, averaging pixels."""
-    h, w = gray.shape
-    longest = max(h, w)
+def _shrink(img: Image.Image) -> Image.Image:
+    """Reduce an image whose longer side exceeds the working size, averaging pixels.
+
+    Done on the Pillow image, before conversion to floats, so a large photo never exists as a
+    full-size float array. Modes Pillow cannot average (palette, 1-bit, CMYK, 16-bit) are
+    converted first.
+    """
+    width, height = img.size
+    longest = max(width, height)
     if longest <= _WORK_SIDE:
-        return gray
+        return img
+    if img.mode.startswith("I;16"):
+        img = img.convert("I")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+    elif img.mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")
     scale = _WORK_SIDE / longest
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = Image.fromarray(np.ascontiguousarray(gray, np.float32)).resize(
-        size, Image.Resampling.BOX
-    )
-    reduced: FloatImage = np.asarray(small, dtype=np.float32)
-    return reduced
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img.resize(size, Image.Resampling.BOX)
 
 
 def _stroke_width(crop: FloatImage) -> float:

@@ -280,3 +280,34 @@ def test_pen_on_paper_photo_looks_like_the_mnist_digit(mnist_test: MNIST) -> Non
         scores.append(_corr(pixels, normalize_image(Image.fromarray(images[i]))))
     assert np.median(scores) > 0.9
     assert min(scores) > 0.6
+
+
+# --- large images: reduced before any float work --------------------------------------------
+
+
+def _large(digit: np.ndarray, size: int = 1400) -> np.ndarray:
+    """The digit scaled up to ``size`` pixels, white on black, as uint8."""
+    big = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(big, np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["rgba-canvas", "palette", "16-bit", "jpeg", "cmyk-jpeg"])
+def test_large_images_of_every_kind_normalize_like_the_digit(mnist_test: MNIST, kind: str) -> None:
+    images, _ = mnist_test
+    digit = images[3]
+    big = _large(digit)
+    paper = Image.fromarray(255 - big)  # dark ink on white
+    uploads = {
+        # Black strokes on a transparent canvas: the ink is in the alpha channel.
+        "rgba-canvas": lambda: encode(
+            Image.merge("RGBA", [Image.new("L", paper.size, 0)] * 3 + [Image.fromarray(big)])
+        ),
+        "palette": lambda: encode(paper.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)),
+        "16-bit": lambda: encode(Image.fromarray(big.astype(np.uint16) * 257)),
+        # JPEG is decoded at reduced scale directly (draft mode).
+        "jpeg": lambda: encode(paper, "JPEG", quality=90),
+        "cmyk-jpeg": lambda: encode(paper.convert("CMYK"), "JPEG", quality=90),
+    }
+    pixels, normalized = prepare_digit(uploads[kind](), normalize="auto", max_pixels=MAX)
+    assert normalized
+    assert _corr(pixels, normalize_image(Image.fromarray(digit))) > 0.9
