@@ -13,8 +13,9 @@ vectorized union-find, which takes milliseconds on a page-sized image.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Final
 
 import numpy as np
@@ -25,15 +26,19 @@ from app.core.errors import ApiError
 from app.imaging import center_digit, ink_map, to_grayscale
 
 __all__ = [
+    "FEATURES",
+    "READING_WEIGHTS",
     "Box",
     "Candidate",
     "Lattice",
+    "best_partition",
     "build_lattice",
     "choose_reading",
     "connected_components",
     "find_candidates",
     "normalize_candidates",
     "otsu_threshold",
+    "reading_features",
     "too_many_digits",
 ]
 
@@ -41,7 +46,7 @@ FloatImage = npt.NDArray[np.float32]
 
 #: Segmentation runs on at most this many pixels; bigger photos are reduced first (the boxes are
 #: scaled back). A digit string fills a small part of such a photo, so nothing readable is lost.
-MAX_WORK_PIXELS: Final = 2_000_000
+MAX_WORK_PIXELS: Final = 1_000_000
 # Otsu's threshold is clamped to this range of the ink map: below it anti-aliasing halos join
 # neighbouring digits, above it thin or faint strokes break apart.
 _THRESHOLD_RANGE: Final = (0.25, 0.6)
@@ -71,24 +76,36 @@ _CUT_WINDOW: Final = 0.35
 # MNIST's widest 1% of digits reach 1.45 their height).
 _MAX_RUN: Final = 5
 _MAX_DIGIT_ASPECT: Final = 1.7
-# Reading score (see _candidate_score): tuned on synthetic postal codes from seeds other than
-# the benchmark's.
-_DIGIT_BONUS: Final = 3.1
-_WIDE_START: Final = 1.18
-_WIDE_PENALTY: Final = 15.0
-_NARROW_START: Final = 0.11
-_NARROW_PENALTY: Final = 20.0
-_SHORT_START: Final = 0.89
-_SHORT_PENALTY: Final = 15.0
-_CONFIDENCE_WEIGHT: Final = 5.4
-_CUT_WEIGHT: Final = 2.1
-# Separating two components that nearly touch or overlap (gap below _GAP_FREE digit heights)
-# costs _GAP_WEIGHT per digit height: such pieces are more often one broken digit.
-_GAP_FREE: Final = 0.06
-_GAP_WEIGHT: Final = 1.35
+# The reading score is a linear function of named features of each candidate digit and of the
+# boundary on its left (see reading_features). The weights were learned with a structured
+# perceptron (benchmarks/tune_reader.py) on synthetic postal codes built from MNIST *training*
+# digits, so the benchmark on test digits is not fitted to its own images. Widths and heights
+# are in digit heights; the log-probabilities are the model's (0 when reading from geometry).
+READING_WEIGHTS: Final[dict[str, float]] = {
+    "digit": -0.221,  # 1 per digit read
+    "log_confidence": 1.0,  # log of the top probability
+    "log_margin": 0.573,  # log(top / second probability)
+    "wider_than_1.0": -8.05,
+    "wider_than_1.2": -3.26,
+    "wider_than_1.4": -0.215,
+    "narrower_than_0.3": -0.842,
+    "narrower_than_0.2": -0.126,
+    "shorter_than_0.9": -13.5,
+    "shorter_than_0.7": -5.6,
+    "taller_than_1.2": -0.0486,
+    "less_ink_than_0.5": -6.84,
+    "less_ink_than_0.25": -1.05,
+    "extra_atoms": 0.314,  # atoms joined into this digit beyond the first
+    "joined_components": -2.19,  # separate components joined into this digit
+    "joined_gap": 0.475,  # white space between the components joined, summed
+    "cut_ink": -1.55,  # ink crossed by the cut on the left, in stroke widths
+    "close_left": 0.185,  # how much less than 0.1 the gap to the component on the left is
+    "near_left": 0.731,  # how much less than 0.3 the gap to the component on the left is
+}
+FEATURES: Final = tuple(READING_WEIGHTS)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Box:
     """An axis-aligned box in image pixels (``x``, ``y`` of the top-left corner)."""
 
@@ -98,7 +115,7 @@ class Box:
     height: int
 
 
-@dataclass
+@dataclasses.dataclass
 class _Part:
     """A group of pixels that will become one segment (work coordinates, half-open ranges)."""
 
@@ -238,9 +255,14 @@ def _digit_height(parts: list[_Part]) -> float:
     return float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
 
 
+def _digit_area(parts: list[_Part], digit_height: float) -> float:
+    """The typical ink area of a digit: the median area of the tall components."""
+    return float(np.median([p.area for p in parts if p.height >= 0.5 * digit_height]))
+
+
 def _drop_specks(parts: list[_Part], digit_height: float) -> list[_Part]:
     """Remove dust and noise: components small in both sides and in area."""
-    median_area = float(np.median([p.area for p in parts if p.height >= 0.5 * digit_height]))
+    median_area = _digit_area(parts, digit_height)
     side = _SPECK_SIDE * digit_height
     return [
         p
@@ -320,7 +342,7 @@ def _dilate(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return grown
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Atom:
     """The smallest unit of ink: a component, or a slice of one between two candidate cuts."""
 
@@ -332,7 +354,7 @@ class _Atom:
     y1: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Boundary:
     """What separates two consecutive atoms: a cut through ink, or a gap between components."""
 
@@ -342,14 +364,8 @@ class _Boundary:
     """Horizontal gap between the components in digit heights (negative when they overlap);
     None for a cut inside one component."""
 
-    def cost(self) -> float:
-        """The price of making this boundary a digit boundary."""
-        if self.gap is None:
-            return _CUT_WEIGHT * self.ink
-        return _GAP_WEIGHT * max(0.0, _GAP_FREE - self.gap)
 
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Candidate:
     """A run of consecutive atoms that may be one digit, with its ink ready to normalize."""
 
@@ -358,10 +374,14 @@ class Candidate:
     box: Box
     ink: FloatImage
     width_ratio: float
+    """Width of the ink in digit heights (the median height of the string's digits)."""
     height_ratio: float
+    """Height of the ink in digit heights."""
+    area_ratio: float
+    """Ink area relative to the median digit's."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Lattice:
     """Every way of reading the ink as a row of digits, before the model has looked at it.
 
@@ -506,6 +526,7 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
     parts = _component_parts(labels, count)
     digit_height = _digit_height(parts)
     parts = _drop_specks(parts, digit_height)
+    digit_area = _digit_area(parts, digit_height)
     # A run holds at most _MAX_RUN atoms, so this many parts can never fit in max_digits digits;
     # refusing here also bounds the work on a page of noise.
     if len(parts) > _MAX_RUN * max_digits:
@@ -536,66 +557,101 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
                     crop,
                     box.width / digit_height,
                     box.height / digit_height,
+                    float((crop > low).sum()) / digit_area,
                 )
             )
     return Lattice(tuple(candidates), len(atoms), tuple(boundaries))
 
 
-def _candidate_score(candidate: Candidate, confidence: float | None) -> float:
-    """How much a candidate looks like one digit: geometry, plus the model's confidence."""
-    score = _DIGIT_BONUS
-    score -= _WIDE_PENALTY * max(0.0, candidate.width_ratio - _WIDE_START)
-    score -= _NARROW_PENALTY * max(0.0, _NARROW_START - candidate.width_ratio)
-    score -= _SHORT_PENALTY * max(0.0, _SHORT_START - candidate.height_ratio)
-    if confidence is not None:
-        score += _CONFIDENCE_WEIGHT * float(np.log(max(confidence, 1e-6)))
-    return score
+def reading_features(
+    lattice: Lattice, probabilities: npt.NDArray[np.floating] | None
+) -> npt.NDArray[np.float64]:
+    """The :data:`FEATURES` of every candidate, float64 [candidates, features].
+
+    ``probabilities`` is the model's answer for every candidate ([candidates, 10]); None reads
+    from geometry alone (the two probability features are then 0).
+    """
+    rows = np.zeros((len(lattice.candidates), len(FEATURES)), np.float64)
+    for index, cand in enumerate(lattice.candidates):
+        w, h = cand.width_ratio, cand.height_ratio
+        inner = lattice.boundaries[cand.first : cand.last - 1]
+        gaps = [b.gap for b in inner if b.gap is not None]
+        left = lattice.boundaries[cand.first - 1] if cand.first > 0 else None
+        top, second = 0.0, 0.0
+        if probabilities is not None:
+            second, top = np.log(np.sort(probabilities[index])[-2:] + 1e-6)
+        rows[index] = (
+            1.0,
+            top,
+            top - second,
+            max(0.0, w - 1.0),
+            max(0.0, w - 1.2),
+            max(0.0, w - 1.4),
+            max(0.0, 0.3 - w),
+            max(0.0, 0.2 - w),
+            max(0.0, 0.9 - h),
+            max(0.0, 0.7 - h),
+            max(0.0, h - 1.2),
+            max(0.0, 0.5 - cand.area_ratio),
+            max(0.0, 0.25 - cand.area_ratio),
+            cand.last - cand.first - 1,
+            len(gaps),
+            sum(max(0.0, g) for g in gaps),
+            left.ink if left is not None and left.gap is None else 0.0,
+            max(0.0, 0.1 - left.gap) if left is not None and left.gap is not None else 0.0,
+            max(0.0, 0.3 - left.gap) if left is not None and left.gap is not None else 0.0,
+        )
+    return rows
 
 
-def choose_reading(
-    lattice: Lattice,
-    confidences: npt.NDArray[np.floating] | None,
-    *,
-    max_digits: int | None = None,
-) -> list[int]:
-    """The best partition of the atoms into digits: indices into ``lattice.candidates``.
+def best_partition(lattice: Lattice, scores: npt.NDArray[np.float64]) -> list[int]:
+    """The candidates (indices, left to right) covering every atom once with the top total score.
 
-    Dynamic programming over atom positions; a reading's score is the sum of its candidates'
-    scores (:func:`_candidate_score`) minus the cost of its boundaries (cuts through ink,
-    separating pieces that nearly touch). ``confidences`` (one per candidate, the model's top
-    probability) may be None to read from geometry alone.
-
-    Raises:
-        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``.
+    Dynamic programming over atom positions: each candidate extends the best reading of the
+    atoms before it.
     """
     n = lattice.atom_count
     best = np.full(n + 1, -np.inf)
     best[0] = 0.0
     back = np.full(n + 1, -1, np.int64)
-    ending: list[list[int]] = [[] for _ in range(n + 1)]
-    for index, cand in enumerate(lattice.candidates):
-        ending[cand.last].append(index)
-    for end in range(1, n + 1):
-        for index in ending[end]:
-            cand = lattice.candidates[index]
-            if not np.isfinite(best[cand.first]):
-                continue
-            conf = None if confidences is None else float(confidences[index])
-            score = best[cand.first] + _candidate_score(cand, conf)
-            if cand.first > 0:
-                score -= lattice.boundaries[cand.first - 1].cost()
-            if score > best[end]:
-                best[end] = score
-                back[end] = index
+    # In order of the last atom covered, so a candidate's start position is final when read.
+    for index in sorted(range(len(scores)), key=lambda i: lattice.candidates[i].last):
+        cand = lattice.candidates[index]
+        score = best[cand.first] + scores[index]
+        if score > best[cand.last]:
+            best[cand.last] = score
+            back[cand.last] = index
     chosen: list[int] = []
     end = n
     while end > 0:
         index = int(back[end])
         chosen.append(index)
         end = lattice.candidates[index].first
+    return chosen[::-1]
+
+
+def choose_reading(
+    lattice: Lattice,
+    probabilities: npt.NDArray[np.floating] | None,
+    *,
+    max_digits: int | None = None,
+    weights: Mapping[str, float] = READING_WEIGHTS,
+) -> list[int]:
+    """The best reading of the lattice: indices into ``lattice.candidates``, left to right.
+
+    Each candidate scores the dot product of ``weights`` and its :func:`reading_features`; the
+    reading is the partition of the atoms with the highest total (:func:`best_partition`).
+    ``probabilities`` is the model's answer for every candidate, or None to read from geometry
+    alone.
+
+    Raises:
+        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``.
+    """
+    vector = np.array([weights[name] for name in FEATURES], np.float64)
+    chosen = best_partition(lattice, reading_features(lattice, probabilities) @ vector)
     if max_digits is not None and len(chosen) > max_digits:
         raise too_many_digits(len(chosen), max_digits)
-    return chosen[::-1]
+    return chosen
 
 
 def _work_scale(width: int, height: int) -> float:
@@ -630,16 +686,7 @@ def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
         x0, y0 = int(b.x * sx), int(b.y * sy)
         x1 = min(width, int(np.ceil((b.x + b.width) * sx)))
         y1 = min(height, int(np.ceil((b.y + b.height) * sy)))
-        rescaled.append(
-            Candidate(
-                cand.first,
-                cand.last,
-                Box(x0, y0, x1 - x0, y1 - y0),
-                cand.ink,
-                cand.width_ratio,
-                cand.height_ratio,
-            )
-        )
+        rescaled.append(dataclasses.replace(cand, box=Box(x0, y0, x1 - x0, y1 - y0)))
     return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries)
 
 

@@ -12,8 +12,8 @@ reading, not memory.
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from PIL import Image
 _MNIST_INK_HEIGHT = 20.0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Box:
     """A digit's bounding box in image pixels."""
 
@@ -33,7 +33,7 @@ class Box:
     height: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PostalCode:
     """One rendered postal code and its ground truth."""
 
@@ -44,9 +44,11 @@ class PostalCode:
     height: int
     dark_on_light: bool
     touching_pairs: int
+    indices: tuple[int, ...] = ()
+    """Positions of the digits in the image array they were drawn from, left to right."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Layout:
     """The random ranges a postal code is drawn from (defaults: the benchmark's mix)."""
 
@@ -223,9 +225,8 @@ def generate_postal_codes(
     codes = []
     for _ in range(count):
         picks = rng.integers(0, len(images), size=layout.length)
-        codes.append(
-            render_postal_code(
-                rng, [images[i] for i in picks], [int(labels[i]) for i in picks], layout
-            )
+        code = render_postal_code(
+            rng, [images[i] for i in picks], [int(labels[i]) for i in picks], layout
         )
+        codes.append(dataclasses.replace(code, indices=tuple(int(i) for i in picks)))
     return codes

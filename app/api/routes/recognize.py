@@ -29,7 +29,18 @@ from app.segmentation import (
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
 
-_PROBS_EXAMPLE: list[JsonValue] = [0.0002, 0.0011, 0.0003, 0.0004, 0.0002, 0.9931, 0.0012, 0.0001, 0.0031, 0.0003]
+_PROBS_EXAMPLE: list[JsonValue] = [
+    0.0002,
+    0.0011,
+    0.0003,
+    0.0004,
+    0.0002,
+    0.9931,
+    0.0012,
+    0.0001,
+    0.0031,
+    0.0003,
+]
 
 
 class BoxModel(BaseModel):
@@ -188,7 +199,7 @@ async def recognize(
     prediction = await worker.predict(model, batch)
     telemetry.count_images("/recognize", len(batch))
     probabilities = prediction.probabilities
-    chosen = choose_reading(lattice, probabilities.max(axis=1), max_digits=settings.max_digits)
+    chosen = choose_reading(lattice, probabilities, max_digits=settings.max_digits)
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
     digits = ""
