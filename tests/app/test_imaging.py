@@ -311,3 +311,16 @@ def test_large_images_of_every_kind_normalize_like_the_digit(mnist_test: MNIST, 
     pixels, normalized = prepare_digit(uploads[kind](), normalize="auto", max_pixels=MAX)
     assert normalized
     assert _corr(pixels, normalize_image(Image.fromarray(digit))) > 0.9
+
+
+def test_fast_mnist_check_agrees_with_the_general_polarity_rule(mnist_test: MNIST) -> None:
+    from app.imaging import _ink_is_dark, _is_mnist_style
+
+    images, _ = mnist_test
+    rng = np.random.default_rng(5)
+    cases = [*images[:2000], *(255 - images[:2000])]
+    cases += [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(500)]
+    cases += [np.full((28, 28), 9, np.uint8)]
+    for pixels in cases:
+        general = bool(pixels.max() > pixels.min() and not _ink_is_dark(pixels))
+        assert _is_mnist_style(pixels) == general
