@@ -57,6 +57,8 @@ class Reading:
     touching: bool
     dark_on_light: bool
     error: str | None = None
+    uncertain_count: bool = False
+    """The service flagged the reading whatever the threshold: its digit count is uncertain."""
 
     @property
     def right(self) -> bool:
@@ -67,6 +69,8 @@ class Reading:
         if self.error is not None:
             return False
         if expected_length is not None and len(self.digits) != expected_length:
+            return False
+        if self.uncertain_count:
             return False
         return all(c >= threshold for c in self.confidences)
 
@@ -142,9 +146,16 @@ def read_all(
             body = response.json()
             version = int(body["model_version"])
             confidences = tuple(float(s["confidence"]) for s in body["segments"])
+            # At threshold 0 no digit is below it: any review reason is about the count.
             readings.append(
                 Reading(
-                    code.digits, body["digits"], confidences, seconds, touching, code.dark_on_light
+                    code.digits,
+                    body["digits"],
+                    confidences,
+                    seconds,
+                    touching,
+                    code.dark_on_light,
+                    uncertain_count=bool(body["needs_review"]),
                 )
             )
     return readings, reference, version
@@ -241,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in readings:
         if r.error is not None:
             failures[r.error] = failures.get(r.error, 0) + 1
+    uncertain = sum(r.uncertain_count for r in readings)
+    print(f"| readings flagged for an uncertain digit count | {uncertain / len(readings):.1%} |")
     if failures:
         listed = ", ".join(f"{code}: {n}" for code, n in sorted(failures.items()))
         print(f"| requests refused | {listed} |")
 
     print("\n## Error-reject curve\n")
-    print("A code goes to review when any digit's confidence is below the threshold; in the")
-    print("right-hand columns also when its length is not 5 (`expected_length=5`).\n")
+    print("A code goes to review when any digit's confidence is below the threshold or when the")
+    print("reader is unsure of the number of digits; in the expected_length=5 columns also when")
+    print("its length is not 5.\n")
     print("The reference columns read the same digits one by one as the original 28×28 MNIST")
     print("images through /predict/batch: the model alone, with perfect segmentation.\n")
     free = curve(readings, None)

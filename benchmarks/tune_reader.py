@@ -34,6 +34,7 @@ from app.segmentation import (
     READING_WEIGHTS,
     Lattice,
     best_partition,
+    choose_reading,
     find_candidates,
     normalize_candidates,
     reading_features,
@@ -121,6 +122,26 @@ def accuracy(examples: list[Example], weights: npt.NDArray[np.float64], count: i
     return right / count
 
 
+def count_margin_effect(
+    examples: list[Example], weights: npt.NDArray[np.float64], threshold: float, margin: float
+) -> tuple[int, float]:
+    """Codes accepted, and the error rate among them, when a reading needs every digit's
+    confidence at least ``threshold`` and a count margin (see COUNT_MARGIN) at least ``margin``.
+    """
+    named = dict(zip(FEATURES, weights, strict=True))
+    accepted = wrong = 0
+    for example in examples:
+        reading = choose_reading(example.lattice, example.probabilities, weights=named)
+        top = [float(example.probabilities[i].max()) for i in reading.candidates]
+        if min(top) >= threshold and reading.count_margin >= margin:
+            accepted += 1
+            digits = "".join(
+                str(int(np.argmax(example.probabilities[i]))) for i in reading.candidates
+            )
+            wrong += digits != example.truth
+    return accepted, wrong / accepted if accepted else float("nan")
+
+
 def learn(examples: list[Example], epochs: int, seed: int) -> npt.NDArray[np.float64]:
     """Averaged structured perceptron over the examples that have a right reading."""
     rng = np.random.default_rng(seed)
@@ -183,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: whole-code accuracy train {accuracy(train, weights, len(train_codes)):.2%}"
             f", held out {accuracy(held, weights, len(held_codes)):.2%}"
         )
+    print(
+        "\nCOUNT_MARGIN on held-out codes with the learned weights (accepted / error among them):"
+    )
+    for threshold in (0.9, 0.95):
+        cells = []
+        for margin in (0.0, 1.0, 2.0, 3.0):
+            accepted, wrong = count_margin_effect(held, learned, threshold, margin)
+            cells.append(f"margin {margin:g}: {accepted / len(held_codes):.1%} / {wrong:.2%}")
+        print(f"  threshold {threshold}: " + ", ".join(cells))
     print("READING_WEIGHTS = {")
     for name, value in zip(FEATURES, learned, strict=True):
         print(f'    "{name}": {value:.3g},')

@@ -22,6 +22,7 @@ from app.imaging import decode_image
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     Lattice,
+    Reading,
     choose_reading,
     find_candidates,
     normalize_candidates,
@@ -107,7 +108,8 @@ class RecognizeResponse(BaseModel):
     )
     needs_review: bool = Field(
         description="True when a person should check the reading: a digit's confidence is "
-        "below the threshold, or the string's length is not the expected one."
+        "below the threshold, the number of digits is uncertain, or the string's length is not "
+        "the expected one."
     )
     review_reasons: list[str] = Field(
         description="Why the reading needs review, one sentence per reason (empty when not)."
@@ -129,18 +131,23 @@ def _prepare(
 
 
 def review_reasons(
-    confidences: list[float], threshold: float, expected_length: int | None
+    confidences: list[float], threshold: float, expected_length: int | None, reading: Reading
 ) -> list[str]:
     """Human-readable reasons to send a reading to review (empty when it can be trusted)."""
     reasons = []
     if expected_length is not None and len(confidences) != expected_length:
         reasons.append(f"expected {expected_length} digits but read {len(confidences)}")
-    low = [i for i, c in enumerate(confidences) if c < threshold]
-    for i in low:
+    if reading.count_is_uncertain and reading.runner_up is not None:
         reasons.append(
-            f"digit {i + 1} of {len(confidences)} was read with confidence "
-            f"{confidences[i]:.2f}, below the threshold {threshold:.2f}"
+            f"the number of digits is uncertain: reading {reading.runner_up} digits instead of "
+            f"{len(confidences)} is almost as likely"
         )
+    for i, confidence in enumerate(confidences):
+        if confidence < threshold:
+            reasons.append(
+                f"digit {i + 1} of {len(confidences)} was read with confidence "
+                f"{confidence:.2f}, below the threshold {threshold:.2f}"
+            )
     return reasons
 
 
@@ -156,8 +163,9 @@ def review_reasons(
         "and all are classified in one model call.\n\n"
         "The answer gives the string, each digit with its confidence, probabilities and box in "
         "image pixels, and the string's confidence (product of the digits'). `needs_review` is "
-        "true, with reasons, when a digit's confidence is below `threshold` or when the number "
-        "of digits differs from `expected_length`: such readings should go to a person.\n\n"
+        "true, with reasons, when a digit's confidence is below `threshold`, when the number "
+        "of digits itself is uncertain (a reading with another count is almost as likely), "
+        "or when it differs from `expected_length`: such readings should go to a person.\n\n"
         "An image with no ink answers 422 `no_digits_found`; more digits than "
         "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
     ),
@@ -199,11 +207,13 @@ async def recognize(
     prediction = await worker.predict(model, batch)
     telemetry.count_images("/recognize", len(batch))
     probabilities = prediction.probabilities
-    chosen = choose_reading(lattice, probabilities, max_digits=settings.max_digits)
+    reading = await run_in_threadpool(
+        choose_reading, lattice, probabilities, max_digits=settings.max_digits
+    )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
     digits = ""
-    for index in chosen:
+    for index in reading.candidates:
         probs = probabilities[index]
         digit = int(np.argmax(probs))
         box = lattice.candidates[index].box
@@ -218,7 +228,7 @@ async def recognize(
             }
         )
     limit = settings.review_threshold if threshold is None else threshold
-    reasons = review_reasons(confidences, limit, expected_length)
+    reasons = review_reasons(confidences, limit, expected_length, reading)
     return {
         "digits": digits,
         "confidence": float(np.prod(confidences)),
