@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import health, metrics, model, predict, recognize, web
+from app.api.routes import docs, health, metrics, model, predict, recognize, web
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.limits import BodySizeLimitMiddleware
@@ -98,6 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        # Served by app.api.routes.docs from local assets: the defaults need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.telemetry = telemetry
@@ -122,10 +125,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         health.router,
         web.router,
+        docs.router,
     ]
     for router in routers:
         app.include_router(router)
     web.mount_static(app)
+    docs.mount_docs_assets(app)
     templates = [
         (route.path_regex, route.path)
         for router in routers
