@@ -296,7 +296,7 @@ def all_readings(lattice: app.segmentation.Lattice) -> list[list[int]]:
     return from_atom(0)
 
 
-def test_the_reading_is_the_best_partition_and_knows_its_count_margin() -> None:
+def test_the_reading_is_the_best_partition_and_knows_its_margins() -> None:
     ink, _ = draw_string([zero, zero, one], gap=12, joined=(0,))
     lattice = build_lattice(ink, max_digits=12)
     rng = np.random.default_rng(0)
@@ -316,6 +316,20 @@ def test_the_reading_is_the_best_partition_and_knows_its_count_margin() -> None:
     assert reading.runner_up == runner_up
     assert reading.count_margin == pytest.approx(by_count[len(best)] - by_count[runner_up])
     assert reading.count_is_uncertain == (reading.count_margin < app.segmentation.COUNT_MARGIN)
+    second = max(value for r, value in total.items() if r != best)
+    assert reading.margin == pytest.approx(total[best] - second)
+    assert reading.margin <= reading.count_margin
+    assert reading.cut_is_uncertain == (reading.margin < app.segmentation.READING_MARGIN)
+
+
+def test_a_reading_with_only_one_possible_cut_has_an_infinite_margin() -> None:
+    ink, _ = draw_string([one], gap=12)
+    lattice = build_lattice(ink, max_digits=12)
+    assert len(lattice.candidates) == 1
+    reading = choose_reading(lattice, np.full((1, 10), 0.1))
+    assert reading.candidates == (0,)
+    assert reading.margin == float("inf")
+    assert not reading.cut_is_uncertain
 
 
 # --- errors ----------------------------------------------------------------------------------

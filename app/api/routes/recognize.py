@@ -108,8 +108,8 @@ class RecognizeResponse(BaseModel):
     )
     needs_review: bool = Field(
         description="True when a person should check the reading: a digit's confidence is "
-        "below the threshold, the number of digits is uncertain, or the string's length is not "
-        "the expected one."
+        "below the threshold, the cut into digits (or their number) is uncertain, or the "
+        "string's length is not the expected one."
     )
     review_reasons: list[str] = Field(
         description="Why the reading needs review, one sentence per reason (empty when not)."
@@ -142,6 +142,11 @@ def review_reasons(
             f"the number of digits is uncertain: reading {reading.runner_up} digits instead of "
             f"{len(confidences)} is almost as likely"
         )
+    elif reading.cut_is_uncertain:
+        reasons.append(
+            "where one digit ends and the next begins is uncertain: another way of cutting the "
+            "ink into digits is almost as likely"
+        )
     for i, confidence in enumerate(confidences):
         if confidence < threshold:
             reasons.append(
@@ -163,9 +168,10 @@ def review_reasons(
         "and all are classified in one model call.\n\n"
         "The answer gives the string, each digit with its confidence, probabilities and box in "
         "image pixels, and the string's confidence (product of the digits'). `needs_review` is "
-        "true, with reasons, when a digit's confidence is below `threshold`, when the number "
-        "of digits itself is uncertain (a reading with another count is almost as likely), "
-        "or when it differs from `expected_length`: such readings should go to a person.\n\n"
+        "true, with reasons, when a digit's confidence is below `threshold`, when the "
+        "segmentation itself is uncertain (another way of cutting the ink into digits, with "
+        "the same or another number of digits, is almost as likely), or when the number of "
+        "digits differs from `expected_length`: such readings should go to a person.\n\n"
         "An image with no ink answers 422 `no_digits_found`; more digits than "
         "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
     ),
@@ -190,7 +196,7 @@ async def recognize(
             le=1.0,
             description="A digit read with lower confidence than this flags the answer for "
             "review. Default: the service's `DIGITS_REVIEW_THRESHOLD`.",
-            examples=[0.9],
+            examples=[0.98],
         ),
     ] = None,
     *,
