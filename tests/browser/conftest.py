@@ -69,7 +69,7 @@ def _log_tail(lines: int = 40) -> str:
     return "\n".join(SERVER_LOG.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server_url() -> Iterator[str]:
     """Base URL of the real service under uvicorn, serving the bundled model, once ready."""
     models_dir = Path(os.environ.get("DIGITS_MODELS_DIR", REPO_ROOT / "models" / "mnist"))
@@ -129,7 +129,9 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base: str) -> None:
     pytest.fail(f"The server was not ready after {READY_WAIT_SECONDS:.0f} s:\n{_log_tail()}")
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop on the main thread while
+# it is open, and tests elsewhere that call asyncio.run() must not find it still running.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     """Headless Debian chromium; the tests skip only when it is not installed at all."""
     if not CHROMIUM.exists():
