@@ -232,7 +232,16 @@ def _session_callable(
     try:
         expected = signature(**{INPUT_KEY: tf.constant(probe)})
         graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph)
+        # A TF1 session has its own thread pools; give it the counts configure_tensorflow set
+        # for eager calls (0 still means "let TensorFlow choose").
+        threading_config = tf.config.threading
+        session = tf.compat.v1.Session(
+            graph=graph,
+            config=tf.compat.v1.ConfigProto(
+                intra_op_parallelism_threads=threading_config.get_intra_op_parallelism_threads(),
+                inter_op_parallelism_threads=threading_config.get_inter_op_parallelism_threads(),
+            ),
+        )
         tf_logger = tf.get_logger()
         level = tf_logger.level
         # The TF1 loader announces its deprecation on every load; it is used deliberately.
