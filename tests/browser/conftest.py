@@ -10,19 +10,15 @@ The browser is Debian's ``/usr/bin/chromium`` driven by the Python ``playwright`
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright
 
 from tests.browser.support import REPO_ROOT, PageRecord
+from tests.support.servers import RunningServer
 
 SERVER_LOG = REPO_ROOT / "artifacts" / "browser-server.log"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,13 +42,6 @@ READY_WAIT_SECONDS = 180.0
 expect.set_options(timeout=20_000)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _model_versions(models_dir: Path) -> list[int]:
     if not models_dir.is_dir():
         return []
@@ -61,12 +50,6 @@ def _model_versions(models_dir: Path) -> list[int]:
         for child in models_dir.iterdir()
         if child.is_dir() and child.name.isdigit() and (child / "saved_model.pb").is_file()
     )
-
-
-def _log_tail(lines: int = 40) -> str:
-    if not SERVER_LOG.exists():
-        return "(no server log)"
-    return "\n".join(SERVER_LOG.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="package")
@@ -80,53 +63,13 @@ def server_url() -> Iterator[str]:
             f"No model version in {models_dir}: the browser tests need the bundled model "
             "models/mnist/<n>/ (train one with `make train`)."
         )
-    port = _free_port()
-    env = dict(os.environ)
-    env["DIGITS_MODELS_DIR"] = str(models_dir)
-    # The page is tried as a visitor without a key would; the key itself is the API's business.
-    env.pop("DIGITS_API_KEY", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    base = f"http://127.0.0.1:{port}"
-    with SERVER_LOG.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            _wait_until_ready(process, base)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_ready(process: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + READY_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"The server exited with code {process.returncode}:\n{_log_tail()}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"The server was not ready after {READY_WAIT_SECONDS:.0f} s:\n{_log_tail()}")
+    # The page is tried as a visitor without a key would; the key itself is the API's business:
+    # the server's environment carries no DIGITS_* setting but the models directory.
+    server = RunningServer.start(models_dir, SERVER_LOG, ready_timeout=READY_WAIT_SECONDS)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 # Package scope, not session: Playwright's sync API runs an event loop on the main thread while

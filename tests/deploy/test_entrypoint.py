@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,15 +26,10 @@ import pytest
 
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore
+from tests.support.servers import HOST, as_pid_1, child_pid, free_port, log_tail, wait_until_ready
 
 READY_WITHIN_SECONDS = 60.0  # a bound on waiting, not a speed claim
-HOST, IMAGE_PORT = "127.0.0.1", "8000"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+IMAGE_PORT = "8000"
 
 
 def _replace_option(argv: list[str], name: str, value: str) -> list[str]:
@@ -83,29 +76,6 @@ def _image_environment(dockerfile: Dockerfile, root: Path) -> dict[str, str]:
     return environment
 
 
-def _as_pid_1(argv: list[str]) -> list[str]:
-    """argv run as PID 1 of a new PID namespace; unprivileged users get a user namespace too."""
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "unshare (util-linux) runs the command as a container's PID 1"
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return [unshare, *user, "--pid", "--fork", "--kill-child", *argv]
-
-
-def _child_pid(parent: subprocess.Popen[bytes]) -> int:
-    """The PID (as seen from here) of the process that unshare forked."""
-    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
-    deadline = time.monotonic() + 10
-    while not (text := children.read_text().split()):
-        assert parent.poll() is None, f"unshare exited with {parent.returncode}"
-        assert time.monotonic() < deadline, "unshare started no child"
-        time.sleep(0.05)
-    return int(text[0])
-
-
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-
-
 @pytest.mark.slow
 def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
     dockerfile: Dockerfile, tmp_path: Path
@@ -117,7 +87,7 @@ def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
     image_argv, probe_argv = cmd.exec_form(), healthcheck.exec_form()
     assert image_argv is not None
     assert probe_argv is not None
-    port = str(_free_port())
+    port = str(free_port())
     argv = _replace_option(_replace_option(image_argv, "--host", HOST), "--port", port)
     assert [a for a, b in zip(argv, image_argv, strict=True) if a != b] == [HOST, port]
     image_url = f"http://127.0.0.1:{IMAGE_PORT}/"
@@ -133,27 +103,22 @@ def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
 
     with log.open("wb") as output:
         server = subprocess.Popen(
-            _as_pid_1(argv),
+            as_pid_1(argv),
             cwd=root / workdir.arguments.lstrip("/"),
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + READY_WITHIN_SECONDS
-        ready_url = f"http://{HOST}:{port}/health/ready"
-        while _status(ready_url) != 200:
-            assert server.poll() is None, f"server exited with {server.returncode}:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"not ready in time:\n{_tail(log)}"
-            time.sleep(0.25)
+        wait_until_ready(f"http://{HOST}:{port}/health/ready", server, READY_WITHIN_SECONDS, log)
         assert _status(f"http://{HOST}:{port}/health/live") == 200
 
         healthy = subprocess.run(probe, env=environment, capture_output=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr.decode()
 
         graceful = float(argv[argv.index("--timeout-graceful-shutdown") + 1])
-        os.kill(_child_pid(server), signal.SIGTERM)  # what `docker stop` sends, to PID 1
-        assert server.wait(timeout=graceful + 15) == 0, _tail(log)
+        os.kill(child_pid(server), signal.SIGTERM)  # what `docker stop` sends, to PID 1
+        assert server.wait(timeout=graceful + 15) == 0, log_tail(log)
     finally:
         if server.poll() is None:
             server.kill()

@@ -2,9 +2,8 @@
 
 Each test that needs a server starts one with :func:`start_server` (``uvicorn
 app.main:create_app --factory`` on 127.0.0.1 and a free port, settings through ``DIGITS_*``
-environment variables, output captured to a log file) and gets it stopped at the end. Waiting
-for readiness is bounded; the bound is generous because importing TensorFlow on a busy 2-core
-machine takes seconds, and it is not a speed check.
+environment variables, output captured to a log file; see :mod:`tests.support.servers`) and
+gets it stopped at the end.
 
 The served model is the bundled one (newest ``models/mnist/<n>``) when it exists, else a tiny
 SavedModel with the same signature built here. The expected answers come from loading that
@@ -17,28 +16,19 @@ import gzip
 import io
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.servers import REPO, RunningServer
+
 BUNDLED_MODELS = REPO / "models" / "mnist"
-HOST = "127.0.0.1"
-# Bounds on waiting, never speed checks: TensorFlow's import alone takes several seconds here.
-READY_TIMEOUT_SECONDS = 120.0
-STOP_TIMEOUT_SECONDS = 30.0
 DIGIT_COUNT = 64
 
 
@@ -164,69 +154,6 @@ def models_dir(tmp_path: Path, served_model: ServedModel) -> Path:
 # --- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (VmRSS in /proc/<pid>/status), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
-@dataclass
-class RunningServer:
-    """A uvicorn process serving the app; ``pid`` is uvicorn's own (not unshare's)."""
-
-    process: subprocess.Popen[bytes]
-    pid: int
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:12345."""
-        return f"http://{HOST}:{self.port}"
-
-    def log(self) -> str:
-        """Everything the server has written so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of the log, for assertion messages."""
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def rss(self) -> int:
-        """The server process's resident memory now, in bytes."""
-        return rss_bytes(self.pid)
-
-    def stop(self) -> None:
-        """SIGTERM (graceful), then kill if it does not end in time."""
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _child_pid(parent: subprocess.Popen[bytes]) -> int:
-    """The process unshare forked (the server, PID 1 inside its namespace)."""
-    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
-    deadline = time.monotonic() + 10
-    while not (text := children.read_text().split()):
-        assert parent.poll() is None, f"unshare exited with {parent.returncode}"
-        assert time.monotonic() < deadline, "unshare started no child"
-        time.sleep(0.02)
-    return int(text[0])
-
-
 class ServerFactory:
     """Starts servers for one test and stops them all at its end."""
 
@@ -248,55 +175,16 @@ class ServerFactory:
         ``as_pid_1`` runs uvicorn as PID 1 of a new PID namespace, as in a container: after a
         graceful shutdown uvicorn re-raises SIGTERM, which a PID 1 ignores, so it exits 0.
         """
-        port = free_port()
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
-        environment.update(
-            {
-                "DIGITS_MODELS_DIR": str(models_dir),
-                "PYTHONUNBUFFERED": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            }
+        server = RunningServer.start(
+            models_dir,
+            self._tmp / f"server-{len(self._servers)}.log",
+            env=env,
+            uvicorn_args=["--timeout-graceful-shutdown", f"{graceful_seconds:g}"],
+            pid_1=as_pid_1,
+            ready_path=f"/health/{wait_for}",
         )
-        environment.update(env or {})
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--timeout-graceful-shutdown",
-            f"{graceful_seconds:g}",
-        ]
-        if as_pid_1:
-            unshare = shutil.which("unshare")
-            assert unshare is not None, "unshare (util-linux) runs the server as PID 1"
-            user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-            command = [unshare, *user, "--pid", "--fork", "--kill-child", *command]
-        log_path = self._tmp / f"server-{len(self._servers)}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
-            )
-        pid = _child_pid(process) if as_pid_1 else process.pid
-        server = RunningServer(process, pid, port, log_path)
         self._servers.append(server)
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        with httpx.Client(base_url=server.url, timeout=5.0) as client:
-            while True:
-                assert process.poll() is None, (
-                    f"server exited with {process.returncode}:\n{server.tail()}"
-                )
-                try:
-                    if client.get(f"/health/{wait_for}").status_code == 200:
-                        return server
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"server not up in time:\n{server.tail()}"
-                time.sleep(0.05)
+        return server
 
     def stop_all(self) -> None:
         """Stop every server this factory started."""

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ops.conftest import HOST, RunningServer, ServedModel, ServerFactory
+from tests.ops.conftest import ServedModel, ServerFactory
+from tests.support.servers import HOST, RunningServer
 
 pytestmark = pytest.mark.slow
 
