@@ -7,12 +7,10 @@ figures include the HTTP server, the framework and the middleware, not just the 
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import platform
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -170,14 +168,13 @@ def start_server(
 
 def mnist_test_images() -> np.ndarray | None:
     """The MNIST test images from $MNIST_DATA_DIR (or the team's shared copy), if present."""
-    candidates = [os.environ.get("MNIST_DATA_DIR"), str(REPO.parent / "shared" / "data" / "mnist")]
-    for candidate in candidates:
-        path = Path(candidate) / "t10k-images-idx3-ubyte.gz" if candidate else None
-        if path is not None and path.is_file():
-            raw = gzip.decompress(path.read_bytes())
-            dims = struct.unpack(">III", raw[4:16])
-            return np.frombuffer(raw, np.uint8, offset=16).reshape(dims)
-    return None
+    from training.data import MNIST, MnistError, read_idx, resolve_data_dir
+
+    directory = resolve_data_dir() or REPO.parent / "shared" / "data" / "mnist"
+    try:
+        return read_idx(directory / MNIST.test_images.name, MNIST.test_images)
+    except MnistError:
+        return None
 
 
 def digit_images(count: int) -> tuple[np.ndarray, str]:

@@ -7,7 +7,6 @@ version answered and what it should say without any training.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -25,6 +24,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.support.mnist import MISSING, mnist_dir, read_test_set
 
 REPO = Path(__file__).resolve().parents[2]
 # The committed model; TEST_BUNDLED_MODELS points these tests at another models directory.
@@ -34,29 +34,13 @@ BUNDLED_MODELS = Path(os.environ.get("TEST_BUNDLED_MODELS", REPO / "models" / "m
 # --- MNIST ---------------------------------------------------------------------------------
 
 
-def _mnist_dir() -> Path | None:
-    candidates = [os.environ.get("MNIST_DATA_DIR"), str(REPO.parent / "shared" / "data" / "mnist")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
-            return Path(candidate)
-    return None
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 @pytest.fixture(scope="session")
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 MNIST test images (uint8 [N, 28, 28]) and labels."""
-    directory = _mnist_dir()
+    directory = mnist_dir()
     if directory is None:
-        pytest.skip("MNIST not found: set MNIST_DATA_DIR to the directory of the IDX .gz files")
-    images = _read_idx(directory / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(directory / "t10k-labels-idx1-ubyte.gz")
+        pytest.skip(MISSING)
+    images, labels = read_test_set(directory)
     assert images.shape == (10_000, 28, 28)
     return images, labels
 

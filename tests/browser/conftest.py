@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright
 
 from tests.browser.support import REPO_ROOT, PageRecord
+from tests.support.mnist import MISSING, mnist_dir, read_test_set
 from tests.support.servers import RunningServer
 
 SERVER_LOG = REPO_ROOT / "artifacts" / "browser-server.log"
@@ -129,11 +130,7 @@ def phone(browser: Browser) -> Iterator[PageRecord]:
 @pytest.fixture(scope="session")
 def mnist_test_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 MNIST **test** images (uint8 [N,28,28]) and labels, via ``training.data``."""
-    from training.data import load_mnist, resolve_data_dir
-
-    # MNIST_DATA_DIR first, then the team's shared copy beside the checkout (as CI lays it out).
-    directory = resolve_data_dir() or REPO_ROOT.parent / "shared" / "data" / "mnist"
-    if not (directory / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip("MNIST is not available: set MNIST_DATA_DIR to the directory of IDX .gz files")
-    data = load_mnist(directory, progress=False)
-    return data.test_images, data.test_labels
+    directory = mnist_dir()
+    if directory is None:
+        pytest.skip(MISSING)
+    return read_test_set(directory)

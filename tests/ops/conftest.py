@@ -12,11 +12,8 @@ SavedModel in this process and calling its signature, independently of the servi
 
 from __future__ import annotations
 
-import gzip
 import io
-import os
 import shutil
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.mnist import mnist_dir, read_test_set
 from tests.support.servers import REPO, RunningServer
 
 BUNDLED_MODELS = REPO / "models" / "mnist"
@@ -33,17 +31,6 @@ DIGIT_COUNT = 64
 
 
 # --- digits and the model's own answers ----------------------------------------------------
-
-
-def _mnist_test_images() -> np.ndarray | None:
-    candidates = [os.environ.get("MNIST_DATA_DIR"), str(REPO.parent / "shared" / "data" / "mnist")]
-    for candidate in candidates:
-        path = Path(candidate) / "t10k-images-idx3-ubyte.gz" if candidate else None
-        if path is not None and path.is_file():
-            raw = gzip.decompress(path.read_bytes())
-            count, rows, cols = struct.unpack(">III", raw[4:16])
-            return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols)
-    return None
 
 
 def png(image: np.ndarray) -> bytes:
@@ -116,8 +103,12 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
         version_dir = tmp_path_factory.mktemp("tiny-model") / "1"
         _build_tiny_model(version_dir)
         source = "tiny fixture model"
-    images = _mnist_test_images()
-    images = images[:DIGIT_COUNT] if images is not None else _synthetic_digits(DIGIT_COUNT)
+    directory = mnist_dir()
+    images = (
+        read_test_set(directory)[0][:DIGIT_COUNT]
+        if directory is not None
+        else _synthetic_digits(DIGIT_COUNT)
+    )
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     digits = signature(images=tf.constant(images))["digit"].numpy()
     return ServedModel(

@@ -6,36 +6,24 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.mnist import MISSING
+from tests.support.mnist import mnist_dir as find_mnist_dir
 from tests.training.synthetic import SyntheticDataset, make_dataset
-from training.data import MNIST, MnistData, load_mnist
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
-
-
-def _mnist_dir() -> Path | None:
-    """``$MNIST_DATA_DIR``, else the team's shared copy beside the repository, if complete."""
-    for candidate in (os.environ.get("MNIST_DATA_DIR"), str(SHARED_MNIST)):
-        if candidate and all((Path(candidate) / f.name).is_file() for f in MNIST.files):
-            return Path(candidate)
-    return None
+from training.data import MnistData, load_mnist
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST directory; skips when there is none on this machine."""
-    directory = _mnist_dir()
+    directory = find_mnist_dir()
     if directory is None:
-        pytest.skip(
-            "real MNIST not available: set MNIST_DATA_DIR to a directory with the four .gz files"
-        )
+        pytest.skip(MISSING)
     return directory
 
 
