@@ -42,24 +42,10 @@ async def get_store(request: Request) -> ModelStore:
     return store
 
 
-async def get_worker(request: Request) -> InferenceWorker:
-    """The inference worker that runs every model call."""
-    worker: InferenceWorker = request.app.state.worker
-    return worker
-
-
 async def get_telemetry(request: Request) -> Telemetry:
     """The app's metrics."""
     telemetry: Telemetry = request.app.state.telemetry
     return telemetry
-
-
-async def get_current_model(store: Annotated[ModelStore, Depends(get_store)]) -> LoadedModel:
-    """The model version this request will use from start to end; 503 while none is loaded."""
-    model = store.current
-    if model is None:
-        raise not_ready(store)
-    return model
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +62,7 @@ class Serving:
 async def get_serving(request: Request) -> Serving:
     """The served model, worker, settings and metrics at once; 503 while no model is loaded.
 
-    One dependency instead of four (five with the store) on the hot prediction routes: each
+    One dependency instead of four (five with the store) on the prediction routes: each
     dependency FastAPI resolves costs event-loop time on every request, and these are only
     attribute lookups.
     """
@@ -123,8 +109,6 @@ async def require_api_key(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
-WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
 TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
-ModelDep = Annotated[LoadedModel, Depends(get_current_model)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 ApiKeyDep = Depends(require_api_key)

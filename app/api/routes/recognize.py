@@ -17,7 +17,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep, ModelDep, SettingsDep, TelemetryDep, WorkerDep
+from app.api.deps import ApiKeyDep, ServingDep
 from app.imaging import decode_image
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
@@ -200,18 +200,16 @@ async def recognize(
         ),
     ] = None,
     *,
-    model: ModelDep,
-    worker: WorkerDep,
-    settings: SettingsDep,
-    telemetry: TelemetryDep,
+    serving: ServingDep,
 ) -> dict[str, object]:
     """Read the digit string in one uploaded image."""
+    settings = serving.settings
     data = await file.read()
     lattice, batch, (width, height) = await run_in_threadpool(
         _prepare, data, settings.max_image_pixels, settings.max_digits
     )
-    prediction = await worker.predict(model, batch)
-    telemetry.count_images("/recognize", len(batch))
+    prediction = await serving.worker.predict(serving.model, batch)
+    serving.telemetry.count_images("/recognize", len(batch))
     probabilities = prediction.probabilities
     reading = await run_in_threadpool(
         choose_reading, lattice, probabilities, max_digits=settings.max_digits
