@@ -19,18 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.segmentation import Box
+
 #: MNIST digits are about 20 px tall inside their 28×28 frame.
 _MNIST_INK_HEIGHT = 20.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Box:
-    """A digit's bounding box in image pixels."""
-
-    x: int
-    y: int
-    width: int
-    height: int
 
 
 @dataclasses.dataclass(frozen=True)
