@@ -285,7 +285,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The body, the image's pixel count or the number of files is over the limit.",
         415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",
         422: "A form field or query parameter is missing or invalid, or no digit was found.",
-        503: "No model is loaded yet.",
+        503: "No model is loaded yet, the model's answer was invalid, or the work ran past the "
+        "request's deadline.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
