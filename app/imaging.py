@@ -14,11 +14,12 @@ and :func:`prepare_digit` runs it (or skips it for images that already are MNIST
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
+import contextvars
+import functools
 import io
-import threading
-from collections.abc import Iterator
-from typing import Final, Literal, TypeVar
+from collections.abc import Callable
+from typing import Final, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +34,6 @@ __all__ = [
     "Normalize",
     "center_digit",
     "decode_image",
-    "image_slot",
     "ink_map",
     "load_image",
     "normalize_image",
@@ -41,6 +41,8 @@ __all__ = [
     "prepare_digit",
     "prepare_opened",
     "reduce_image",
+    "run_in_image_slot",
+    "run_in_large_image_slot",
     "to_grayscale",
 ]
 
@@ -48,6 +50,8 @@ FloatImage = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]
 Normalize = Literal["auto", "always", "never"]
 _Pixel = TypeVar("_Pixel", bound=np.generic)
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
 
 #: Formats accepted from clients, as Pillow names them (MPO is how Pillow names camera JPEGs).
 ACCEPTED_FORMATS: Final = frozenset({"PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP"})
@@ -70,12 +74,12 @@ _MNIST_STROKE: Final = 0.085
 # the cost of the per-pixel work below whatever the upload's size.
 _WORK_SIDE: Final = 512
 # Images from this many pixels up are decoded and normalized at most two at a time (one per
-# core), from the decode to the last float array.
+# core), from the decode to the last float array, on threads of their own.
 _LARGE_IMAGE_PIXELS: Final = 2_000_000
-_large_image_slots = threading.BoundedSemaphore(2)
+_large_image_threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="large-image")
 #: Default cap on the scans of a JPEG: a progressive JPEG is decoded once per scan, so the
 #: scans, not the pixels, bound its cost; ordinary encoders write at most a dozen.
-MAX_JPEG_SCANS: Final = 64
+MAX_JPEG_SCANS: Final = 32
 # The start-of-scan marker. In entropy-coded data a 0xFF byte is always followed by 0x00 or a
 # restart marker, so every occurrence of these two bytes starts a scan (an embedded thumbnail's
 # scans are counted too, a few at most).
@@ -98,8 +102,7 @@ def decode_image(
             413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
     """
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
-    with image_slot(img):
-        return _load(img, max_pixels)[0]
+    return run_in_image_slot(img, lambda: _load(img, max_pixels)[0])
 
 
 def open_image(
@@ -108,7 +111,7 @@ def open_image(
     """Read and check an upload's header only (format, declared size, JPEG scans): no pixels.
 
     Cheap whatever the image: what it returns is decoded later by :func:`load_image` or
-    :func:`prepare_opened`, inside :func:`image_slot`.
+    :func:`prepare_opened`, through :func:`run_in_image_slot`.
 
     Raises:
         ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
@@ -136,7 +139,8 @@ def load_image(
 
     With ``work_pixels``, a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale when that still
     leaves at least that many pixels (the caller reduces to that size anyway), so the decoded
-    image may be smaller than the full size returned beside it. Call inside :func:`image_slot`.
+    image may be smaller than the full size returned beside it. Call through
+    :func:`run_in_image_slot`.
 
     Raises:
         ApiError: 413 ``image_too_large`` or 400 ``truncated_image``.
@@ -197,29 +201,45 @@ def _load(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
     return img, transposed
 
 
-@contextlib.contextmanager
-def image_slot(img: Image.Image) -> Iterator[None]:
-    """Hold one of the few slots for large images while their pixels are in memory.
+def run_in_image_slot(
+    img: Image.Image,
+    work: Callable[_Params, _Result],
+    *args: _Params.args,
+    **kwargs: _Params.kwargs,
+) -> _Result:
+    """Run ``work(*args, **kwargs)``, the work on an opened image's pixels, within the limit.
 
     A large image costs its width × height in memory (four times that in colour) while it is
-    decoded, reduced and turned into floats; doing all of that inside the slot bounds the peak,
-    whatever the number of concurrent uploads. Waiting for a slot ends at the request's
-    deadline (503 ``deadline_exceeded``).
+    decoded, reduced and turned into floats. Its whole pipeline runs on one of two threads kept
+    for large images while the calling thread waits, which bounds the peak whatever the number
+    of concurrent uploads; and because the same two threads allocate and free that memory, the
+    C allocator's per-thread caches of freed memory stay two, not one per thread of the pool.
+    Small images run here at once. Waiting ends at the request's deadline (503
+    ``deadline_exceeded``); work already started stops at its next deadline check.
     """
     width, height = img.size
     if width * height < _LARGE_IMAGE_PIXELS:
-        yield
-        return
+        return work(*args, **kwargs)
+    return run_in_large_image_slot(work, *args, **kwargs)
+
+
+def run_in_large_image_slot(
+    work: Callable[_Params, _Result], *args: _Params.args, **kwargs: _Params.kwargs
+) -> _Result:
+    """Run ``work(*args, **kwargs)`` on one of the two large-image threads, waiting for it.
+
+    For work known to be large whatever the image's size (see :func:`run_in_image_slot`).
+    """
     deadline = current_deadline()
-    if not _large_image_slots.acquire(
-        timeout=None if deadline is None else max(0.0, deadline.remaining())
-    ):
-        assert deadline is not None  # without a timeout, acquire only returns True
-        raise deadline_exceeded(deadline.seconds)
+    # The request's context (its deadline) goes with the work to the other thread.
+    call = functools.partial(work, *args, **kwargs)
+    future = _large_image_threads.submit(contextvars.copy_context().run, call)
     try:
-        yield
-    finally:
-        _large_image_slots.release()
+        return future.result(timeout=None if deadline is None else max(0.0, deadline.remaining()))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        assert deadline is not None  # without a timeout, result() only returns or raises
+        raise deadline_exceeded(deadline.seconds) from None
 
 
 def to_grayscale(img: Image.Image) -> FloatImage:
@@ -380,13 +400,18 @@ def prepare_opened(
     img: Image.Image, *, normalize: Normalize, max_pixels: int
 ) -> tuple[ByteImage, bool]:
     """:func:`prepare_digit` for an image already opened (and checked) by :func:`open_image`."""
-    with image_slot(img):
-        if normalize != "never" and img.format in ("JPEG", "MPO"):
-            # A phone photo needs no more than the working resolution: let the JPEG decoder
-            # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
-            img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
-        img = _load(img, max_pixels)[0]
-        return _prepare_loaded(img, normalize)
+    return run_in_image_slot(img, _decode_and_prepare, img, normalize, max_pixels)
+
+
+def _decode_and_prepare(
+    img: Image.Image, normalize: Normalize, max_pixels: int
+) -> tuple[ByteImage, bool]:
+    if normalize != "never" and img.format in ("JPEG", "MPO"):
+        # A phone photo needs no more than the working resolution: let the JPEG decoder
+        # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
+        img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
+    img = _load(img, max_pixels)[0]
+    return _prepare_loaded(img, normalize)
 
 
 def _prepare_loaded(img: Image.Image, normalize: Normalize) -> tuple[ByteImage, bool]:

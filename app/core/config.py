@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         "decode, checked from the images' headers before any is decoded.",
     )
     max_jpeg_scans: int = Field(
-        default=64,
+        default=32,
         gt=0,
         description="Most scans a JPEG may hold (a progressive JPEG is decoded once per scan), "
         "counted in the bytes before decoding.",

@@ -9,7 +9,7 @@ person, the way mail sorting works.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
 from app.core.config import Settings
 from app.core.deadline import check_deadline, request_deadline
-from app.imaging import image_slot, load_image, open_image
+from app.imaging import load_image, open_image, run_in_large_image_slot
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     MAX_WORK_PIXELS,
@@ -33,6 +33,10 @@ from app.segmentation import (
 )
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
+
+# Segmentation turns up to MAX_WORK_PIXELS into several float arrays at once: from this many
+# pixels up it runs within the large-image limit, like the decode of a large photo.
+SEGMENT_ALONE_PIXELS: Final = 250_000
 
 _PROBS_EXAMPLE: list[JsonValue] = [
     0.0002,
@@ -130,15 +134,20 @@ def _prepare(
 ) -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
     """Decode, segment and normalize (CPU work, run in the thread pool).
 
-    All of it holds the large-image slot, so the float arrays of segmentation are bounded by
-    the same concurrency limit as the decode.
+    All of it runs within the large-image limit, so the float arrays of segmentation are
+    bounded by the same concurrency limit as the decode.
     """
     max_pixels = min(settings.max_image_pixels, settings.max_request_pixels)
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=settings.max_jpeg_scans)
-    with image_slot(img):
+
+    def segment() -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
         loaded, size = load_image(img, max_pixels=max_pixels, work_pixels=MAX_WORK_PIXELS)
         lattice = find_candidates(loaded, max_digits=settings.max_digits, size=size)
         return lattice, normalize_candidates(lattice), size
+
+    if img.width * img.height < SEGMENT_ALONE_PIXELS:
+        return segment()
+    return run_in_large_image_slot(segment)
 
 
 def review_reasons(
