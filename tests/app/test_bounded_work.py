@@ -362,3 +362,17 @@ def test_a_jpeg_with_too_many_scans_is_refused_by_every_endpoint(model_one: Mode
             else:
                 assert response.status_code == 422, path
                 assert response.json()["error"]["code"] == "too_many_jpeg_scans"
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "digit"),
+    [(np.full(10, 0.1, np.float32), 12), (np.full(10, np.nan, np.float32), 3)],
+    ids=["digit 12", "NaN scores"],
+)
+def test_predict_refuses_a_model_answer_that_is_not_a_digit(
+    probabilities: np.ndarray, digit: int
+) -> None:
+    with pytest.raises(ApiError) as caught:
+        predict_module._digit(probabilities, digit, True)
+    assert caught.value.status_code == 503
+    assert caught.value.code == "model_error"

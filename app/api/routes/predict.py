@@ -216,8 +216,9 @@ async def _prepare_batch(
     summary="Read many handwritten digits in one request",
     description=(
         "Upload several images, repeating the multipart/form-data field `files` once per "
-        "image (at most `DIGITS_MAX_BATCH_SIZE`, 256 by default). All valid images are "
-        "classified in one model call. The answer has one entry per file, in the order sent; "
+        "image (at most `DIGITS_MAX_BATCH_SIZE`, 256 by default, holding at most "
+        "`DIGITS_MAX_REQUEST_PIXELS` pixels in all, 50,000,000 by default). All valid images "
+        "are classified in one model call. The answer has one entry per file, in the order sent; "
         "a file that cannot be read gets an `error` entry with its `index` while the others "
         "are still answered."
     ),
