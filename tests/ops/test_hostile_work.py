@@ -94,12 +94,17 @@ def test_row_1_a_long_thin_stroke_is_read_at_once(
     answer = response.json()
     # One stroke is one digit, wherever it is; the box covers the stroke in upload pixels.
     assert len(answer["digits"]) == 1, answer
+    if served_model.source.startswith("bundled"):
+        # A single vertical stroke is a 1 (the tiny fixture model reads anything as anything).
+        assert answer["digits"] == "1", answer
     assert answer["image"] == {"width": 1, "height": 96_000}
     [segment] = answer["segments"]
     assert abs(segment["box"]["height"] - 32_000) <= 100, segment
     response, seconds = _post(server, "/predict", data)
     assert seconds < ANSWER_WITHIN_SECONDS, seconds
     assert response.status_code == 200, response.text
+    if served_model.source.startswith("bundled"):
+        assert response.json()["digit"] == 1, response.json()
 
 
 def test_row_2_a_long_bar_is_refused_before_candidates_are_read(server: RunningServer) -> None:
