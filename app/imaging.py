@@ -14,26 +14,35 @@ and :func:`prepare_digit` runs it (or skips it for images that already are MNIST
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
+import contextvars
+import functools
 import io
-import threading
-from collections.abc import Iterator
-from typing import Final, Literal, TypeVar
+from collections.abc import Callable
+from typing import Final, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from app.core.deadline import check_deadline, current_deadline, deadline_exceeded
 from app.core.errors import ApiError
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "MAX_JPEG_SCANS",
     "Normalize",
     "center_digit",
     "decode_image",
     "ink_map",
+    "load_image",
     "normalize_image",
+    "open_image",
     "prepare_digit",
+    "prepare_opened",
+    "reduce_image",
+    "run_in_image_slot",
+    "run_in_large_image_slot",
     "to_grayscale",
 ]
 
@@ -41,6 +50,8 @@ FloatImage = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]
 Normalize = Literal["auto", "always", "never"]
 _Pixel = TypeVar("_Pixel", bound=np.generic)
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
 
 #: Formats accepted from clients, as Pillow names them (MPO is how Pillow names camera JPEGs).
 ACCEPTED_FORMATS: Final = frozenset({"PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP"})
@@ -62,27 +73,86 @@ _MNIST_STROKE: Final = 0.085
 # Large photos are reduced before the ink is analysed: the result is 28×28 anyway, and this bounds
 # the cost of the per-pixel work below whatever the upload's size.
 _WORK_SIDE: Final = 512
-# Images from this many pixels up are decoded at most two at a time (one per core).
+# Images from this many pixels up are decoded and normalized at most two at a time (one per
+# core), from the decode to the last float array, on threads of their own.
 _LARGE_IMAGE_PIXELS: Final = 2_000_000
-_large_image_slots = threading.BoundedSemaphore(2)
+_large_image_threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="large-image")
+#: Default cap on the scans of a JPEG: a progressive JPEG is decoded once per scan, so the
+#: scans, not the pixels, bound its cost; ordinary encoders write at most a dozen.
+MAX_JPEG_SCANS: Final = 32
+# The start-of-scan marker. In entropy-coded data a 0xFF byte is always followed by 0x00 or a
+# restart marker, so every occurrence of these two bytes starts a scan (an embedded thumbnail's
+# scans are counted too, a few at most).
+_SOS: Final = b"\xff\xda"
 # Below this contrast (grey levels, out of 255) between ink and paper there is no digit.
 _MIN_CONTRAST: Final = 24.0
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, *, max_pixels: int, max_jpeg_scans: int = MAX_JPEG_SCANS
+) -> Image.Image:
     """Decode uploaded bytes into a Pillow image, refusing anything unsafe or unusable.
 
-    The declared width × height is checked against ``max_pixels`` before any pixel is decoded,
-    so decompression bombs cost nothing. EXIF orientation is applied; animated images give their
-    first frame.
+    The declared width × height is checked against ``max_pixels`` and a JPEG's scans against
+    ``max_jpeg_scans`` before any pixel is decoded, so decompression bombs cost nothing. EXIF
+    orientation is applied; animated images give their first frame.
 
     Raises:
         ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
-            413 ``image_too_large`` or 400 ``truncated_image``.
+            413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
+    """
+    img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
+    return run_in_image_slot(img, lambda: _load(img, max_pixels)[0])
+
+
+def open_image(
+    data: bytes, *, max_pixels: int, max_jpeg_scans: int = MAX_JPEG_SCANS
+) -> Image.Image:
+    """Read and check an upload's header only (format, declared size, JPEG scans): no pixels.
+
+    Cheap whatever the image: what it returns is decoded later by :func:`load_image` or
+    :func:`prepare_opened`, through :func:`run_in_image_slot`.
+
+    Raises:
+        ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
+            413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
     """
     img = _open(data, max_pixels)
-    with _decode_slot(img):
-        return _load(img, max_pixels)
+    if img.format in ("JPEG", "MPO"):
+        scans = data.count(_SOS)
+        if scans > max_jpeg_scans:
+            raise ApiError(
+                422,
+                "too_many_jpeg_scans",
+                f"The JPEG holds {scans} scans; at most {max_jpeg_scans} are decoded (each scan "
+                "of a progressive JPEG is decoded in full). Save the image as a baseline "
+                "(non-progressive) JPEG or as PNG and try again.",
+                details={"scans": scans, "max_scans": max_jpeg_scans},
+            )
+    return img
+
+
+def load_image(
+    img: Image.Image, *, max_pixels: int, work_pixels: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an opened image upright; return it and its full upright size (width, height).
+
+    With ``work_pixels``, a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale when that still
+    leaves at least that many pixels (the caller reduces to that size anyway), so the decoded
+    image may be smaller than the full size returned beside it. Call through
+    :func:`run_in_image_slot`.
+
+    Raises:
+        ApiError: 413 ``image_too_large`` or 400 ``truncated_image``.
+    """
+    width, height = img.size
+    if work_pixels is not None and img.format in ("JPEG", "MPO") and width * height > work_pixels:
+        scale = float(np.sqrt(work_pixels / (width * height)))
+        img.draft(
+            img.mode, (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
+        )
+    loaded, transposed = _load(img, max_pixels)
+    return loaded, ((height, width) if transposed else (width, height))
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -105,13 +175,19 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Decode the pixels of an opened image and turn it upright (EXIF orientation)."""
+def _load(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
+    """Decode the pixels of an opened image and turn it upright (EXIF orientation).
+
+    Returns the image and whether turning it upright swapped its width and height.
+    """
+    check_deadline()
+    transposed = False
     try:
         img.load()
         orientation = img.getexif().get(0x0112, 1)
         if orientation in range(2, 9):
             img = ImageOps.exif_transpose(img)
+            transposed = orientation in range(5, 9)
     except Image.DecompressionBombError as exc:
         raise _too_large(img.size, max_pixels) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
@@ -122,23 +198,48 @@ def _load(img: Image.Image, max_pixels: int) -> Image.Image:
             f"The {img.format} image is truncated or corrupt and cannot be decoded. "
             "Upload the complete file again.",
         ) from exc
-    return img
+    return img, transposed
 
 
-@contextlib.contextmanager
-def _decode_slot(img: Image.Image) -> Iterator[None]:
-    """Hold one of the few slots for large images while their pixels are in memory.
+def run_in_image_slot(
+    img: Image.Image,
+    work: Callable[_Params, _Result],
+    *args: _Params.args,
+    **kwargs: _Params.kwargs,
+) -> _Result:
+    """Run ``work(*args, **kwargs)``, the work on an opened image's pixels, within the limit.
 
     A large image costs its width × height in memory (four times that in colour) while it is
-    decoded and reduced; bounding how many are processed at once bounds the peak, whatever
-    the number of concurrent uploads.
+    decoded, reduced and turned into floats. Its whole pipeline runs on one of two threads kept
+    for large images while the calling thread waits, which bounds the peak whatever the number
+    of concurrent uploads; and because the same two threads allocate and free that memory, the
+    C allocator's per-thread caches of freed memory stay two, not one per thread of the pool.
+    Small images run here at once. Waiting ends at the request's deadline (503
+    ``deadline_exceeded``); work already started stops at its next deadline check.
     """
     width, height = img.size
     if width * height < _LARGE_IMAGE_PIXELS:
-        yield
-        return
-    with _large_image_slots:
-        yield
+        return work(*args, **kwargs)
+    return run_in_large_image_slot(work, *args, **kwargs)
+
+
+def run_in_large_image_slot(
+    work: Callable[_Params, _Result], *args: _Params.args, **kwargs: _Params.kwargs
+) -> _Result:
+    """Run ``work(*args, **kwargs)`` on one of the two large-image threads, waiting for it.
+
+    For work known to be large whatever the image's size (see :func:`run_in_image_slot`).
+    """
+    deadline = current_deadline()
+    # The request's context (its deadline) goes with the work to the other thread.
+    call = functools.partial(work, *args, **kwargs)
+    future = _large_image_threads.submit(contextvars.copy_context().run, call)
+    try:
+        return future.result(timeout=None if deadline is None else max(0.0, deadline.remaining()))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        assert deadline is not None  # without a timeout, result() only returns or raises
+        raise deadline_exceeded(deadline.seconds) from None
 
 
 def to_grayscale(img: Image.Image) -> FloatImage:
@@ -242,7 +343,7 @@ def center_digit(ink: FloatImage) -> ByteImage:
             "Write the digit darker or larger, on a plain background.",
         )
     crop = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    crop = _thicken(crop)
+    crop = _thicken(_reduce_crop(crop))
     height, width = crop.shape
     scale = _BOX / max(height, width)
     new_w = max(1, round(width * scale))
@@ -266,11 +367,21 @@ def center_digit(ink: FloatImage) -> ByteImage:
 
 
 def normalize_image(img: Image.Image) -> ByteImage:
-    """Run the whole MNIST normalization on a decoded image: uint8 [28, 28]."""
-    return center_digit(ink_map(to_grayscale(_shrink(img))))
+    """Run the whole MNIST normalization on a decoded image: uint8 [28, 28].
+
+    The image is reduced to the working size on the Pillow side first, so no float array is
+    ever larger than that, whatever the upload's size or shape.
+    """
+    gray = to_grayscale(_shrink(img))
+    check_deadline()
+    ink = ink_map(gray)
+    check_deadline()
+    return center_digit(ink)
 
 
-def prepare_digit(data: bytes, *, normalize: Normalize, max_pixels: int) -> tuple[ByteImage, bool]:
+def prepare_digit(
+    data: bytes, *, normalize: Normalize, max_pixels: int, max_jpeg_scans: int = MAX_JPEG_SCANS
+) -> tuple[ByteImage, bool]:
     """Decode an upload and return (uint8 [28, 28] model input, whether it was normalized).
 
     ``auto`` passes a 28×28 single-channel image in MNIST polarity (white on black) unchanged,
@@ -281,14 +392,26 @@ def prepare_digit(data: bytes, *, normalize: Normalize, max_pixels: int) -> tupl
         ApiError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
             ``wrong_size`` when ``never`` gets an image that is not 28×28.
     """
-    img = _open(data, max_pixels)
-    with _decode_slot(img):
-        if normalize != "never" and img.format in ("JPEG", "MPO"):
-            # A phone photo needs no more than the working resolution: let the JPEG decoder
-            # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
-            img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
-        img = _load(img, max_pixels)
-        return _prepare_loaded(img, normalize)
+    img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
+    return prepare_opened(img, normalize=normalize, max_pixels=max_pixels)
+
+
+def prepare_opened(
+    img: Image.Image, *, normalize: Normalize, max_pixels: int
+) -> tuple[ByteImage, bool]:
+    """:func:`prepare_digit` for an image already opened (and checked) by :func:`open_image`."""
+    return run_in_image_slot(img, _decode_and_prepare, img, normalize, max_pixels)
+
+
+def _decode_and_prepare(
+    img: Image.Image, normalize: Normalize, max_pixels: int
+) -> tuple[ByteImage, bool]:
+    if normalize != "never" and img.format in ("JPEG", "MPO"):
+        # A phone photo needs no more than the working resolution: let the JPEG decoder
+        # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
+        img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
+    img = _load(img, max_pixels)[0]
+    return _prepare_loaded(img, normalize)
 
 
 def _prepare_loaded(img: Image.Image, normalize: Normalize) -> tuple[ByteImage, bool]:
@@ -476,24 +599,31 @@ def _background_surface(g: FloatImage) -> FloatImage:
 
 
 def _shrink(img: Image.Image) -> Image.Image:
-    """Reduce an image whose longer side exceeds the working size, averaging pixels.
-
-    Done on the Pillow image, before conversion to floats, so a large photo never exists as a
-    full-size float array. Modes Pillow cannot average (palette, 1-bit, CMYK, 16-bit) are
-    converted first.
-    """
+    """Reduce an image whose longer side exceeds the working size, averaging pixels."""
     width, height = img.size
     longest = max(width, height)
     if longest <= _WORK_SIDE:
         return img
+    scale = _WORK_SIDE / longest
+    return reduce_image(img, (max(1, round(width * scale)), max(1, round(height * scale))))
+
+
+def reduce_image(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A decoded image reduced to ``size`` by averaging pixels, on the Pillow side.
+
+    Done before conversion to floats, so a large photo never exists as a full-size float
+    array. Modes Pillow cannot average (palette, 1-bit, CMYK, 16-bit) are converted first, to
+    as few bytes per pixel as keep their content.
+    """
+    check_deadline()
     if img.mode.startswith("I;16"):
         img = img.convert("I")
+    elif img.mode == "1" and "transparency" not in img.info:
+        img = img.convert("L")
     elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         img = img.convert("RGBA" if _has_alpha(img) else "RGB")
     elif img.mode in ("L", "RGB") and "transparency" in img.info:
         img = img.convert("RGBA")
-    scale = _WORK_SIDE / longest
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return img.resize(size, Image.Resampling.BOX)
 
 
@@ -506,6 +636,24 @@ def _stroke_width(crop: FloatImage) -> float:
     padded = np.pad(solid, 1)
     perimeter = int((padded[:, 1:] != padded[:, :-1]).sum() + (padded[1:] != padded[:-1]).sum())
     return 2.0 * area / perimeter
+
+
+def _reduce_crop(crop: FloatImage) -> FloatImage:
+    """A digit's crop reduced (averaging) so that its longer side is at most the working size.
+
+    Thickening costs the crop's area times the stroke growth, which grows with the crop: on a
+    long thin stroke at full size it would dominate everything. ``/predict`` crops never
+    exceed the working size (the image was reduced first); a large candidate of ``/recognize``
+    may.
+    """
+    height, width = crop.shape
+    longest = max(height, width)
+    if longest <= _WORK_SIDE:
+        return crop
+    scale = _WORK_SIDE / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    reduced = Image.fromarray(crop).resize(size, Image.Resampling.BOX)
+    return np.asarray(reduced, dtype=np.float32)
 
 
 def _thicken(crop: FloatImage) -> FloatImage:

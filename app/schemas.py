@@ -282,10 +282,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "The upload is empty, not an image, or truncated.",
         401: "The API key (header X-API-Key) is missing or wrong.",
-        413: "The body, the image's pixel count or the number of files is over the limit.",
+        413: "The body, the image's pixel count, the request's pixels in all or the number of "
+        "files is over the limit.",
         415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",
-        422: "A form field or query parameter is missing or invalid, or no digit was found.",
-        503: "No model is loaded yet.",
+        422: "A form field or query parameter is missing or invalid, no digit was found, or the "
+        "JPEG has more scans than are decoded.",
+        503: "No model is loaded yet, the model's answer was invalid, or the work ran past the "
+        "request's deadline.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses

@@ -21,8 +21,10 @@ union-find, which takes milliseconds on a page-sized image.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping
 from typing import Final
 
@@ -30,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from app.core.deadline import check_deadline
 from app.core.errors import ApiError
-from app.imaging import center_digit, ink_map, to_grayscale
+from app.imaging import center_digit, ink_map, reduce_image, to_grayscale
 
 __all__ = [
     "COUNT_MARGIN",
@@ -44,9 +47,11 @@ __all__ = [
     "Reading",
     "best_partition",
     "build_lattice",
+    "check_probabilities",
     "choose_reading",
     "connected_components",
     "find_candidates",
+    "invalid_model_output",
     "normalize_candidates",
     "otsu_threshold",
     "reading_features",
@@ -58,6 +63,11 @@ FloatImage = npt.NDArray[np.float32]
 #: Segmentation runs on at most this many pixels; bigger photos are reduced first (the boxes are
 #: scaled back). A digit string fills a small part of such a photo, so nothing readable is lost.
 MAX_WORK_PIXELS: Final = 1_000_000
+#: ... and no side longer than this: a very long thin image is reduced too, so the work per
+#: column (projections, valleys, cuts) stays bounded whatever the aspect ratio.
+MAX_WORK_SIDE: Final = 4096
+# Probabilities may exceed 1 or miss a sum of 1 by float32 rounding, never by more than this.
+_PROBABILITY_SLACK: Final = 1e-3
 # Otsu's threshold is clamped to this range of the ink map: below it anti-aliasing halos join
 # neighbouring digits, above it thin or faint strokes break apart.
 _THRESHOLD_RANGE: Final = (0.25, 0.6)
@@ -254,7 +264,49 @@ def _strong_components(
     return renumber[labels], int(strong.sum())
 
 
-def _component_parts(labels: npt.NDArray[np.int32], count: int) -> list[_Part]:
+@dataclasses.dataclass(frozen=True)
+class _Components:
+    """Bounding boxes and areas of labelled components, as arrays (``ids[i] + 1`` is the label).
+
+    Arrays, not one object per component: a page of noise has hundreds of thousands of
+    components, and everything up to the count check must cost the same whatever their number.
+    """
+
+    ids: npt.NDArray[np.int64]
+    x0: npt.NDArray[np.int64]
+    x1: npt.NDArray[np.int64]
+    y0: npt.NDArray[np.int64]
+    y1: npt.NDArray[np.int64]
+    area: npt.NDArray[np.int64]
+
+    @property
+    def width(self) -> npt.NDArray[np.int64]:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> npt.NDArray[np.int64]:
+        return self.y1 - self.y0
+
+    def subset(self, keep: npt.NDArray[np.bool_]) -> _Components:
+        return _Components(
+            self.ids[keep],
+            self.x0[keep],
+            self.x1[keep],
+            self.y0[keep],
+            self.y1[keep],
+            self.area[keep],
+        )
+
+    def parts(self) -> list[_Part]:
+        return [
+            _Part((int(i) + 1,), int(a), int(b), int(c), int(d), int(e))
+            for i, a, b, c, d, e in zip(
+                self.ids, self.x0, self.x1, self.y0, self.y1, self.area, strict=True
+            )
+        ]
+
+
+def _component_boxes(labels: npt.NDArray[np.int32], count: int) -> _Components:
     """Bounding box and area of every labelled component."""
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs].astype(np.int64) - 1
@@ -267,32 +319,29 @@ def _component_parts(labels: npt.NDArray[np.int32], count: int) -> list[_Part]:
     np.minimum.at(y0, ids, ys)
     np.maximum.at(x1, ids, xs + 1)
     np.maximum.at(y1, ids, ys + 1)
-    return [
-        _Part((i + 1,), int(x0[i]), int(x1[i]), int(y0[i]), int(y1[i]), int(area[i]))
-        for i in range(count)
-    ]
+    return _Components(np.arange(count, dtype=np.int64), x0, x1, y0, y1, area.astype(np.int64))
 
 
-def _digit_height(parts: list[_Part]) -> float:
+def _digit_height(components: _Components) -> float:
     """The typical digit height: the median height of the substantial components."""
-    biggest = max(p.area for p in parts)
-    return float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+    biggest = int(components.area.max())
+    return float(np.median(components.height[components.area >= 0.2 * biggest]))
 
 
-def _digit_area(parts: list[_Part], digit_height: float) -> float:
+def _digit_area(components: _Components, digit_height: float) -> float:
     """The typical ink area of a digit: the median area of the tall components."""
-    return float(np.median([p.area for p in parts if p.height >= 0.5 * digit_height]))
+    return float(np.median(components.area[components.height >= 0.5 * digit_height]))
 
 
-def _drop_specks(parts: list[_Part], digit_height: float) -> list[_Part]:
+def _drop_specks(components: _Components, digit_height: float) -> _Components:
     """Remove dust and noise: components small in both sides and in area."""
-    median_area = _digit_area(parts, digit_height)
+    median_area = _digit_area(components, digit_height)
     side = _SPECK_SIDE * digit_height
-    return [
-        p
-        for p in parts
-        if p.height >= side or p.width >= side or p.area >= _SPECK_AREA * median_area
-    ]
+    return components.subset(
+        (components.height >= side)
+        | (components.width >= side)
+        | (components.area >= _SPECK_AREA * median_area)
+    )
 
 
 def _union(a: _Part, b: _Part) -> _Part:
@@ -334,15 +383,53 @@ def _merge_fragments(parts: list[_Part], digit_height: float) -> list[_Part]:
     return parts
 
 
-def too_many_digits(found: int, max_digits: int) -> ApiError:
-    """The 422 answered when an image holds more digits than the service reads."""
+def too_many_digits(found: int, max_digits: int, *, at_least: bool = False) -> ApiError:
+    """The 422 answered when an image holds more digits than the service reads.
+
+    ``at_least`` when the image was refused before it was read: ``found`` is then the fewest
+    digits any reading of its marks could have.
+    """
+    counted = f"at least {found}" if at_least else str(found)
     return ApiError(
         422,
         "too_many_digits",
-        f"Found {found} digits, more than the {max_digits} this service reads in one image. "
+        f"Found {counted} digits, more than the {max_digits} this service reads in one image. "
         "Send a single line of at most that many digits, or crop the image to the number.",
         details={"found": found, "max_digits": max_digits},
     )
+
+
+def invalid_model_output() -> ApiError:
+    """The 503 answered when the model's scores are not probabilities: nothing can be read."""
+    return ApiError(
+        503,
+        "model_error",
+        "The served model returned scores that are not probabilities (not finite, negative, "
+        "above 1, or not one per digit 0-9), so no reading can be trusted and none is given. "
+        "Try again later; the operator should check the served version (GET /model).",
+        headers={"Retry-After": "30"},
+    )
+
+
+def check_probabilities(probabilities: npt.ArrayLike, count: int) -> npt.NDArray[np.float64]:
+    """The model's scores for ``count`` images as float64 [count, 10], checked to be probabilities.
+
+    Every later step (logarithms, sums, the best-reading search) relies on finite scores in
+    [0, 1]; a model that answers NaN or negative values is refused here, before any of them.
+
+    Raises:
+        ApiError: 503 ``model_error`` when they are not.
+    """
+    scores = np.asarray(probabilities, dtype=np.float64)
+    if (
+        scores.shape != (count, 10)
+        or not np.isfinite(scores).all()
+        or float(scores.min(initial=0.0)) < 0.0
+        or float(scores.max(initial=0.0)) > 1.0 + _PROBABILITY_SLACK
+        or bool((np.abs(scores.sum(axis=1) - 1.0) > _PROBABILITY_SLACK).any())
+    ):
+        raise invalid_model_output()
+    return scores
 
 
 def _no_digits() -> ApiError:
@@ -427,12 +514,15 @@ def _stroke_width(binary: npt.NDArray[np.bool_]) -> float:
     return max(1.0, 2.0 * area / max(perimeter, 1))
 
 
-def _cut_columns(profile: npt.NDArray[np.float64], digit_height: float) -> list[int]:
+def _cut_columns(
+    profile: npt.NDArray[np.float64], digit_height: float, limit: int | None = None
+) -> list[int]:
     """Candidate cut columns of a component wide enough to hold several digits.
 
     For every plausible count k of digits in the component, the k-1 cuts are put at the
     emptiest column near the evenly spaced positions; the union of all of them is returned,
-    leaving to the reader (recognition and geometry together) which cuts are real.
+    leaving to the reader (recognition and geometry together) which cuts are real. The search
+    stops once more than ``limit`` cuts are kept (the caller then refuses the image).
     """
     width = profile.size
     if width < _MIN_SPLIT_WIDTH * digit_height:
@@ -459,24 +549,48 @@ def _cut_columns(profile: npt.NDArray[np.float64], digit_height: float) -> list[
     lowest = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1).min(axis=1)
     valleys = np.flatnonzero(profile <= lowest)
     found.update(int(c) for c in valleys if margin <= c <= width - margin)
+    # Greedy, emptiest column first: a column is kept when it is far enough from every cut
+    # kept so far, which for sorted cuts means from its two neighbours.
     cuts: list[int] = []
     spacing = _MIN_CUT_SPACING * digit_height
     for column in sorted(found, key=lambda c: profile[c]):
-        if all(abs(column - other) >= spacing for other in cuts):
-            cuts.append(column)
-    return sorted(cuts)
+        at = bisect.bisect_left(cuts, column)
+        if (at == 0 or column - cuts[at - 1] >= spacing) and (
+            at == len(cuts) or cuts[at] - column >= spacing
+        ):
+            cuts.insert(at, column)
+            if limit is not None and len(cuts) > limit:
+                break
+    return cuts
 
 
 def _atoms(
-    parts: list[_Part], labels: npt.NDArray[np.int32], digit_height: float, stroke: float
+    parts: list[_Part],
+    labels: npt.NDArray[np.int32],
+    digit_height: float,
+    stroke: float,
+    max_digits: int,
 ) -> tuple[list[_Atom], list[_Boundary]]:
-    """Cut wide parts at their candidate columns: atoms left to right, and the boundaries."""
+    """Cut wide parts at their candidate columns: atoms left to right, and the boundaries.
+
+    Raises:
+        ApiError: 422 ``too_many_digits`` as soon as the cuts make more atoms than
+            ``max_digits`` digits can hold (a long bar would otherwise be cut at nearly every
+            column, and every run of those pieces become a candidate).
+    """
+    max_atoms = _MAX_RUN * max_digits
     pieces: list[_Atom] = []
     boundary: list[_Boundary] = []
-    for part in sorted(parts, key=lambda p: (p.x0 + p.x1) / 2):
+    for done, part in enumerate(sorted(parts, key=lambda p: (p.x0 + p.x1) / 2)):
+        check_deadline()
         window = np.isin(labels[part.y0 : part.y1, part.x0 : part.x1], part.labels)
         profile = window.sum(axis=0).astype(np.float64)
-        cuts = _cut_columns(profile, digit_height)
+        # Every part makes at least one atom: the cuts of this one may use what is left.
+        room = max_atoms - len(pieces) - (len(parts) - done)
+        cuts = _cut_columns(profile, digit_height, limit=max(0, room))
+        if len(cuts) > room:
+            at_least = len(pieces) + len(cuts) + len(parts) - done
+            raise too_many_digits(math.ceil(at_least / _MAX_RUN), max_digits, at_least=True)
         edges = [0, *cuts, part.width]
         atoms: list[_Atom] = []
         costs: list[float] = []
@@ -547,18 +661,19 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
     binary = labels > 0
     if count == 0:
         raise _no_digits()
-    parts = _component_parts(labels, count)
-    digit_height = _digit_height(parts)
-    parts = _drop_specks(parts, digit_height)
-    digit_area = _digit_area(parts, digit_height)
+    components = _component_boxes(labels, count)
+    digit_height = _digit_height(components)
+    components = _drop_specks(components, digit_height)
+    digit_area = _digit_area(components, digit_height)
     # A run holds at most _MAX_RUN atoms, so this many parts can never fit in max_digits digits;
-    # refusing here also bounds the work on a page of noise.
-    if len(parts) > _MAX_RUN * max_digits:
-        raise too_many_digits(len(parts), max_digits)
-    parts = _merge_fragments(parts, digit_height)
-    atoms, boundaries = _atoms(parts, labels, digit_height, _stroke_width(binary))
+    # refusing here, before one object per component exists, bounds the work on a page of noise.
+    if components.ids.size > _MAX_RUN * max_digits:
+        raise too_many_digits(int(components.ids.size), max_digits)
+    parts = _merge_fragments(components.parts(), digit_height)
+    atoms, boundaries = _atoms(parts, labels, digit_height, _stroke_width(binary), max_digits)
     candidates = []
     for first in range(len(atoms)):
+        check_deadline()
         for last in range(first + 1, min(first + _MAX_RUN, len(atoms)) + 1):
             run = atoms[first:last]
             width = max(a.x1 for a in run) - min(a.x0 for a in run)
@@ -594,7 +709,13 @@ def reading_features(
 
     ``probabilities`` is the model's answer for every candidate ([candidates, 10]); None reads
     from geometry alone (the two probability features are then 0).
+
+    Raises:
+        ApiError: 503 ``model_error`` when ``probabilities`` are not probabilities
+            (:func:`check_probabilities`).
     """
+    if probabilities is not None:
+        probabilities = check_probabilities(probabilities, len(lattice.candidates))
     rows = np.zeros((len(lattice.candidates), len(FEATURES)), np.float64)
     for index, cand in enumerate(lattice.candidates):
         w, h = cand.width_ratio, cand.height_ratio
@@ -649,6 +770,10 @@ def best_partition(lattice: Lattice, scores: npt.NDArray[np.float64]) -> list[in
     end = n
     while end > 0:
         index = int(back[end])
+        # No candidate reaches here with a finite score (scores that are NaN compare false):
+        # there is no reading, and following index -1 could loop forever.
+        if index < 0:
+            raise invalid_model_output()
         chosen.append(index)
         end = lattice.candidates[index].first
     return chosen[::-1]
@@ -734,10 +859,13 @@ def choose_reading(
     alone.
 
     Raises:
-        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``.
+        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``; 503
+            ``model_error`` when ``probabilities`` are not probabilities.
     """
     vector = np.array([weights[name] for name in FEATURES], np.float64)
     scores = reading_features(lattice, probabilities) @ vector
+    if not np.isfinite(scores).all():
+        raise invalid_model_output()
     chosen = best_partition(lattice, scores)
     if max_digits is not None and len(chosen) > max_digits:
         raise too_many_digits(len(chosen), max_digits)
@@ -756,28 +884,36 @@ def choose_reading(
 
 def _work_scale(width: int, height: int) -> float:
     pixels = width * height
-    return 1.0 if pixels <= MAX_WORK_PIXELS else float(np.sqrt(MAX_WORK_PIXELS / pixels))
+    scale = 1.0 if pixels <= MAX_WORK_PIXELS else float(np.sqrt(MAX_WORK_PIXELS / pixels))
+    return min(scale, MAX_WORK_SIDE / max(width, height))
 
 
-def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
+def find_candidates(
+    img: Image.Image, *, max_digits: int, size: tuple[int, int] | None = None
+) -> Lattice:
     """Build the lattice of a decoded image; boxes in the image's own pixel coordinates.
 
-    Large photos are reduced to :data:`MAX_WORK_PIXELS` first (pixel averaging), which bounds
-    the time and memory of a request whatever the upload's size.
+    Large photos are reduced to :data:`MAX_WORK_PIXELS` (and :data:`MAX_WORK_SIDE`) first,
+    averaging pixels on the Pillow side before any float array exists, which bounds the time
+    and memory of a request whatever the upload's size or shape. ``size`` is the size boxes are
+    reported in when ``img`` was decoded smaller than the upload (a JPEG decoded at reduced
+    scale); by default the image's own.
 
     Raises:
         ApiError: 422 ``no_digits_found`` or 422 ``too_many_digits``.
     """
-    gray = to_grayscale(img)
-    height, width = gray.shape
-    scale = _work_scale(width, height)
+    width, height = size or img.size
+    scale = _work_scale(*img.size)
     if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = np.asarray(
-            Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.float32
+        img = reduce_image(
+            img, (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         )
-    lattice = build_lattice(ink_map(gray), max_digits=max_digits)
-    if scale == 1.0:
+    gray = to_grayscale(img)
+    check_deadline()
+    ink = ink_map(gray)
+    check_deadline()
+    lattice = build_lattice(ink, max_digits=max_digits)
+    if gray.shape == (height, width):
         return lattice
     sx, sy = width / gray.shape[1], height / gray.shape[0]
     rescaled = []
@@ -792,4 +928,8 @@ def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
 
 def normalize_candidates(lattice: Lattice) -> npt.NDArray[np.uint8]:
     """Every candidate normalized as ``/predict`` normalizes a digit: uint8 [N, 28, 28]."""
-    return np.stack([center_digit(c.ink) for c in lattice.candidates]).astype(np.uint8)
+    digits = []
+    for candidate in lattice.candidates:
+        check_deadline()
+        digits.append(center_digit(candidate.ink))
+    return np.stack(digits).astype(np.uint8)

@@ -12,6 +12,11 @@ Against a fresh uvicorn server (one worker, the public app, default settings):
 Every answer's status is checked, so a run that "passes" by failing requests is visible.
 The client is asyncio + httpx with 16 concurrent connections, in this process (the server runs in
 its own). Run alone: ``python benchmarks/bench_memory.py``; bench_serving.py runs it too.
+
+``--hostile-work`` runs instead the attacks of issue 9 that once cost one request seconds to
+minutes of CPU or gigabytes of memory (rows 1-4, full size): each is sent once alone (status
+and time), then by 16 concurrent clients; the server's peak RSS (VmHWM, reset before each
+attack through /proc/<pid>/clear_refs) is printed for each, against the 1 GiB bound.
 """
 
 from __future__ import annotations
@@ -38,10 +43,17 @@ if __package__ in (None, ""):
 from benchmarks._server import (
     PUBLIC_APP,
     REPO,
+    Server,
     digit_images,
     multipart,
     png,
     start_server,
+)
+from tests.support.attacks import (
+    bar_png,
+    blank_one_bit_png,
+    long_stroke_png,
+    progressive_jpeg_with_repeated_scan,
 )
 
 WARMUP = 1_000
@@ -273,12 +285,158 @@ def run_memory_benchmark(models_dir: Path, log_dir: Path) -> MemoryResult:
     return result
 
 
+# --- hostile work (issue 9, rows 1-4) ---------------------------------------------------------
+
+HOSTILE_WORK_BOUND_MIB = 1024.0
+HOSTILE_WORK_REQUESTS = 64  # per attack, from CONCURRENCY clients
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One costly upload, the endpoint it is sent to and the status it must get."""
+
+    row: str
+    kind: str
+    path: str
+    data: bytes
+    expected: int
+    shed: bool = False
+    """Whether 503 ``deadline_exceeded`` is a right answer too when many are sent at once: work
+    that queues for the large-image threads past the request deadline is dropped."""
+
+
+def hostile_work_attacks() -> list[Attack]:
+    """The uploads of issue 9, rows 1-4, at their full size."""
+    one_bit = blank_one_bit_png(5_000)
+    return [
+        Attack("1", "1×96,000 PNG, 32,000-px stroke", "/recognize", long_stroke_png(), 200),
+        Attack("1", "1×96,000 PNG, 32,000-px stroke", "/predict", long_stroke_png(), 200),
+        Attack("2", "20000×50 PNG, 4-px bar", "/recognize", bar_png(), 422),
+        Attack(
+            "3",
+            "5000×5000 progressive JPEG, last scan ×1,000",
+            "/predict",
+            progressive_jpeg_with_repeated_scan(5_000, 1_000),
+            422,
+        ),
+        # The most a JPEG may cost: as many scans as the default cap allows (blank: 422).
+        Attack(
+            "3",
+            "5000×5000 progressive JPEG, 32 scans (the cap)",
+            "/predict",
+            progressive_jpeg_with_repeated_scan(5_000, 32 - 6),
+            422,
+            shed=True,
+        ),
+        Attack("4", "5000×5000 1-bit PNG", "/predict", one_bit, 200),
+        Attack("4", "5000×5000 1-bit PNG", "/recognize", one_bit, 200),
+    ]
+
+
+@dataclass
+class AttackResult:
+    """What one attack cost the server."""
+
+    attack: Attack
+    alone_status: int = 0
+    alone_seconds: float = 0.0
+    statuses: Counter[int] = field(default_factory=Counter)
+    seconds: float = 0.0
+    rss_before: float = 0.0
+    peak_rss: float = 0.0
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def _reset_peak_rss(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+async def _send_attack(url: str, attack: Attack, count: int) -> Counter[int]:
+    body, content_type = multipart("file", [attack.data])
+    request = Request(attack.kind, attack.path, attack.expected, body, content_type)
+    outcomes = await drive(url, [request], count)
+    return Counter({got: n for (_, _, got), n in outcomes.items()})
+
+
+def run_hostile_work(models_dir: Path, log_dir: Path) -> list[AttackResult]:
+    """Start a fresh server and send each attack alone, then from CONCURRENCY clients."""
+    results = [AttackResult(attack) for attack in hostile_work_attacks()]
+    server: Server = start_server(PUBLIC_APP, models_dir, log_dir / "hostile-work.log")
+    try:
+        for result in results:
+            attack = result.attack
+            body, content_type = multipart("file", [attack.data])
+            with httpx.Client(base_url=server.url, timeout=600) as client:
+                started = time.perf_counter()
+                response = client.post(
+                    attack.path, content=body, headers={"Content-Type": content_type}
+                )
+                result.alone_seconds = time.perf_counter() - started
+                result.alone_status = response.status_code
+            result.rss_before = server.rss_mib()
+            _reset_peak_rss(server.pid)
+            started = time.perf_counter()
+            result.statuses = asyncio.run(_send_attack(server.url, attack, HOSTILE_WORK_REQUESTS))
+            result.seconds = time.perf_counter() - started
+            result.peak_rss = _peak_rss_mib(server.pid)
+    finally:
+        server.stop()
+    return results
+
+
+def print_hostile_work(results: list[AttackResult]) -> bool:
+    """The table of the hostile-work attacks; whether every bound was met."""
+    print("## Hostile work (issue 9 rows 1-4; RSS of the server process, MiB)\n")
+    print(
+        f"| row | upload | endpoint | alone: status, time | {CONCURRENCY} clients: requests, "
+        "time, statuses | RSS before | peak RSS |"
+    )
+    print("| --- | --- | --- | --- | --- | ---: | ---: |")
+    met = True
+    for r in results:
+        a = r.attack
+        statuses = ", ".join(f"{s}×{n}" for s, n in sorted(r.statuses.items()))
+        print(
+            f"| {a.row} | {a.kind} ({len(a.data):,} bytes) | {a.path} "
+            f"| {r.alone_status}, {r.alone_seconds:.2f} s "
+            f"| {sum(r.statuses.values())}, {r.seconds:.1f} s, {statuses} "
+            f"| {r.rss_before:.0f} | {r.peak_rss:.0f} |"
+        )
+        allowed = {a.expected, 503} if a.shed else {a.expected}
+        met &= r.alone_status == a.expected and set(r.statuses) <= allowed
+        met &= r.peak_rss < HOSTILE_WORK_BOUND_MIB
+    print(
+        f"\n- every answer as expected (503 = deadline_exceeded, allowed only where work queues "
+        f"past the request deadline) and peak RSS < {HOSTILE_WORK_BOUND_MIB:.0f} MiB: "
+        f"{'met' if met else 'NOT met'}"
+    )
+    return met
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the memory benchmark alone and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=REPO / "models" / "mnist")
     parser.add_argument("--log-dir", type=Path, default=REPO / "artifacts" / "bench")
+    parser.add_argument(
+        "--hostile-work",
+        action="store_true",
+        help="run only the costly uploads of issue 9 (rows 1-4) and print peak RSS for each",
+    )
     args = parser.parse_args(argv)
+    if args.hostile_work:
+        return (
+            0
+            if print_hostile_work(run_hostile_work(args.models_dir.resolve(), args.log_dir))
+            else 1
+        )
     result = run_memory_benchmark(args.models_dir.resolve(), args.log_dir)
     result.print_table()
     print()

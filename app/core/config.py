@@ -30,6 +30,24 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         default=256, gt=0, description="Most files accepted by one /predict/batch request."
     )
+    max_request_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="Most pixels (width × height, summed over a batch's images) one request may "
+        "decode, checked from the images' headers before any is decoded.",
+    )
+    max_jpeg_scans: int = Field(
+        default=32,
+        gt=0,
+        description="Most scans a JPEG may hold (a progressive JPEG is decoded once per scan), "
+        "counted in the bytes before decoding.",
+    )
+    request_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Longest a request's image work may run; past it the work stops and the "
+        "client gets 503 deadline_exceeded.",
+    )
     model_poll_seconds: float = Field(
         default=0.0,
         ge=0.0,

@@ -4,27 +4,41 @@ Small uploads (an MNIST-sized image) are decoded right in the handler: it takes 
 and a thread hop would cost more. Anything larger is decoded in the thread pool so that a
 photo never stalls the event loop. The model runs on the inference worker, which batches
 concurrent requests into one call.
+
+Work is bounded per request: the pixels of all of a batch's images are summed from their
+headers and checked against ``DIGITS_MAX_REQUEST_PIXELS`` before any is decoded; the work stops
+at ``DIGITS_REQUEST_DEADLINE_SECONDS``; and a batch is decoded in slices, between which the
+deadline is checked and the work is dropped if the client has gone away.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Final
 
 import numpy as np
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
+from app.api.disconnect import stop_if_client_gone
+from app.core.config import Settings
+from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError
-from app.imaging import Normalize, prepare_digit
+from app.imaging import Normalize, open_image, prepare_digit, prepare_opened
 from app.schemas import BatchResponse, PredictResponse, error_responses
+from app.segmentation import invalid_model_output
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
 
 #: Uploads decoded on the event loop: both this few bytes and this few declared pixels.
 INLINE_MAX_BYTES: Final = 256 * 1024
 INLINE_MAX_PIXELS: Final = 64 * 64
+#: A batch is decoded in slices of about this long, between which the event loop checks the
+#: deadline and whether the client is still there.
+BATCH_SLICE_SECONDS: Final = 0.1
 
 NormalizeQuery = Annotated[
     Normalize,
@@ -40,6 +54,10 @@ NormalizeQuery = Annotated[
 
 
 def _digit(probabilities: np.ndarray, digit: int, normalized: bool) -> dict[str, object]:
+    # A model answering a digit outside 0-9 or non-finite scores gives no answer at all, not a
+    # crash and not a number that looks like one.
+    if not 0 <= digit <= 9 or not np.isfinite(probabilities).all():
+        raise invalid_model_output()
     return {
         "digit": digit,
         "confidence": float(probabilities[digit]),
@@ -48,18 +66,33 @@ def _digit(probabilities: np.ndarray, digit: int, normalized: bool) -> dict[str,
     }
 
 
-async def _prepare(data: bytes, normalize: Normalize, max_pixels: int) -> tuple[np.ndarray, bool]:
+def _max_pixels(settings: Settings) -> int:
+    """The most pixels one image may have: its own limit, within the request's."""
+    return min(settings.max_image_pixels, settings.max_request_pixels)
+
+
+async def _prepare(
+    data: bytes, normalize: Normalize, settings: Settings
+) -> tuple[np.ndarray, bool]:
+    max_pixels = _max_pixels(settings)
+    scans = settings.max_jpeg_scans
     if len(data) <= INLINE_MAX_BYTES:
         # Try on the loop with a small pixel limit: decode_image checks it from the header,
         # before any pixel is decoded, so a larger image costs only that check here.
         try:
             return prepare_digit(
-                data, normalize=normalize, max_pixels=min(max_pixels, INLINE_MAX_PIXELS)
+                data,
+                normalize=normalize,
+                max_pixels=min(max_pixels, INLINE_MAX_PIXELS),
+                max_jpeg_scans=scans,
             )
         except ApiError as exc:
             if exc.code != "image_too_large" or max_pixels <= INLINE_MAX_PIXELS:
                 raise
-    return await run_in_threadpool(prepare_digit, data, normalize=normalize, max_pixels=max_pixels)
+    with request_deadline(settings.request_deadline_seconds):
+        return await run_in_threadpool(
+            prepare_digit, data, normalize=normalize, max_pixels=max_pixels, max_jpeg_scans=scans
+        )
 
 
 @router.post(
@@ -83,7 +116,7 @@ async def predict(
 ) -> Response:
     """Classify one uploaded digit image."""
     data = await file.read()
-    image, normalized = await _prepare(data, normalize, serving.settings.max_image_pixels)
+    image, normalized = await _prepare(data, normalize, serving.settings)
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
     answer = _digit(result.probabilities[0], int(result.digits[0]), normalized)
@@ -101,16 +134,81 @@ def _json(content: dict[str, object]) -> bytes:
     ).encode("utf-8")
 
 
-def _prepare_all(
-    items: list[bytes], normalize: Normalize, max_pixels: int
-) -> list[tuple[np.ndarray, bool] | ApiError]:
-    prepared: list[tuple[np.ndarray, bool] | ApiError] = []
-    for data in items:
-        try:
-            prepared.append(prepare_digit(data, normalize=normalize, max_pixels=max_pixels))
-        except ApiError as exc:
-            prepared.append(exc)
-    return prepared
+Prepared = tuple[np.ndarray, bool] | ApiError
+
+
+class _BatchWork:
+    """A batch's decoding, done in slices so the event loop can stop it between slices.
+
+    The first slice opens every image's header and checks the pixels of them all against the
+    request's budget before any pixel is decoded.
+    """
+
+    def __init__(self, items: list[bytes], normalize: Normalize, settings: Settings) -> None:
+        self._items = items
+        self._normalize = normalize
+        self._settings = settings
+        self._opened: list[Image.Image | ApiError] | None = None
+        self.prepared: list[Prepared] = []
+
+    @property
+    def done(self) -> bool:
+        """Whether every image has been prepared."""
+        return len(self.prepared) == len(self._items)
+
+    def run_slice(self) -> None:
+        """Prepare images until they are all done or the slice's time is up (in a thread)."""
+        started = time.monotonic()
+        opened = self._opened if self._opened is not None else self._open_all()
+        max_pixels = _max_pixels(self._settings)
+        while not self.done:
+            check_deadline()
+            item = opened[len(self.prepared)]
+            if isinstance(item, ApiError):
+                self.prepared.append(item)
+                continue
+            try:
+                self.prepared.append(
+                    prepare_opened(item, normalize=self._normalize, max_pixels=max_pixels)
+                )
+            except ApiError as exc:
+                if exc.code == "deadline_exceeded":
+                    raise
+                self.prepared.append(exc)
+            if time.monotonic() - started > BATCH_SLICE_SECONDS:
+                return
+
+    def _open_all(self) -> list[Image.Image | ApiError]:
+        settings = self._settings
+        opened: list[Image.Image | ApiError] = []
+        for data in self._items:
+            try:
+                opened.append(
+                    open_image(
+                        data,
+                        max_pixels=_max_pixels(settings),
+                        max_jpeg_scans=settings.max_jpeg_scans,
+                    )
+                )
+            except ApiError as exc:
+                opened.append(exc)
+        declared = sum(img.width * img.height for img in opened if not isinstance(img, ApiError))
+        if declared > settings.max_request_pixels:
+            raise too_many_pixels(declared, settings.max_request_pixels, len(self._items))
+        self._opened = opened
+        return opened
+
+
+async def _prepare_batch(
+    request: Request, items: list[bytes], normalize: Normalize, settings: Settings
+) -> list[Prepared]:
+    work = _BatchWork(items, normalize, settings)
+    with request_deadline(settings.request_deadline_seconds):
+        while True:
+            await run_in_threadpool(work.run_slice)
+            await stop_if_client_gone(request)
+            if work.done:
+                return work.prepared
 
 
 @router.post(
@@ -118,8 +216,9 @@ def _prepare_all(
     summary="Read many handwritten digits in one request",
     description=(
         "Upload several images, repeating the multipart/form-data field `files` once per "
-        "image (at most `DIGITS_MAX_BATCH_SIZE`, 256 by default). All valid images are "
-        "classified in one model call. The answer has one entry per file, in the order sent; "
+        "image (at most `DIGITS_MAX_BATCH_SIZE`, 256 by default, holding at most "
+        "`DIGITS_MAX_REQUEST_PIXELS` pixels in all, 50,000,000 by default). All valid images "
+        "are classified in one model call. The answer has one entry per file, in the order sent; "
         "a file that cannot be read gets an `error` entry with its `index` while the others "
         "are still answered."
     ),
@@ -127,6 +226,7 @@ def _prepare_all(
     responses=error_responses(400, 401, 413, 422, 503),
 )
 async def predict_batch(
+    request: Request,
     files: Annotated[
         list[UploadFile], File(description="The images, one digit each, in the order wanted.")
     ],
@@ -144,7 +244,7 @@ async def predict_batch(
     if len(files) > settings.max_batch_size:
         raise too_many_files(len(files), settings.max_batch_size)
     items = [await f.read() for f in files]
-    prepared = await run_in_threadpool(_prepare_all, items, normalize, settings.max_image_pixels)
+    prepared = await _prepare_batch(request, items, normalize, settings)
     valid = [p for p in prepared if not isinstance(p, ApiError)]
     predictions = None
     if valid:
@@ -168,6 +268,18 @@ async def predict_batch(
         results.append(entry)
     version = predictions.model_version if predictions is not None else model.version
     return {"model_version": version, "results": results}
+
+
+def too_many_pixels(pixels: int, limit: int, files: int) -> ApiError:
+    """The error for a request whose images hold more pixels in all than one request may."""
+    return ApiError(
+        413,
+        "too_many_pixels",
+        f"The {files} images of this request hold {pixels:,} pixels in all (width × height, "
+        f"summed); at most {limit:,} are decoded per request. Send fewer or smaller images "
+        "per request: split the batch, or resize the images.",
+        details={"pixels": pixels, "max_request_pixels": limit, "files": files},
+    )
 
 
 def too_many_files(count: int | None, limit: int) -> ApiError:

@@ -9,18 +9,22 @@ person, the way mail sorting works.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
-from app.imaging import decode_image
+from app.api.disconnect import stop_if_client_gone
+from app.core.config import Settings
+from app.core.deadline import check_deadline, request_deadline
+from app.imaging import load_image, open_image, run_in_large_image_slot
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
+    MAX_WORK_PIXELS,
     Lattice,
     Reading,
     choose_reading,
@@ -29,6 +33,10 @@ from app.segmentation import (
 )
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
+
+# Segmentation turns up to MAX_WORK_PIXELS into several float arrays at once: from this many
+# pixels up it runs within the large-image limit, like the decode of a large photo.
+SEGMENT_ALONE_PIXELS: Final = 250_000
 
 _PROBS_EXAMPLE: list[JsonValue] = [
     0.0002,
@@ -122,12 +130,24 @@ class RecognizeResponse(BaseModel):
 
 
 def _prepare(
-    data: bytes, max_pixels: int, max_digits: int
+    data: bytes, settings: Settings
 ) -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
-    """Decode, segment and normalize (CPU work, run in the thread pool)."""
-    img = decode_image(data, max_pixels=max_pixels)
-    lattice = find_candidates(img, max_digits=max_digits)
-    return lattice, normalize_candidates(lattice), img.size
+    """Decode, segment and normalize (CPU work, run in the thread pool).
+
+    All of it runs within the large-image limit, so the float arrays of segmentation are
+    bounded by the same concurrency limit as the decode.
+    """
+    max_pixels = min(settings.max_image_pixels, settings.max_request_pixels)
+    img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=settings.max_jpeg_scans)
+
+    def segment() -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
+        loaded, size = load_image(img, max_pixels=max_pixels, work_pixels=MAX_WORK_PIXELS)
+        lattice = find_candidates(loaded, max_digits=settings.max_digits, size=size)
+        return lattice, normalize_candidates(lattice), size
+
+    if img.width * img.height < SEGMENT_ALONE_PIXELS:
+        return segment()
+    return run_in_large_image_slot(segment)
 
 
 def review_reasons(
@@ -179,6 +199,7 @@ def review_reasons(
     responses=error_responses(400, 401, 413, 415, 422, 503),
 )
 async def recognize(
+    request: Request,
     file: Annotated[UploadFile, File(description="The image of the digit string.")],
     expected_length: Annotated[
         int | None,
@@ -205,15 +226,18 @@ async def recognize(
     """Read the digit string in one uploaded image."""
     settings = serving.settings
     data = await file.read()
-    lattice, batch, (width, height) = await run_in_threadpool(
-        _prepare, data, settings.max_image_pixels, settings.max_digits
-    )
-    prediction = await serving.worker.predict(serving.model, batch)
-    serving.telemetry.count_images("/recognize", len(batch))
-    probabilities = prediction.probabilities
-    reading = await run_in_threadpool(
-        choose_reading, lattice, probabilities, max_digits=settings.max_digits
-    )
+    with request_deadline(settings.request_deadline_seconds):
+        lattice, batch, (width, height) = await run_in_threadpool(_prepare, data, settings)
+        await stop_if_client_gone(request)
+        check_deadline()
+        prediction = await serving.worker.predict(serving.model, batch)
+        serving.telemetry.count_images("/recognize", len(batch))
+        probabilities = prediction.probabilities
+        # choose_reading refuses scores that are not probabilities (503 model_error) before
+        # anything below relies on them.
+        reading = await run_in_threadpool(
+            choose_reading, lattice, probabilities, max_digits=settings.max_digits
+        )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
     digits = ""
