@@ -23,7 +23,8 @@ from app.api.routes import docs, health, metrics, model, predict, recognize, web
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.limits import BodySizeLimitMiddleware
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, import_tensorflow
+from app.core.request_id import RequestIdMiddleware
 from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
 from app.inference import InferenceWorker
 from app.model_store import LoadedModel, ModelStore, configure_tensorflow
@@ -56,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     store: ModelStore = app.state.store
     worker: InferenceWorker = app.state.worker
+    await run_in_threadpool(import_tensorflow)
     await run_in_threadpool(
         configure_tensorflow, settings.intra_op_threads, settings.inter_op_threads
     )
@@ -145,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_reject=telemetry.count_error,
     )
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry, routes=templates)
+    # Outermost: every log line of the request, the access line included, carries its id.
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
