@@ -86,7 +86,9 @@ async def predict(
     image, normalized = await _prepare(data, normalize, serving.settings.max_image_pixels)
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
-    answer = _digit(result.probabilities[0], int(result.digits[0]), normalized)
+    digit = int(result.digits[0])
+    answer = _digit(result.probabilities[0], digit, normalized)
+    serving.telemetry.observe_answer("/predict", digit, float(result.probabilities[0][digit]))
     answer["model_version"] = result.model_version
     # Serialized here rather than validated against PredictResponse and encoded by FastAPI:
     # the answer is built from the model's output in exactly that shape, and the generic
@@ -160,8 +162,10 @@ async def predict_batch(
             entry["error"] = {"code": item.code, "message": item.message}
         else:
             assert predictions is not None
-            entry["prediction"] = _digit(
-                predictions.probabilities[row], int(predictions.digits[row]), item[1]
+            digit = int(predictions.digits[row])
+            entry["prediction"] = _digit(predictions.probabilities[row], digit, item[1])
+            telemetry.observe_answer(
+                "/predict/batch", digit, float(predictions.probabilities[row][digit])
             )
             entry["error"] = None
             row += 1

@@ -233,6 +233,10 @@ async def recognize(
         )
     limit = settings.review_threshold if threshold is None else threshold
     reasons = review_reasons(confidences, limit, expected_length, reading)
+    telemetry = serving.telemetry
+    for digit_char, confidence in zip(digits, confidences, strict=True):
+        telemetry.observe_answer("/recognize", int(digit_char), confidence)
+    telemetry.observe_review(reasons)
     return {
         "digits": digits,
         "confidence": float(np.prod(confidences)),
