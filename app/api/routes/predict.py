@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
 from app.core.errors import ApiError
+from app.core.tracing import child_span
 from app.imaging import Normalize, prepare_digit
 from app.schemas import BatchResponse, PredictResponse, error_responses
 
@@ -83,7 +84,9 @@ async def predict(
 ) -> Response:
     """Classify one uploaded digit image."""
     data = await file.read()
-    image, normalized = await _prepare(data, normalize, serving.settings.max_image_pixels)
+    # One span: app.imaging decodes and normalizes in one call (decoding JPEGs at reduced size).
+    with child_span("decode_normalize", {"digits.images": 1}):
+        image, normalized = await _prepare(data, normalize, serving.settings.max_image_pixels)
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
     digit = int(result.digits[0])
@@ -146,7 +149,10 @@ async def predict_batch(
     if len(files) > settings.max_batch_size:
         raise too_many_files(len(files), settings.max_batch_size)
     items = [await f.read() for f in files]
-    prepared = await run_in_threadpool(_prepare_all, items, normalize, settings.max_image_pixels)
+    with child_span("decode_normalize", {"digits.images": len(items)}):
+        prepared = await run_in_threadpool(
+            _prepare_all, items, normalize, settings.max_image_pixels
+        )
     valid = [p for p in prepared if not isinstance(p, ApiError)]
     predictions = None
     if valid:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
+from app.core.tracing import child_span
 from app.imaging import decode_image
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
@@ -125,9 +126,13 @@ def _prepare(
     data: bytes, max_pixels: int, max_digits: int
 ) -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
     """Decode, segment and normalize (CPU work, run in the thread pool)."""
-    img = decode_image(data, max_pixels=max_pixels)
-    lattice = find_candidates(img, max_digits=max_digits)
-    return lattice, normalize_candidates(lattice), img.size
+    with child_span("decode"):
+        img = decode_image(data, max_pixels=max_pixels)
+    with child_span("segmentation"):
+        lattice = find_candidates(img, max_digits=max_digits)
+    with child_span("normalize", {"digits.candidates": len(lattice.candidates)}):
+        batch = normalize_candidates(lattice)
+    return lattice, batch, img.size
 
 
 def review_reasons(
@@ -211,9 +216,10 @@ async def recognize(
     prediction = await serving.worker.predict(serving.model, batch)
     serving.telemetry.count_images("/recognize", len(batch))
     probabilities = prediction.probabilities
-    reading = await run_in_threadpool(
-        choose_reading, lattice, probabilities, max_digits=settings.max_digits
-    )
+    with child_span("reading"):
+        reading = await run_in_threadpool(
+            choose_reading, lattice, probabilities, max_digits=settings.max_digits
+        )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
     digits = ""
