@@ -187,6 +187,7 @@ TF_LOG_LEVEL_VARIABLE: Final = "TF_CPP_MIN_LOG_LEVEL"
 _NATIVE_LINE: Final = re.compile(rb"^([IWE])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] ")
 _NATIVE_PREAMBLE: Final = b"WARNING: All log messages before absl::InitializeLog()"
 _SEVERITIES: Final = b"IWE"
+_import_lock = threading.Lock()
 
 
 def quiet_tensorflow() -> None:
@@ -215,7 +216,8 @@ def import_tensorflow() -> None:
         import tensorflow
 
         return
-    with _native_stderr_filtered(_SEVERITIES[: min(level, 3)]):
+    # One import at a time: two nested redirections of fd 2 could be undone out of order.
+    with _import_lock, _native_stderr_filtered(_SEVERITIES[: min(level, 3)]):
         import tensorflow  # noqa: F401
 
 
@@ -262,6 +264,9 @@ def _native_stderr_filtered(dropped: bytes) -> Iterator[None]:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """Write everything; on an error drop it, since the pump must keep draining the pipe (a
+    full pipe would block every writer to stderr, the import included)."""
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    with contextlib.suppress(OSError):
+        while view:
+            view = view[os.write(fd, view) :]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.logging import TextFormatter, configure_logging, escape_controls
+from app.core.logging import (
+    TextFormatter,
+    _native_stderr_filtered,
+    configure_logging,
+    escape_controls,
+)
 from app.core.request_id import MAX_LENGTH, accepted_request_id
 from app.main import create_app
 from tests.app.conftest import ModelsDir, make_settings
@@ -192,6 +198,22 @@ def test_a_traceback_continues_only_on_indented_lines() -> None:
     assert all(line.startswith("    ") for line in rest), rest
     assert any("ValueError: bad" in line for line in rest)
     assert not any("\x1b" in line for line in rest)
+
+
+def test_the_native_line_filter_drops_only_lines_below_the_level(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    error = b"E0000 00:00:1795969500.980723   10205 cuda_platform.cc:52] failed call to cuInit\n"
+    with _native_stderr_filtered(b"IW"):
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are...\n")
+        os.write(2, b"I0000 00:00:1795969496.407566   10205 port.cc:153] oneDNN custom ops\n")
+        os.write(2, b"W0000 00:00:1795969496.407566   10205 other.cc:1] a warning\n")
+        os.write(2, error)
+        os.write(2, b"a line of the service\n")
+        os.write(2, b"no newline at the end")
+    assert capfd.readouterr().err == (
+        error.decode() + "a line of the service\nno newline at the end"
+    )
 
 
 # --- a real server: its own lines only, JSON throughout ------------------------------------
