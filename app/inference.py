@@ -26,6 +26,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from app.core import tracing
 from app.model_store import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Prediction:
 
 
 class _Job:
-    __slots__ = ("future", "images", "loop", "model")
+    __slots__ = ("future", "images", "loop", "model", "trace")
 
     def __init__(
         self,
@@ -57,6 +58,8 @@ class _Job:
         self.images = images
         self.loop = loop
         self.future = future
+        # The submitting request's trace context (None when tracing is off).
+        self.trace = tracing.capture()
 
 
 _STOP: Final = object()
@@ -182,12 +185,18 @@ class InferenceWorker:
     def _call_model(self, jobs: list[_Job]) -> list[tuple[_Job, Prediction | BaseException]]:
         model = jobs[0].model
         images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        traced = [job.trace for job in jobs if job.trace is not None]
+        started_ns = time.time_ns() if traced else 0
         started = time.perf_counter()
         try:
             probabilities, digits = model.predict(images)
         except Exception as exc:
             logger.exception("model version %d failed on a batch of %d", model.version, len(images))
+            if traced:
+                self._trace(traced, started_ns, model, len(images), len(jobs), exc)
             return [(job, exc) for job in jobs]
+        if traced:
+            self._trace(traced, started_ns, model, len(images), len(jobs))
         if self._on_batch is not None:
             self._on_batch(len(images), len(jobs), time.perf_counter() - started)
         outcomes: list[tuple[_Job, Prediction | BaseException]] = []
@@ -199,6 +208,22 @@ class InferenceWorker:
             )
             start = end
         return outcomes
+
+    @staticmethod
+    def _trace(
+        traced: list[tracing.Captured],
+        started_ns: int,
+        model: LoadedModel,
+        images: int,
+        requests: int,
+        error: BaseException | None = None,
+    ) -> None:
+        attributes = {
+            "digits.batch.images": images,
+            "digits.batch.requests": requests,
+            "digits.model.version": model.version,
+        }
+        tracing.record_model_call(traced, started_ns, time.time_ns(), attributes, error)
 
     @staticmethod
     def _deliver(outcomes: list[tuple[_Job, Prediction | BaseException]]) -> None:

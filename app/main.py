@@ -10,7 +10,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,10 +23,15 @@ from app.api.routes import docs, health, metrics, model, predict, recognize, web
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.limits import BodySizeLimitMiddleware
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, import_tensorflow
+from app.core.request_id import RequestIdMiddleware
 from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
+from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.inference import InferenceWorker
 from app.model_store import LoadedModel, ModelStore, configure_tensorflow
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     store: ModelStore = app.state.store
     worker: InferenceWorker = app.state.worker
+    await run_in_threadpool(import_tensorflow)
     await run_in_threadpool(
         configure_tensorflow, settings.intra_op_threads, settings.inter_op_threads
     )
@@ -70,6 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         store.stop_polling()
         worker.stop()
+        if app.state.own_tracer_provider is not None:
+            app.state.own_tracer_provider.shutdown()  # exports the spans still buffered
 
 
 def settle_heap() -> None:
@@ -85,8 +93,14 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Nothing heavy happens here; the lifespan loads the model."""
+def create_app(
+    settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """Build the service. Nothing heavy happens here; the lifespan loads the model.
+
+    Traces go to ``tracer_provider`` when given (tests), else where the ``OTEL_*`` environment
+    variables say (see :mod:`app.core.tracing`); with neither, tracing is off.
+    """
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     telemetry = Telemetry()
@@ -145,6 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_reject=telemetry.count_error,
     )
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry, routes=templates)
+    provider = tracer_provider or tracer_provider_from_environment()
+    app.state.own_tracer_provider = provider if tracer_provider is None else None
+    if provider is not None:
+        app.add_middleware(TracingMiddleware, tracer_provider=provider)
+    # Outermost: every log line of the request, the access line included, carries its id.
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,6 +43,25 @@ error_logger = logging.getLogger("app.errors")
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# Fine near 1, where the review threshold (0.98 by default) and most answers lie.
+_CONFIDENCE_BUCKETS: Final = (
+    0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0,
+)  # fmt: skip
+#: Why /recognize flagged an answer for review, as metric labels (a small, fixed set).
+REVIEW_REASONS: Final = (
+    "length_mismatch",
+    "count_uncertain",
+    "cut_uncertain",
+    "low_confidence",
+    "other",
+)
+# The sentences of app.api.routes.recognize.review_reasons, by how they start.
+_REASON_PATTERNS: Final = (
+    (re.compile(r"expected \d+ digits? but read \d+"), "length_mismatch"),
+    (re.compile(r"the number of digits is uncertain"), "count_uncertain"),
+    (re.compile(r"where one digit ends and the next begins is uncertain"), "cut_uncertain"),
+    (re.compile(r"digit \d+ of \d+ was read with confidence"), "low_confidence"),
+)
 UNMATCHED: Final = "unmatched"
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -109,7 +129,46 @@ class Telemetry:
         self.load_failures = Counter(
             "digits_model_load_failures", "Model versions that failed to load.", registry=r
         )
+        self.confidence = Histogram(
+            "digits_answer_confidence",
+            "Confidence of every digit answered (its probability, the largest of the ten), "
+            "by endpoint.",
+            ["endpoint"],
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.digits = Counter(
+            "digits_answered_digits",
+            "Digits answered, by endpoint and digit value.",
+            ["endpoint", "digit"],
+            registry=r,
+        )
+        self.recognize_answers = Counter(
+            "digits_recognize_answers",
+            "Readings answered by /recognize, by whether they were flagged for review.",
+            ["needs_review"],
+            registry=r,
+        )
+        self.review_reasons = Counter(
+            "digits_recognize_reviews",
+            "Readings /recognize flagged for review, by reason (a reading with several "
+            "reasons counts once under each).",
+            ["reason"],
+            registry=r,
+        )
+        self.probe_accuracy = Gauge(
+            "digits_model_probe_accuracy",
+            "Accuracy of a model version on the probe set it answered before being served.",
+            ["version"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
+        # Bounded label sets exist from the start, at 0, so rates over them are defined.
+        self._reviewed = {
+            flag: self.recognize_answers.labels(str(flag).lower()) for flag in (True, False)
+        }
+        self._reason_counters = {code: self.review_reasons.labels(code) for code in REVIEW_REASONS}
+        self._answer_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         self._batches = 0
         self._batched_images = 0
@@ -139,6 +198,26 @@ class Telemetry:
         """Count images the model classified for an endpoint."""
         if count:
             self.images.labels(endpoint).inc(count)
+
+    def observe_answer(self, endpoint: str, digit: int, confidence: float) -> None:
+        """Count one digit answered and its confidence."""
+        children = self._answer_children.get((endpoint, digit))
+        if children is None:
+            children = (self.confidence.labels(endpoint), self.digits.labels(endpoint, str(digit)))
+            self._answer_children[(endpoint, digit)] = children
+        children[0].observe(confidence)
+        children[1].inc()
+
+    def observe_review(self, reasons: Iterable[str]) -> None:
+        """Count one /recognize reading: flagged for review (by reason) or not."""
+        codes = {review_reason_code(reason) for reason in reasons}
+        self._reviewed[bool(codes)].inc()
+        for code in codes:
+            self._reason_counters[code].inc()
+
+    def set_probe_accuracy(self, version: int, accuracy: float) -> None:
+        """Publish a model version's accuracy on the probe set checked when it was loaded."""
+        self.probe_accuracy.labels(str(version)).set(accuracy)
 
     def observe_batch(self, images: int, requests: int, seconds: float) -> None:
         """Record one model call of the inference worker."""
@@ -239,6 +318,14 @@ class Telemetry:
                 "largest_call": largest,
             },
         }
+
+
+def review_reason_code(reason: str) -> str:
+    """The label for a review reason sentence of /recognize (one of :data:`REVIEW_REASONS`)."""
+    for pattern, code in _REASON_PATTERNS:
+        if pattern.match(reason):
+            return code
+    return "other"
 
 
 _INTERNAL = ApiError(

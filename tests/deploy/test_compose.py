@@ -119,7 +119,14 @@ def test_profiles_and_build_targets(
     services: dict[str, dict[str, Any]], dockerfile: Dockerfile
 ) -> None:
     profiles = {name: service.get("profiles", []) for name, service in services.items()}
-    assert profiles == {"api": [], "lb": [], "train": ["train"], "tfserving": ["tfserving"]}
+    assert profiles == {
+        "api": [],
+        "lb": [],
+        "train": ["train"],
+        "tfserving": ["tfserving"],
+        "prometheus": ["monitoring"],
+        "grafana": ["monitoring"],
+    }
     stages = {stage.name for stage in dockerfile.stages}
     for name, service in services.items():
         if "build" in service:

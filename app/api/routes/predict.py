@@ -27,6 +27,7 @@ from app.api.disconnect import stop_if_client_gone
 from app.core.config import Settings
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError
+from app.core.tracing import child_span
 from app.imaging import Normalize, open_image, prepare_digit, prepare_opened
 from app.schemas import BatchResponse, PredictResponse, error_responses
 from app.segmentation import invalid_model_output
@@ -116,10 +117,14 @@ async def predict(
 ) -> Response:
     """Classify one uploaded digit image."""
     data = await file.read()
-    image, normalized = await _prepare(data, normalize, serving.settings)
+    # One span: app.imaging decodes and normalizes in one call (decoding JPEGs at reduced size).
+    with child_span("decode_normalize", {"digits.images": 1}):
+        image, normalized = await _prepare(data, normalize, serving.settings)
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
-    answer = _digit(result.probabilities[0], int(result.digits[0]), normalized)
+    digit = int(result.digits[0])
+    answer = _digit(result.probabilities[0], digit, normalized)
+    serving.telemetry.observe_answer("/predict", digit, float(result.probabilities[0][digit]))
     answer["model_version"] = result.model_version
     # Serialized here rather than validated against PredictResponse and encoded by FastAPI:
     # the answer is built from the model's output in exactly that shape, and the generic
@@ -244,7 +249,8 @@ async def predict_batch(
     if len(files) > settings.max_batch_size:
         raise too_many_files(len(files), settings.max_batch_size)
     items = [await f.read() for f in files]
-    prepared = await _prepare_batch(request, items, normalize, settings)
+    with child_span("decode_normalize", {"digits.images": len(items)}):
+        prepared = await _prepare_batch(request, items, normalize, settings)
     valid = [p for p in prepared if not isinstance(p, ApiError)]
     predictions = None
     if valid:
@@ -260,8 +266,10 @@ async def predict_batch(
             entry["error"] = {"code": item.code, "message": item.message}
         else:
             assert predictions is not None
-            entry["prediction"] = _digit(
-                predictions.probabilities[row], int(predictions.digits[row]), item[1]
+            digit = int(predictions.digits[row])
+            entry["prediction"] = _digit(predictions.probabilities[row], digit, item[1])
+            telemetry.observe_answer(
+                "/predict/batch", digit, float(predictions.probabilities[row][digit])
             )
             entry["error"] = None
             row += 1

@@ -21,6 +21,7 @@ from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
 from app.core.config import Settings
 from app.core.deadline import check_deadline, request_deadline
+from app.core.tracing import child_span
 from app.imaging import load_image, open_image, run_in_large_image_slot
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
@@ -141,9 +142,13 @@ def _prepare(
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=settings.max_jpeg_scans)
 
     def segment() -> tuple[Lattice, npt.NDArray[np.uint8], tuple[int, int]]:
-        loaded, size = load_image(img, max_pixels=max_pixels, work_pixels=MAX_WORK_PIXELS)
-        lattice = find_candidates(loaded, max_digits=settings.max_digits, size=size)
-        return lattice, normalize_candidates(lattice), size
+        with child_span("decode"):
+            loaded, size = load_image(img, max_pixels=max_pixels, work_pixels=MAX_WORK_PIXELS)
+        with child_span("segmentation"):
+            lattice = find_candidates(loaded, max_digits=settings.max_digits, size=size)
+        with child_span("normalize", {"digits.candidates": len(lattice.candidates)}):
+            batch = normalize_candidates(lattice)
+        return lattice, batch, size
 
     if img.width * img.height < SEGMENT_ALONE_PIXELS:
         return segment()
@@ -235,9 +240,10 @@ async def recognize(
         probabilities = prediction.probabilities
         # choose_reading refuses scores that are not probabilities (503 model_error) before
         # anything below relies on them.
-        reading = await run_in_threadpool(
-            choose_reading, lattice, probabilities, max_digits=settings.max_digits
-        )
+        with child_span("reading"):
+            reading = await run_in_threadpool(
+                choose_reading, lattice, probabilities, max_digits=settings.max_digits
+            )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
     digits = ""
@@ -257,6 +263,10 @@ async def recognize(
         )
     limit = settings.review_threshold if threshold is None else threshold
     reasons = review_reasons(confidences, limit, expected_length, reading)
+    telemetry = serving.telemetry
+    for digit_char, confidence in zip(digits, confidences, strict=True):
+        telemetry.observe_answer("/recognize", int(digit_char), confidence)
+    telemetry.observe_review(reasons)
     return {
         "digits": digits,
         "confidence": float(np.prod(confidences)),
