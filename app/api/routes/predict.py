@@ -73,7 +73,7 @@ async def _prepare(data: bytes, normalize: Normalize, max_pixels: int) -> tuple[
         "light paper inverted, cropped to the ink, fitted to 20×20 and centred in 28×28."
     ),
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def predict(
     file: Annotated[UploadFile, File(description="The image of one digit.")],
@@ -124,7 +124,7 @@ def _prepare_all(
         "are still answered."
     ),
     response_model=BatchResponse,
-    responses=error_responses(400, 401, 413, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 422, 503),
 )
 async def predict_batch(
     files: Annotated[

@@ -176,7 +176,7 @@ def review_reasons(
         "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
     ),
     response_model=RecognizeResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def recognize(
     file: Annotated[UploadFile, File(description="The image of the digit string.")],
