@@ -19,7 +19,7 @@ from app.core.config import Settings
 from app.core.errors import ApiError, DomainError, api_error
 from app.core.telemetry import Telemetry
 from app.inference import InferenceWorker
-from app.model_store import LoadedModel, ModelStore
+from app.model_store import LoadedModel, ModelNotReadyError, ModelStore
 from app.version_policy import LABEL_PATTERN, MAX_VERSION
 
 API_KEY_HEADER = "X-API-Key"
@@ -97,6 +97,8 @@ async def get_serving(
     else:
         try:
             model = store.get(version, label)
+        except ModelNotReadyError:
+            raise not_ready(store) from None
         except DomainError as exc:
             raise api_error(exc) from None
     return Serving(model, state.worker, state.settings, state.telemetry)
@@ -107,7 +109,7 @@ def not_ready(store: ModelStore) -> ApiError:
     return ApiError(
         503,
         "model_not_ready",
-        f"No model is loaded yet: no servable version in {store.models_dir.name}/. Try again "
+        f"No model is loaded yet: no servable version in {store.models_dir}. Try again "
         "shortly; GET /model lists the versions found and why any failed to load.",
         headers={"Retry-After": "5"},
     )
