@@ -28,9 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import numpy as np
+
 from app.core.errors import DomainError
 from app.model_report import ModelReport, read_report
-from app.probe import ProbeError, ProbeResult, run_probe
+from app.probe import PROBABILITY_TOLERANCE, ProbeError, ProbeResult, run_probe
 from app.runtime import (
     INPUT_KEY,
     OUTPUTS,
@@ -57,6 +59,7 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "ModelNotReadyError",
+    "ModelOutputError",
     "ModelStore",
     "StoreObserver",
     "StoreStatus",
@@ -93,6 +96,12 @@ class ModelNotReadyError(DomainError):
     """No model version is loaded yet."""
 
     code = "model_not_ready"
+
+
+class ModelOutputError(DomainError):
+    """A served version answered a request with values no model may give (NaN, digit 12...)."""
+
+    code = "model_output_invalid"
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,28 @@ class LoadedModel:
     load_seconds: float
 
     def predict(self, images: Images) -> Answers:
-        """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call."""
-        return self.predictor.predict(images)
+        """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call.
+
+        Raises:
+            ModelOutputError: when the answers are not probabilities and digits (the probe
+                check makes this unlikely; no caller may then loop on such values).
+        """
+        probabilities, digits = self.predictor.predict(images)
+        count = len(images)
+        if (
+            probabilities.shape != (count, 10)
+            or digits.shape != (count,)
+            or not np.isfinite(probabilities).all()
+            or (count and (probabilities.min() < -PROBABILITY_TOLERANCE))
+            or (count and (probabilities.max() > 1 + PROBABILITY_TOLERANCE))
+            or (count and (digits.min() < 0 or digits.max() > 9))
+        ):
+            raise ModelOutputError(
+                f"Model version {self.version} gave an invalid answer for this input; it has "
+                "been logged. Try another version (?version=) or report it.",
+                {"model_version": self.version},
+            )
+        return probabilities, digits
 
     @property
     def inputs(self) -> list[TensorInfo]:

@@ -46,6 +46,7 @@ class DomainError(Exception):
 DOMAIN_STATUS: dict[str, int] = {
     "version_not_found": 404,
     "model_not_ready": 503,
+    "model_output_invalid": 500,
 }
 
 

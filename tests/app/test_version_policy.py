@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from app.core.config import Settings
 from app.model_store import (
     ModelNotReadyError,
+    ModelOutputError,
     ModelStore,
     StoreStatus,
     VersionNotFoundError,
@@ -33,6 +34,12 @@ from app.version_policy import MAX_VERSION, Gate, VersionPolicy
 _PROBE_LABELS = {
     image.tobytes(): int(label)
     for image, label in zip(probe_set().images, probe_set().labels, strict=False)
+}
+
+
+_PROBE_ANSWERED = set(_PROBE_LABELS) | {
+    np.zeros((28, 28), np.uint8).tobytes(),
+    np.full((28, 28), 255, np.uint8).tobytes(),
 }
 
 
@@ -73,6 +80,10 @@ class FakePredictor:
             probabilities = probabilities * 1.5 - 0.05
         elif self.kind == "unnormalized":
             probabilities = probabilities * 0.5
+        elif self.kind == "nan-off-probe":
+            # Sane on every probe image, NaN on anything else: only a request can tell.
+            unknown = [i.tobytes() not in _PROBE_ANSWERED for i in images]
+            probabilities[unknown] = np.nan
         return probabilities, digits
 
 
@@ -198,6 +209,23 @@ def test_a_version_with_bad_outputs_is_never_served(
     assert len(recorder.failures) == 1
     with pytest.raises(VersionNotFoundError):
         store.get(version=2)
+
+
+def test_invalid_answers_after_the_probe_raise_instead_of_reaching_a_caller(
+    tmp_path: Path,
+) -> None:
+    add_version(tmp_path, 1, kind="nan-off-probe")
+    store, _ = make_store(tmp_path)
+    model = store.refresh()
+    assert model is not None
+    probe = probe_set().images
+    probabilities, digits = model.predict(probe[:3].copy())
+    assert list(digits) == list(probe_set().labels[:3])
+    assert np.isfinite(probabilities).all()
+    unseen = np.zeros((2, 28, 28), np.uint8)
+    unseen[:, 10:18, 13:15] = 255
+    with pytest.raises(ModelOutputError, match="version 1 gave an invalid answer"):
+        model.predict(unseen)
 
 
 def test_the_constant_model_passes_when_the_probe_floor_is_off(tmp_path: Path) -> None:

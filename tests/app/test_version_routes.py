@@ -6,7 +6,9 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
@@ -177,3 +179,43 @@ def test_a_version_name_that_is_not_ascii_does_not_stop_start_up(tmp_path: Path)
         assert client.get("/health/live").status_code == 200
         assert client.get("/health/ready").status_code == 503
         assert client.get("/model").json()["ignored_entries"][0]["name"] == "\\xb2"
+
+
+def test_an_invalid_answer_at_request_time_is_a_clear_error(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class NanOnMarkedPixel(tf.Module):  # type: ignore[misc]
+        @tf.function(  # type: ignore[untyped-decorator]  # tensorflow ships no type hints
+            input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")]
+        )
+        def serve(self, images: Any) -> dict[str, Any]:
+            # Sane on the probe set; NaN when the top-left pixel is 7, which no probe image has.
+            logits = tf.zeros([tf.shape(images)[0], 10]) + tf.one_hot(4, 10)
+            probabilities = tf.nn.softmax(logits)
+            marked = tf.equal(images[:, 0:1, 0], 7)
+            probabilities = tf.where(marked, np.nan, probabilities)
+            return {"probabilities": probabilities, "digit": tf.argmax(logits, axis=1)}
+
+    module = NanOnMarkedPixel()
+    models_dir = tmp_path / "models"
+    tf.saved_model.save(module, str(models_dir / "1"), signatures={"serving_default": module.serve})
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[6:22, 12:16] = 255
+    plain = encode(Image.fromarray(pixels))
+    pixels[0, 0] = 7
+    marked = encode(Image.fromarray(pixels))
+    with TestClient(create_app(make_settings(models_dir))) as client:
+        ok = client.post("/predict?normalize=never", files={"file": ("d.png", plain, "image/png")})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["digit"] == 4
+        bad = client.post(
+            "/predict?normalize=never", files={"file": ("d.png", marked, "image/png")}
+        )
+        assert bad.status_code == 500
+        error = bad.json()["error"]
+        assert error["code"] == "model_output_invalid"
+        assert "version 1" in error["message"]
+        again = client.post(
+            "/predict?normalize=never", files={"file": ("d.png", plain, "image/png")}
+        )
+        assert again.status_code == 200
