@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,10 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return built
 
 
+def _contains(mapping: Callable[[], dict[int, str]], key: int) -> bool:
+    return key in mapping()
+
+
 def _wait(condition: Callable[[], bool], what: str, server_tail: Callable[[], str]) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
@@ -142,7 +147,7 @@ def test_bad_versions_are_never_served_and_version_1_keeps_answering(
         for version, (what, _, fragment) in BAD_MODELS.items():
             target = install_version(models_dir, bad_models[version], version)
             assert not (target / "metrics.json").exists()
-            _wait(lambda v=version: v in failed_versions(), f"{what} not reported", server.tail)
+            _wait(partial(_contains, failed_versions, version), f"{what} not reported", server.tail)
             reason = failed_versions()[version]
             assert fragment in reason, (what, reason)
             assert str(models_dir) not in reason
