@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policy=settings.policy(),
         probe_min_accuracy=settings.probe_min_accuracy,
         observer=telemetry,
+        policy_file=settings.version_config,
     )
     app.state.worker = InferenceWorker(
         max_batch_delay_ms=settings.max_batch_delay_ms, on_batch=telemetry.observe_batch

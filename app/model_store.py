@@ -47,6 +47,7 @@ from app.runtime import (
     first_line,
 )
 from app.runtime import load as load_predictor
+from app.serving_config import MAX_CONFIG_BYTES, ConfigError, policy_from_config
 from app.version_policy import VersionPolicy, parse_version_name
 
 __all__ = [
@@ -383,9 +384,17 @@ class ModelStore:
         policy: VersionPolicy | None = None,
         probe_min_accuracy: float = 0.0,
         observer: StoreObserver | None = None,
+        policy_file: Path | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.policy = policy or VersionPolicy()
+        self._base_policy = self.policy
+        self.policy_file = policy_file
+        self.policy_source = "settings"
+        """Where :attr:`policy` comes from: 'settings' or the policy file's name."""
+        self.policy_error: str | None = None
+        """Why the policy file could not be used (the previous policy stays), or None."""
+        self._policy_key: tuple[int, int] | None = None
         self.probe_min_accuracy = probe_min_accuracy
         self._on_change = on_change
         self._observer = observer
@@ -503,6 +512,7 @@ class ModelStore:
         """
         with self._refresh_lock:
             self.last_checked = datetime.now(UTC)
+            self._reload_policy()
             versions, ignored = scan_versions(self.models_dir)
             self._note_ignored(ignored)
             self._report_empty(versions)
@@ -554,6 +564,40 @@ class ModelStore:
             self._publish(previous, loaded, wanted, default_version)
             return self._state.default
 
+    def _reload_policy(self) -> None:
+        """Read the policy file again when it changed; keep the previous policy if it is bad."""
+        path = self.policy_file
+        if path is None:
+            return
+        try:
+            stat = path.stat()
+            key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError as exc:
+            key, problem = None, f"{path.name} cannot be read ({type(exc).__name__})"
+        if key is not None and key == self._policy_key:
+            return
+        if key is not None:
+            try:
+                if stat.st_size > MAX_CONFIG_BYTES:
+                    raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes")
+                policy = policy_from_config(path.read_text(encoding="utf-8"), self._base_policy)
+            except (OSError, UnicodeDecodeError, ConfigError) as exc:
+                detail = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
+                problem = f"{path.name}: {detail}"
+            else:
+                self._policy_key = key
+                if policy != self.policy or self.policy_error is not None:
+                    logger.info("version policy from %s: %s", path.name, policy.describe())
+                self.policy, self.policy_error = policy, None
+                self.policy_source = path.name
+                return
+        self._policy_key = key
+        if problem != self.policy_error:
+            logger.error(
+                "version policy file not used, keeping %s: %s", self.policy.describe(), problem
+            )
+        self.policy_error = problem
+
     def _plan(
         self,
         versions: list[int],
@@ -571,21 +615,21 @@ class ModelStore:
         wanted: set[int] = set()
         default: int | None = None
         if policy.kind == "latest":
-            baseline: int | None = None
+            accepted: list[int] = []
             for version in versions:
                 if not usable(version):
                     continue
-                if baseline is not None:
+                if accepted:
+                    baseline = accepted[-1]
                     reason = policy.gate.hold_reason(
                         self._accuracy(version), baseline, self._accuracy(baseline)
                     )
                     if reason is not None:
                         held[version] = reason
                         continue
-                baseline = version
-            if baseline is not None:
-                wanted.add(baseline)
-                default = baseline
+                accepted.append(version)
+            wanted.update(accepted[-policy.latest_versions :])
+            default = accepted[-1] if accepted else None
         else:
             pinned = [v for v in policy.versions if usable(v)]
             wanted.update(pinned)

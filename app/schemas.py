@@ -200,6 +200,18 @@ class VersionPolicyInfo(BaseModel):
     """Which versions are served (DIGITS_VERSION_POLICY and related settings)."""
 
     kind: str = Field(examples=["latest"], description="'latest' or 'specific'.")
+    source: str = Field(
+        examples=["settings"],
+        description="'settings', or the name of the TF Serving models.config file "
+        "(DIGITS_VERSION_CONFIG) it was read from.",
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why the models.config file is not used now (the policy shown stays).",
+    )
+    latest_versions: int = Field(
+        default=1, description="How many gate-passing newest versions 'latest' loads."
+    )
     versions: list[int] = Field(description="The pinned versions ('specific').")
     labels: dict[str, int] = Field(description="Configured labels and the versions they name.")
     default_label: str | None

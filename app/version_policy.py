@@ -131,11 +131,23 @@ class VersionPolicy:
     kind: PolicyKind = "latest"
     versions: tuple[int, ...] = ()
     """The pinned versions (``specific``)."""
+    latest_versions: int = 1
+    """How many of the newest gate-passing versions ``latest`` loads (the newest answers)."""
     labels: Mapping[str, int] = field(default_factory=dict)
     default_label: str | None = None
     gate: Gate = field(default_factory=Gate)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.latest_versions <= MAX_LISTED:
+            raise ValueError(f"'latest' loads 1 to {MAX_LISTED} versions")
+        if len(self.labels) > MAX_LISTED:
+            raise ValueError(f"at most {MAX_LISTED} labels may be given")
+        for label in self.labels:
+            if not LABEL_PATTERN.fullmatch(label):
+                raise ValueError(
+                    f"'{label[:40]}' is not a label (a letter, then up to 31 letters, digits, "
+                    "'_' or '-')"
+                )
         if self.kind == "specific" and not self.versions:
             raise ValueError(
                 "the 'specific' version policy needs the versions to serve (DIGITS_VERSIONS)"
@@ -149,6 +161,8 @@ class VersionPolicy:
     def describe(self) -> str:
         """One line for logs and ``/model``."""
         text: str = self.kind
+        if self.kind == "latest" and self.latest_versions > 1:
+            text += f" {self.latest_versions}"
         if self.kind == "specific":
             text += " " + ",".join(map(str, self.versions))
         if self.labels:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="Labels naming versions, e.g. 'stable=1,canary=2'; labelled versions are "
         "loaded too, and a request may name one with ?label=.",
     )
+    version_config: Path | None = Field(
+        default=None,
+        description="A TensorFlow Serving models.config (text format) whose model_version_policy "
+        "and version_labels replace the three settings above; re-read whenever it changes.",
+    )
     default_label: str | None = Field(
         default=None,
         description="When set, requests naming no version get this label's version.",

@@ -90,6 +90,9 @@ async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
         ignored_entries=[IgnoredEntryInfo(name=e.name, reason=e.reason) for e in status.ignored],
         policy=VersionPolicyInfo(
             kind=policy.kind,
+            source=store.policy_source,
+            error=store.policy_error,
+            latest_versions=policy.latest_versions,
             versions=list(policy.versions),
             labels=dict(policy.labels),
             default_label=policy.default_label,
