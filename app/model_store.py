@@ -444,17 +444,18 @@ class ModelStore:
         details: dict[str, Any] = {"served_versions": served, "labels": dict(state.labels)}
         if label is not None:
             labelled = state.labels.get(label)
+            shown = label if len(label) <= 40 else label[:37] + "..."
             if labelled is None:
                 configured = self.policy.labels.get(label)
                 why = (
-                    f"label '{label}' names version {configured}, which is not loaded"
+                    f"Label '{shown}' names version {configured}, which is not loaded"
                     if configured is not None
-                    else f"there is no label '{label}'"
+                    else f"There is no label '{shown}'"
                 )
-                raise VersionNotFoundError(f"{why.capitalize()}; see GET /model.", details)
+                raise VersionNotFoundError(f"{why}; see GET /model.", details)
             if version is not None and version != labelled:
                 raise VersionNotFoundError(
-                    f"Label '{label}' names version {labelled}, not {version}: name one of them.",
+                    f"Label '{shown}' names version {labelled}, not {version}: name one of them.",
                     details,
                 )
             version = labelled
