@@ -6,7 +6,8 @@ so the worker takes everything waiting in its queue and runs it as ONE call per 
 TensorFlow; with no other request waiting, a request runs alone at once (no artificial delay,
 unless ``max_batch_delay_ms`` asks for one).
 
-Each job carries the :class:`~app.model_store.LoadedModel` its request started with, so a
+Each job carries the model (a :class:`~app.runtime.Servable`, such as
+:class:`~app.model_store.LoadedModel`) its request started with, so a
 version swap never changes the answer of a request already in flight.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core import tracing
-from app.model_store import LoadedModel
+from app.runtime import Servable
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class _Job:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: Servable,
         images: npt.NDArray[np.uint8],
         loop: asyncio.AbstractEventLoop | None,
         future: asyncio.Future[Prediction] | concurrent.futures.Future[Prediction],
@@ -106,7 +107,7 @@ class InferenceWorker:
         self._thread.join(timeout)
         self._thread = None
 
-    async def predict(self, model: LoadedModel, images: npt.NDArray[np.uint8]) -> Prediction:
+    async def predict(self, model: Servable, images: npt.NDArray[np.uint8]) -> Prediction:
         """Classify uint8 images [N, 28, 28] with ``model``, without blocking the event loop.
 
         Jobs submitted during one event-loop iteration reach the worker together, at the end
@@ -130,7 +131,7 @@ class InferenceWorker:
         for job in self._pending.pop(loop, ()):
             self._queue.put(job)
 
-    def predict_blocking(self, model: LoadedModel, images: npt.NDArray[np.uint8]) -> Prediction:
+    def predict_blocking(self, model: Servable, images: npt.NDArray[np.uint8]) -> Prediction:
         """The same as :meth:`predict`, for code running in a thread rather than the loop."""
         self._ensure_running()
         future: concurrent.futures.Future[Prediction] = concurrent.futures.Future()
@@ -213,7 +214,7 @@ class InferenceWorker:
     def _trace(
         traced: list[tracing.Captured],
         started_ns: int,
-        model: LoadedModel,
+        model: Servable,
         images: int,
         requests: int,
         error: BaseException | None = None,

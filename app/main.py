@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.routes import docs, health, metrics, model, predict, recognize, web
 from app.core.config import Settings, get_settings
-from app.core.errors import ApiError
+from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import configure_logging, import_tensorflow
 from app.core.request_id import RequestIdMiddleware
@@ -125,7 +125,14 @@ def create_app(
             settle_heap()
 
     app.state.started = False
-    app.state.store = ModelStore(settings.models_dir, on_change=on_model_change)
+    app.state.store = ModelStore(
+        settings.models_dir,
+        on_change=on_model_change,
+        policy=settings.policy(),
+        probe_min_accuracy=settings.probe_min_accuracy,
+        observer=telemetry,
+        policy_file=settings.version_config,
+    )
     app.state.worker = InferenceWorker(
         max_batch_delay_ms=settings.max_batch_delay_ms, on_batch=telemetry.observe_batch
     )
@@ -227,7 +234,14 @@ def _install_error_handlers(app: FastAPI, telemetry: Telemetry) -> None:
         telemetry.count_error(error.code)
         return _error_response(error)
 
+    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DomainError)
+        error = api_error(exc)
+        telemetry.count_error(error.code)
+        return _error_response(error)
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(DomainError, on_domain_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
 

@@ -152,11 +152,72 @@ class Signature(BaseModel):
 
 
 class FailedVersionInfo(BaseModel):
-    """A model version on disk that could not be served."""
+    """A model version on disk that could not be served: it failed to load or its probe check.
+
+    It is tried again when any file inside it changes.
+    """
 
     version: int
-    reason: str = Field(examples=["SavedModel cannot be loaded: OSError: ..."])
+    reason: str = Field(
+        examples=["probe check failed: 'digit' outside 0..9 on 40 of 42 probe images (e.g. 12)"]
+    )
     failed_at: datetime
+    attempts: int = Field(default=1, description="Load attempts that failed so far.")
+
+
+class HeldVersionInfo(BaseModel):
+    """A newer version the promotion gate keeps from being served (pin it to serve it)."""
+
+    version: int
+    reason: str = Field(
+        examples=["test accuracy 0.8804 is more than 0.0050 below version 1's 0.9727"]
+    )
+    held_at: datetime
+    test_accuracy: float | None
+
+
+class ServedVersionInfo(BaseModel):
+    """A version loaded, warmed, probed and routable (``?version=`` or a label reaches it)."""
+
+    version: int
+    labels: list[str] = Field(description="Labels naming this version.")
+    default: bool = Field(description="Whether requests naming no version get this one.")
+    test_accuracy: float | None = Field(description="From its metrics.json; null if unknown.")
+    probe_accuracy: float | None = Field(
+        description="Share of the built-in probe digits it read correctly."
+    )
+    loaded_at: datetime
+
+
+class IgnoredEntryInfo(BaseModel):
+    """A directory in the models directory that is not a valid version name."""
+
+    name: str
+    reason: str
+
+
+class VersionPolicyInfo(BaseModel):
+    """Which versions are served (DIGITS_VERSION_POLICY and related settings)."""
+
+    kind: str = Field(examples=["latest"], description="'latest' or 'specific'.")
+    source: str = Field(
+        examples=["settings"],
+        description="'settings', or the name of the TF Serving models.config file "
+        "(DIGITS_VERSION_CONFIG) it was read from.",
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why the models.config file is not used now (the policy shown stays).",
+    )
+    latest_versions: int = Field(
+        default=1, description="How many gate-passing newest versions 'latest' loads."
+    )
+    versions: list[int] = Field(description="The pinned versions ('specific').")
+    labels: dict[str, int] = Field(description="Configured labels and the versions they name.")
+    default_label: str | None
+    promotion_tolerance: float
+    promotion_min_accuracy: float
+    probe_min_accuracy: float
 
 
 class ModelResponse(BaseModel):
@@ -176,6 +237,19 @@ class ModelResponse(BaseModel):
     load_seconds: float | None = Field(description="Time to load and warm up this version.")
     versions_on_disk: list[int] = Field(description="Version directories found, newest first.")
     failed_versions: list[FailedVersionInfo]
+    served_versions: list[ServedVersionInfo] = Field(
+        default_factory=list, description="Loaded, routable versions, newest first."
+    )
+    held_versions: list[HeldVersionInfo] = Field(default_factory=list)
+    ignored_entries: list[IgnoredEntryInfo] = Field(
+        default_factory=list,
+        description="Directories whose names are not version numbers (ASCII digits, at most "
+        "2^53 - 1).",
+    )
+    policy: VersionPolicyInfo | None = None
+    probe_accuracy: float | None = Field(
+        default=None, description="Share of the probe digits the default version read correctly."
+    )
     poll_interval_seconds: float = Field(description="0 when polling for new versions is off.")
     last_checked: datetime | None = Field(description="When the directory was last scanned.")
 
@@ -282,6 +356,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "The upload is empty, not an image, or truncated.",
         401: "The API key (header X-API-Key) is missing or wrong.",
+        404: "The model version or label asked for (?version=, ?label=) is not served.",
         413: "The body, the image's pixel count, the request's pixels in all or the number of "
         "files is over the limit.",
         415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",

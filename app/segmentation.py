@@ -403,7 +403,7 @@ def invalid_model_output() -> ApiError:
     """The 503 answered when the model's scores are not probabilities: nothing can be read."""
     return ApiError(
         503,
-        "model_error",
+        "model_output_invalid",
         "The served model returned scores that are not probabilities (not finite, negative, "
         "above 1, or not one per digit 0-9), so no reading can be trusted and none is given. "
         "Try again later; the operator should check the served version (GET /model).",
@@ -418,7 +418,7 @@ def check_probabilities(probabilities: npt.ArrayLike, count: int) -> npt.NDArray
     [0, 1]; a model that answers NaN or negative values is refused here, before any of them.
 
     Raises:
-        ApiError: 503 ``model_error`` when they are not.
+        ApiError: 503 ``model_output_invalid`` when they are not.
     """
     scores = np.asarray(probabilities, dtype=np.float64)
     if (
@@ -711,7 +711,7 @@ def reading_features(
     from geometry alone (the two probability features are then 0).
 
     Raises:
-        ApiError: 503 ``model_error`` when ``probabilities`` are not probabilities
+        ApiError: 503 ``model_output_invalid`` when ``probabilities`` are not probabilities
             (:func:`check_probabilities`).
     """
     if probabilities is not None:
@@ -860,7 +860,7 @@ def choose_reading(
 
     Raises:
         ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``; 503
-            ``model_error`` when ``probabilities`` are not probabilities.
+            ``model_output_invalid`` when ``probabilities`` are not probabilities.
     """
     vector = np.array([weights[name] for name in FEATURES], np.float64)
     scores = reading_features(lattice, probabilities) @ vector

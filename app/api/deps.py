@@ -12,14 +12,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.core.config import Settings
-from app.core.errors import ApiError
+from app.core.errors import ApiError, DomainError, api_error
 from app.core.telemetry import Telemetry
 from app.inference import InferenceWorker
-from app.model_store import LoadedModel, ModelStore
+from app.model_store import LoadedModel, ModelNotReadyError, ModelStore
+from app.version_policy import LABEL_PATTERN, MAX_VERSION
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_scheme = APIKeyHeader(
@@ -59,18 +60,47 @@ class Serving:
     telemetry: Telemetry
 
 
-async def get_serving(request: Request) -> Serving:
-    """The served model, worker, settings and metrics at once; 503 while no model is loaded.
+async def get_serving(
+    request: Request,
+    version: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_VERSION,
+            description="Answer with this model version (one of the served versions listed by "
+            "GET /model). Default: the version the policy serves by default.",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            pattern=f"^{LABEL_PATTERN.pattern}$",
+            description="Answer with the version this label names (e.g. `stable`, `canary`; "
+            "set by DIGITS_VERSION_LABELS).",
+        ),
+    ] = None,
+) -> Serving:
+    """The model, worker, settings and metrics at once; 503 while no model is loaded.
 
     One dependency instead of four (five with the store) on the prediction routes: each
     dependency FastAPI resolves costs event-loop time on every request, and these are only
-    attribute lookups.
+    attribute lookups. ``?version=`` or ``?label=`` choose a served version (404
+    ``version_not_found`` for one that is not served).
     """
     state = request.app.state
     store: ModelStore = state.store
-    model = store.current
-    if model is None:
-        raise not_ready(store)
+    if version is None and label is None:
+        model = store.current
+        if model is None:
+            raise not_ready(store)
+    else:
+        try:
+            model = store.get(version, label)
+        except ModelNotReadyError:
+            raise not_ready(store) from None
+        except DomainError as exc:
+            raise api_error(exc) from None
     return Serving(model, state.worker, state.settings, state.telemetry)
 
 

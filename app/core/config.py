@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.version_policy import Gate, VersionPolicy, parse_labels, parse_versions
 
 
 class Settings(BaseSettings):
@@ -53,6 +55,49 @@ class Settings(BaseSettings):
         ge=0.0,
         description="How often to look for a new model version; 0 disables polling.",
     )
+    version_policy: Literal["latest", "specific"] = Field(
+        default="latest",
+        description="Which versions are served: 'latest' (the newest that passes the promotion "
+        "gate) or 'specific' (the versions in DIGITS_VERSIONS, the highest by default).",
+    )
+    versions: str = Field(
+        default="",
+        description="Versions served under the 'specific' policy, comma-separated, e.g. '1,3'.",
+    )
+    version_labels: str = Field(
+        default="",
+        description="Labels naming versions, e.g. 'stable=1,canary=2'; labelled versions are "
+        "loaded too, and a request may name one with ?label=.",
+    )
+    version_config: Path | None = Field(
+        default=None,
+        description="A TensorFlow Serving models.config (text format) whose model_version_policy "
+        "and version_labels replace the three settings above; re-read whenever it changes.",
+    )
+    default_label: str | None = Field(
+        default=None,
+        description="When set, requests naming no version get this label's version.",
+    )
+    promotion_tolerance: float = Field(
+        default=0.005,
+        ge=0.0,
+        le=1.0,
+        description="A newer version is held when its metrics.json test accuracy is more than "
+        "this below the served version's.",
+    )
+    promotion_min_accuracy: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="A newer version is held when its metrics.json test accuracy is below this.",
+    )
+    probe_min_accuracy: float = Field(
+        default=0.75,
+        ge=0.0,
+        le=1.0,
+        description="Share of the built-in probe digits a version must read correctly to be "
+        "served at all.",
+    )
     intra_op_threads: int = Field(
         default=1, ge=0, description="TensorFlow intra-op threads (0 lets TensorFlow choose)."
     )
@@ -83,6 +128,38 @@ class Settings(BaseSettings):
         le=1.0,
         description="A digit read with lower confidence than this flags the answer for review.",
     )
+
+    @field_validator("versions")
+    @classmethod
+    def _check_versions(cls, value: str) -> str:
+        parse_versions(value)
+        return value
+
+    @field_validator("version_labels")
+    @classmethod
+    def _check_labels(cls, value: str) -> str:
+        parse_labels(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Settings:
+        self.policy()
+        return self
+
+    def policy(self) -> VersionPolicy:
+        """The version policy and promotion gate these settings describe.
+
+        Raises:
+            ValueError: when the settings contradict each other (e.g. 'specific' with no
+                versions), with a message naming the setting.
+        """
+        return VersionPolicy(
+            kind=self.version_policy,
+            versions=parse_versions(self.versions),
+            labels=parse_labels(self.version_labels),
+            default_label=self.default_label or None,
+            gate=Gate(tolerance=self.promotion_tolerance, min_accuracy=self.promotion_min_accuracy),
+        )
 
 
 @lru_cache

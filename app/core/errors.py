@@ -27,6 +27,29 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class DomainError(Exception):
+    """An error of the service's own domain, which knows no HTTP: a code and a message.
+
+    Subclasses set ``code``; :data:`DOMAIN_STATUS` maps the code to the HTTP status and
+    :func:`api_error` turns one into an :class:`ApiError`.
+    """
+
+    code: str = "domain_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+#: The HTTP status of each domain error code.
+DOMAIN_STATUS: dict[str, int] = {
+    "version_not_found": 404,
+    "model_not_ready": 503,
+    "model_output_invalid": 503,
+}
+
+
 class ApiError(Exception):
     """An error with an HTTP status that the handlers turn into an :class:`ErrorResponse`."""
 
@@ -50,3 +73,10 @@ class ApiError(Exception):
         return ErrorResponse(
             error=ErrorBody(code=self.code, message=self.message, details=self.details)
         ).model_dump(exclude_none=True)
+
+
+def api_error(exc: DomainError) -> ApiError:
+    """The HTTP answer for a domain error (500 for a code missing from the table)."""
+    status = DOMAIN_STATUS.get(exc.code, 500)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return ApiError(status, exc.code, exc.message, details=exc.details, headers=headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -35,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import ApiError
 
 if TYPE_CHECKING:
-    from app.model_store import LoadedModel
+    from app.model_store import LoadedModel, StoreStatus
 
 logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
@@ -63,6 +64,7 @@ _REASON_PATTERNS: Final = (
     (re.compile(r"digit \d+ of \d+ was read with confidence"), "low_confidence"),
 )
 UNMATCHED: Final = "unmatched"
+_MAX_VERSION_SERIES: Final = 10
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
@@ -127,7 +129,34 @@ class Telemetry:
             "digits_ready", "1 when a model is loaded and warmed up, else 0.", registry=r
         )
         self.load_failures = Counter(
-            "digits_model_load_failures", "Model versions that failed to load.", registry=r
+            "digits_model_load_failures",
+            "Attempts to load a model version that failed (load, warm-up or probe check).",
+            registry=r,
+        )
+        self.versions_held = Counter(
+            "digits_model_versions_held",
+            "Times the promotion gate held a newer model version back.",
+            registry=r,
+        )
+        self.versions = Gauge(
+            "digits_model_versions",
+            "Model versions by state: served (loaded and routable), held, failed, ignored "
+            "(a directory name that is not a version number).",
+            ["state"],
+            registry=r,
+        )
+        self.version_state = Gauge(
+            "digits_model_version_state",
+            f"1 for each of the newest {_MAX_VERSION_SERIES} versions per state (served, held, "
+            "failed).",
+            ["version", "state"],
+            registry=r,
+        )
+        self.label_version = Gauge(
+            "digits_model_label_version",
+            "The version each configured label names, while that version is served.",
+            ["label"],
+            registry=r,
         )
         self.confidence = Histogram(
             "digits_answer_confidence",
@@ -230,20 +259,53 @@ class Telemetry:
             self._largest_batch = max(self._largest_batch, images)
 
     def set_model(self, model: LoadedModel) -> None:
-        """Publish the served model (called after every swap)."""
-        metrics = model.metrics or {}
+        """Publish the default served model (called after every swap)."""
+        report = model.report
         self.model_version.set(model.version)
         self.model_info.info(
             {
                 "version": str(model.version),
-                "recipe": str(metrics.get("recipe", "")),
-                "created_at": str(metrics.get("created_at", "")),
+                "recipe": (report.recipe if report else None) or "",
+                "created_at": (report.created_at if report else None) or "",
             }
         )
         accuracy = model.test_accuracy
-        if accuracy is not None:
-            self.model_accuracy.set(accuracy)
+        # Unknown, not the previous version's figure: NaN is Prometheus's "no value".
+        self.model_accuracy.set(accuracy if accuracy is not None else math.nan)
         self.ready.set(1)
+
+    def load_failed(self, version: int, reason: str) -> None:
+        """Count one failed attempt to load a model version."""
+        self.load_failures.inc()
+
+    def version_held(self, version: int, reason: str) -> None:
+        """Count one version held back by the promotion gate."""
+        self.versions_held.inc()
+
+    def serving_changed(self, status: StoreStatus) -> None:
+        """Publish the served, held and failed versions and the labels."""
+        states = {
+            "served": [m.version for m in status.served],
+            "held": [h.version for h in status.held],
+            "failed": [f.version for f in status.failed],
+        }
+        with self._lock:
+            for state, versions in states.items():
+                self.versions.labels(state).set(len(versions))
+            self.versions.labels("ignored").set(len(status.ignored))
+            # Newest first and capped: the series stay few however many versions accumulate.
+            self.version_state.clear()
+            for state, versions in states.items():
+                for version in versions[:_MAX_VERSION_SERIES]:
+                    self.version_state.labels(str(version), state).set(1)
+            self.label_version.clear()
+            for label, version in status.labels.items():
+                self.label_version.labels(label).set(version)
+            # Only the versions served now: a retired version's probe figure would mislead.
+            self.probe_accuracy.clear()
+            for model in status.served[:_MAX_VERSION_SERIES]:
+                if model.probe is not None:
+                    self.probe_accuracy.labels(str(model.version)).set(model.probe.accuracy)
 
     # --- reading ---------------------------------------------------------------------------
 

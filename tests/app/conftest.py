@@ -210,8 +210,18 @@ def models(tmp_path: Path, constant_models: dict[int, Path]) -> ModelsDir:
 
 
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test app: this models directory, no polling unless asked."""
-    values: dict[str, Any] = {"models_dir": models_dir, "model_poll_seconds": 0.0}
+    """Settings for a test app: this models directory, no polling unless asked.
+
+    The fixture models answer one digit for everything and report an accuracy of 0.5: the
+    probe's accuracy floor and the promotion gate's floor are off unless a test asks for them
+    (the probe's other checks and the gate's tolerance still apply).
+    """
+    values: dict[str, Any] = {
+        "models_dir": models_dir,
+        "model_poll_seconds": 0.0,
+        "probe_min_accuracy": 0.0,
+        "promotion_min_accuracy": 0.0,
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -224,7 +224,7 @@ def test_the_reader_refuses_scores_that_are_not_probabilities(corrupt: Any) -> N
     with pytest.raises(ApiError) as caught:
         choose_reading(lattice, corrupt(good), max_digits=12)
     assert caught.value.status_code == 503
-    assert caught.value.code == "model_error"
+    assert caught.value.code == "model_output_invalid"
 
 
 @pytest.mark.timeout(30)
@@ -232,7 +232,7 @@ def test_the_best_reading_search_ends_on_scores_that_are_nan() -> None:
     lattice = _lattice()
     with pytest.raises(ApiError) as caught:
         best_partition(lattice, np.full(len(lattice.candidates), np.nan))
-    assert caught.value.code == "model_error"
+    assert caught.value.code == "model_output_invalid"
 
 
 # --- the deadline and the large-image threads ------------------------------------------------
@@ -375,4 +375,4 @@ def test_predict_refuses_a_model_answer_that_is_not_a_digit(
     with pytest.raises(ApiError) as caught:
         predict_module._digit(probabilities, digit, True)
     assert caught.value.status_code == 503
-    assert caught.value.code == "model_error"
+    assert caught.value.code == "model_output_invalid"

@@ -45,12 +45,11 @@ def test_waiting_requests_are_merged_into_one_call_and_answered_in_their_order()
     worker.start()
 
     async def scenario() -> list[Prediction]:
-        first = asyncio.ensure_future(worker.predict(model, image(1)))  # type: ignore[arg-type]
+        first = asyncio.ensure_future(worker.predict(model, image(1)))
         await asyncio.to_thread(model.entered.wait, 10)
         # While the model is busy with the first request, five more arrive.
         rest = [
-            asyncio.ensure_future(worker.predict(model, image(d, count=d)))  # type: ignore[arg-type]
-            for d in (2, 3, 4, 5, 6)
+            asyncio.ensure_future(worker.predict(model, image(d, count=d))) for d in (2, 3, 4, 5, 6)
         ]
         await asyncio.sleep(0.05)
         model.release.set()
@@ -76,11 +75,11 @@ def test_model_failure_reaches_every_request_of_the_batch() -> None:
     worker.start()
     try:
         with pytest.raises(ValueError, match="graph exploded"):
-            asyncio.run(worker.predict(Broken(), image(1)))  # type: ignore[arg-type]
+            asyncio.run(worker.predict(Broken(), image(1)))
         # The worker survives and keeps answering.
         model = GatedModel()
         model.release.set()
-        assert list(asyncio.run(worker.predict(model, image(4))).digits) == [4]  # type: ignore[arg-type]
+        assert list(asyncio.run(worker.predict(model, image(4))).digits) == [4]
     finally:
         worker.stop()
 
@@ -91,7 +90,7 @@ def test_blocking_api_for_threads() -> None:
     worker = InferenceWorker()
     worker.start()
     try:
-        result = worker.predict_blocking(model, image(9, count=2))  # type: ignore[arg-type]
+        result = worker.predict_blocking(model, image(9, count=2))
     finally:
         worker.stop()
     assert list(result.digits) == [9, 9]
@@ -100,7 +99,7 @@ def test_blocking_api_for_threads() -> None:
 def test_predict_without_a_running_worker_fails_clearly() -> None:
     worker = InferenceWorker()
     with pytest.raises(RuntimeError, match="not running"):
-        worker.predict_blocking(GatedModel(), image(1))  # type: ignore[arg-type]
+        worker.predict_blocking(GatedModel(), image(1))
 
 
 def test_stop_answers_what_is_already_queued() -> None:
@@ -110,7 +109,7 @@ def test_stop_answers_what_is_already_queued() -> None:
     outcome: dict[str, Any] = {}
 
     def call() -> None:
-        outcome["result"] = worker.predict_blocking(model, image(3))  # type: ignore[arg-type]
+        outcome["result"] = worker.predict_blocking(model, image(3))
 
     caller = threading.Thread(target=call)
     caller.start()

@@ -97,6 +97,15 @@ def test_probe_accuracy_is_a_gauge_per_version(client: TestClient) -> None:
     assert 'digits_model_probe_accuracy{version="4"} 1.0' in text
 
 
+def test_the_served_version_publishes_its_own_probe_accuracy(client: TestClient) -> None:
+    served = client.app.state.store.current  # type: ignore[attr-defined]
+    assert served.probe is not None
+    # The tiny model answers 1 for everything: it reads only the probe's ones.
+    assert 0.0 < served.probe.accuracy < 0.5
+    published = sample(client, "digits_model_probe_accuracy", version=str(served.version))
+    assert published == served.probe.accuracy
+
+
 @pytest.fixture
 def digit_png() -> bytes:
     """A photo of a handwritten 7, as a PNG."""

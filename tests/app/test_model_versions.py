@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from PIL import Image, ImageDraw
 from app.inference import InferenceWorker
 from app.main import create_app
 from app.model_store import ModelStore, versions_on_disk
+from app.runtime import Predictor
+from app.runtime import load as load_predictor
 from tests.app.conftest import ModelsDir, encode, make_settings
 
 
@@ -158,29 +161,31 @@ def test_version_with_a_wrong_signature_is_refused(models: ModelsDir, tmp_path: 
         assert "images" in failed["reason"]
 
 
-def test_failed_version_is_retried_only_when_its_directory_changes(models: ModelsDir) -> None:
-    calls: list[int] = []
+def test_failed_version_is_retried_only_when_its_content_changes(models: ModelsDir) -> None:
+    calls: list[str] = []
     corrupt = models.add_corrupt(2)
     models.add(1, digit=1)
 
-    from app.model_store import load_version
-
-    def counting_loader(path: Path, version: int):  # type: ignore[no-untyped-def]
-        calls.append(version)
-        return load_version(path, version)
+    def counting_loader(path: Path) -> Predictor:
+        calls.append(path.name)
+        return load_predictor(path)
 
     store = ModelStore(models.path, loader=counting_loader)
     assert store.refresh() is not None
     assert store.refresh() is not None
-    assert calls == [2, 1]  # 2 failed once and was not tried again
-    # Replaced in place (the directory changes): worth another try.
-    (corrupt / "saved_model.pb").unlink()
-    (corrupt / "saved_model.pb").write_bytes(b"still garbage")
-    import os
-
-    os.utime(corrupt, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert sorted(calls) == ["1", "2"]  # 2 failed once and was not tried again
+    # A file deep inside changes (the copy goes on): the version directory's own mtime stays
+    # the same, and the version is still worth another try.
+    stat = corrupt.stat()
+    (corrupt / "variables" / "variables.index").write_bytes(b"more of the copy")
+    os.utime(corrupt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert corrupt.stat().st_mtime_ns == stat.st_mtime_ns
     store.refresh()
-    assert calls == [2, 1, 2]
+    assert sorted(calls) == ["1", "2", "2"]
+    [failed] = store.failed
+    assert failed.attempts == 2
+    store.refresh()
+    assert sorted(calls) == ["1", "2", "2"]
 
 
 def test_request_in_flight_finishes_on_the_version_it_started_with(models: ModelsDir) -> None:

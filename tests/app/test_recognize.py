@@ -225,7 +225,7 @@ def test_openapi_documents_recognize(client: TestClient) -> None:
     assert "postal code" in operation["description"]
     assert {"200", "400", "413", "415", "422"} <= set(operation["responses"])
     names = {p["name"] for p in operation["parameters"]}
-    assert names == {"expected_length", "threshold"}
+    assert names == {"expected_length", "threshold", "version", "label"}
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/RecognizeResponse")
 

@@ -35,22 +35,20 @@ def wants_prometheus(accept: str) -> bool:
 
 
 def _evaluation(model: LoadedModel) -> ModelEvaluation:
-    metrics = model.metrics or {}
+    report = model.report
     test: EvaluationFigures | None = None
-    raw_test = metrics.get("test")
-    if isinstance(raw_test, dict):
+    raw_test = report.test if report is not None else None
+    if raw_test is not None:
         try:
-            test = EvaluationFigures.model_validate(raw_test)
+            test = EvaluationFigures.model_validate(dict(raw_test))
         except ValidationError as exc:
             # A report in an unexpected shape must not break /metrics; say what is missing.
             logger.warning("model %d: metrics.json 'test' not understood: %s", model.version, exc)
-            accuracy = model.test_accuracy
-            test = EvaluationFigures(accuracy=accuracy)
-    recipe, created_at = metrics.get("recipe"), metrics.get("created_at")
+            test = EvaluationFigures(accuracy=model.test_accuracy)
     return ModelEvaluation(
         version=model.version,
-        recipe=str(recipe) if recipe is not None else None,
-        created_at=str(created_at) if created_at is not None else None,
+        recipe=report.recipe if report is not None else None,
+        created_at=report.created_at if report is not None else None,
         test=test,
     )
 

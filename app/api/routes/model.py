@@ -1,32 +1,44 @@
-"""``GET /model``: which model version is served, its signature, and what is on disk."""
+"""``GET /model``: the served model versions, the policy, and what is on disk."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.api.deps import SettingsDep, StoreDep
-from app.model_store import SIGNATURE, versions_on_disk
-from app.schemas import FailedVersionInfo, ModelResponse, Signature, TensorSpec
+from app.model_store import SIGNATURE
+from app.schemas import (
+    FailedVersionInfo,
+    HeldVersionInfo,
+    IgnoredEntryInfo,
+    ModelResponse,
+    ServedVersionInfo,
+    Signature,
+    TensorSpec,
+    VersionPolicyInfo,
+)
 
 router = APIRouter(prefix="/model", tags=["model"])
 
 
 @router.get(
     "",
-    summary="The served model version",
+    summary="The served model versions",
     description=(
-        "The model version being served (null fields while none is loaded), its SavedModel "
-        "signature with input and output tensors, recipe, creation time and test accuracy; "
-        "the versions present in the models directory, and any that failed to load with the "
-        "reason. A new version directory is picked up without restart when polling is on "
-        "(`DIGITS_MODEL_POLL_SECONDS`)."
+        "The version answering requests by default (null fields while none is loaded): its "
+        "SavedModel signature, recipe, creation time, test accuracy and probe result. Then "
+        "every served version (with its labels; `?version=` or `?label=` on the prediction "
+        "endpoints reaches it), the versions the promotion gate holds and why, the versions "
+        "that failed to load or failed the probe check and why, directory names that are not "
+        "versions, and the version policy. New version directories are picked up without "
+        "restart when polling is on (`DIGITS_MODEL_POLL_SECONDS`)."
     ),
     response_model=ModelResponse,
 )
 async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
-    """Describe the served model and the versions on disk."""
-    model = store.current
-    metrics = (model.metrics or {}) if model is not None else {}
+    """Describe the served versions and the versions on disk."""
+    status = store.status()
+    model = status.default
+    report = model.report if model is not None else None
     signature = None
     if model is not None:
         signature = Signature(
@@ -34,22 +46,60 @@ async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
             inputs=[TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in model.inputs],
             outputs=[TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in model.outputs],
         )
-    recipe = metrics.get("recipe")
-    created_at = metrics.get("created_at")
+    policy = status.policy
+    labels_of: dict[int, list[str]] = {}
+    for label, version in status.labels.items():
+        labels_of.setdefault(version, []).append(label)
     return ModelResponse(
         ready=model is not None,
         version=model.version if model is not None else None,
         signature=signature,
-        recipe=str(recipe) if recipe is not None else None,
-        created_at=str(created_at) if created_at is not None else None,
+        recipe=report.recipe if report is not None else None,
+        created_at=report.created_at if report is not None else None,
         test_accuracy=model.test_accuracy if model is not None else None,
         loaded_at=model.loaded_at if model is not None else None,
         load_seconds=round(model.load_seconds, 3) if model is not None else None,
-        versions_on_disk=versions_on_disk(store.models_dir),
-        failed_versions=[
-            FailedVersionInfo(version=f.version, reason=f.reason, failed_at=f.failed_at)
-            for f in store.failed
+        probe_accuracy=model.probe.accuracy if model is not None and model.probe else None,
+        versions_on_disk=status.on_disk,
+        served_versions=[
+            ServedVersionInfo(
+                version=m.version,
+                labels=sorted(labels_of.get(m.version, [])),
+                default=m is model,
+                test_accuracy=m.test_accuracy,
+                probe_accuracy=m.probe.accuracy if m.probe is not None else None,
+                loaded_at=m.loaded_at,
+            )
+            for m in status.served
         ],
+        held_versions=[
+            HeldVersionInfo(
+                version=h.version,
+                reason=h.reason,
+                held_at=h.held_at,
+                test_accuracy=h.test_accuracy,
+            )
+            for h in status.held
+        ],
+        failed_versions=[
+            FailedVersionInfo(
+                version=f.version, reason=f.reason, failed_at=f.failed_at, attempts=f.attempts
+            )
+            for f in status.failed
+        ],
+        ignored_entries=[IgnoredEntryInfo(name=e.name, reason=e.reason) for e in status.ignored],
+        policy=VersionPolicyInfo(
+            kind=policy.kind,
+            source=store.policy_source,
+            error=store.policy_error,
+            latest_versions=policy.latest_versions,
+            versions=list(policy.versions),
+            labels=dict(policy.labels),
+            default_label=policy.default_label,
+            promotion_tolerance=policy.gate.tolerance,
+            promotion_min_accuracy=policy.gate.min_accuracy,
+            probe_min_accuracy=store.probe_min_accuracy,
+        ),
         poll_interval_seconds=settings.model_poll_seconds,
-        last_checked=store.last_checked,
+        last_checked=status.last_checked,
     )

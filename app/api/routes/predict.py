@@ -107,7 +107,7 @@ async def _prepare(
         "light paper inverted, cropped to the ink, fitted to 20×20 and centred in 28×28."
     ),
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def predict(
     file: Annotated[UploadFile, File(description="The image of one digit.")],
@@ -228,7 +228,7 @@ async def _prepare_batch(
         "are still answered."
     ),
     response_model=BatchResponse,
-    responses=error_responses(400, 401, 413, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 422, 503),
 )
 async def predict_batch(
     request: Request,

@@ -201,7 +201,7 @@ def review_reasons(
         "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
     ),
     response_model=RecognizeResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def recognize(
     request: Request,
@@ -238,7 +238,7 @@ async def recognize(
         prediction = await serving.worker.predict(serving.model, batch)
         serving.telemetry.count_images("/recognize", len(batch))
         probabilities = prediction.probabilities
-        # choose_reading refuses scores that are not probabilities (503 model_error) before
+        # choose_reading refuses scores that are not probabilities (503 model_output_invalid) before
         # anything below relies on them.
         with child_span("reading"):
             reading = await run_in_threadpool(
