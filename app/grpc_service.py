@@ -206,6 +206,9 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
         options=[
             # The same body limit as HTTP: a message is refused before it is parsed.
             ("grpc.max_receive_message_length", settings.max_upload_bytes),
+            # gRPC shares a port with any other process by default (SO_REUSEPORT): a second
+            # instance would silently take half the calls. A port in use must fail the start.
+            ("grpc.so_reuseport", 0),
         ]
     )
     service = InferenceService(
@@ -213,7 +216,13 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    server.add_insecure_port(address)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"the gRPC service cannot listen on {address}: is another process using the port? "
+            "Set DIGITS_GRPC_PORT (and DIGITS_GRPC_HOST) to a free address."
+        ) from exc
     await server.start()
     logger.info("Open Inference Protocol gRPC service listening on %s", address)
     return server

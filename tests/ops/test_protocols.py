@@ -7,6 +7,9 @@ the same 28×28 image.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,15 @@ from tritonclient.utils import InferenceServerException
 
 from tests.ops.conftest import ServedModel, ServerFactory, install_version
 from tests.support.mnist import MISSING, mnist_dir
-from tests.support.servers import HOST, RunningServer, free_port
+from tests.support.servers import (
+    APP,
+    HOST,
+    READY_TIMEOUT_SECONDS,
+    REPO,
+    RunningServer,
+    free_port,
+    server_environment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +40,12 @@ pytestmark = pytest.mark.slow
 class Served:
     """The running server, its gRPC address, the images and ``/predict``'s answers for them."""
 
-    def __init__(self, server: RunningServer, grpc_port: int, model: ServedModel) -> None:
+    def __init__(
+        self, server: RunningServer, grpc_port: int, model: ServedModel, models_dir: Path
+    ) -> None:
         self.server = server
+        self.grpc_port = grpc_port
+        self.models_dir = models_dir
         self.grpc_url = f"{HOST}:{grpc_port}"
         self.http_url = f"{HOST}:{server.port}"
         self.images = model.images
@@ -74,7 +89,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, served_model: ServedModel) 
         models_dir, root / "server.log", env={"DIGITS_GRPC_PORT": str(grpc_port)}
     )
     try:
-        yield Served(server, grpc_port, served_model)
+        yield Served(server, grpc_port, served_model, models_dir)
     finally:
         server.stop()
 
@@ -280,3 +295,37 @@ def test_api_key_guards_grpc_and_http_inference(
         http.close()
     assert refused_http.value.status() == "401"
     assert answered_http.as_numpy("digit").shape == (1,)
+
+
+def test_a_grpc_port_in_use_fails_the_start(served: Served, tmp_path: Path) -> None:
+    """gRPC would share a busy port (SO_REUSEPORT) and take half its calls: it must not start."""
+    log_path = tmp_path / "second.log"
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", APP, "--factory", "--host", HOST]
+    with log_path.open("wb") as log:
+        second = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=REPO,
+            env=server_environment(served.models_dir, {"DIGITS_GRPC_PORT": str(served.grpc_port)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    try:
+        with httpx.Client(timeout=2) as client:
+            while second.poll() is None and time.monotonic() < deadline:
+                try:
+                    started = client.get(f"http://{HOST}:{port}/health/ready").status_code == 200
+                except httpx.TransportError:
+                    started = False
+                assert not started, "a second server started on a gRPC port already in use"
+                time.sleep(0.2)
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.wait()
+    log = log_path.read_text(errors="replace")
+    assert second.returncode != 0, log
+    assert f"cannot listen on {HOST}:{served.grpc_port}" in log, log
+    with triton_grpc.InferenceServerClient(served.grpc_url) as client:
+        assert client.is_server_ready()  # the first server still has its port
