@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn
 import grpc
 import numpy as np
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from app.api.deps import API_KEY_HEADER
@@ -123,8 +124,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             model = resolve_model(
                 self._store, request.model_name, parse_version(request.model_version)
             )
-            images = self._images(request)
             outputs = self._outputs(request)
+            if request.raw_input_contents or len(request.inputs) != 1:
+                images = self._images(request)
+            else:  # typed contents: a Python value per pixel, converted off the event loop
+                images = await run_in_threadpool(self._images, request)
         except ProtocolError as exc:
             await self._abort(context, exc)
         result = await self._worker.predict(model, images)

@@ -8,20 +8,25 @@ the committed model and MNIST's test images, the outputs must be the SavedModel 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from app.main import create_app
 from tests.app.conftest import ModelsDir, make_settings
+from tests.support.servers import free_port
 
 MNIST = tuple[np.ndarray, np.ndarray]
 COUNT = 32
 HEADER = "Inference-Header-Content-Length"
-EMPTY = [0] * 784
+EMPTY_IMAGE = [[0] * 28 for _ in range(28)]
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +350,146 @@ def test_api_key_is_required_for_infer_only(models: ModelsDir) -> None:
     assert_v2_error(missing, 401, "X-API-Key")
     assert right.status_code == 200
     assert metadata.status_code == 200
+
+
+# --- the gRPC door, in process; and one worker behind every door -----------------------------
+
+
+@pytest.fixture
+def grpc_app(models: ModelsDir) -> Iterator[tuple[TestClient, str]]:
+    """The app with its gRPC service on (lifespan running), and the gRPC address."""
+    models.add(1, digit=1)
+    port = free_port()
+    settings = make_settings(models.path, grpc_port=port, max_batch_size=4)
+    with TestClient(create_app(settings)) as client:
+        yield client, f"127.0.0.1:{port}"
+
+
+def grpc_infer(address: str, request: Any) -> Any:
+    """Send one ModelInferRequest through the protocol's own stub."""
+    with grpc.insecure_channel(address) as channel:
+        return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+
+
+def infer_request(shape: list[int], datatype: str = "UINT8", **fields: Any) -> Any:
+    request = service_pb2.ModelInferRequest(model_name="mnist", **fields)
+    request.inputs.add(name="images", datatype=datatype, shape=shape)
+    return request
+
+
+def test_grpc_raw_and_typed_contents(grpc_app: tuple[TestClient, str]) -> None:
+    _, address = grpc_app
+    raw = infer_request([2, 28, 28], id="raw")
+    raw.raw_input_contents.append(bytes(2 * 784))
+    typed = infer_request([1, 28, 28])
+    typed.inputs[0].contents.uint_contents.extend([0] * 784)
+    typed.outputs.add(name="digit")
+    for request, count, names in ((raw, 2, ["probabilities", "digit"]), (typed, 1, ["digit"])):
+        response = grpc_infer(address, request)
+        assert response.model_version == "1"
+        assert response.id == request.id
+        assert [o.name for o in response.outputs] == names
+        digits = np.frombuffer(response.raw_output_contents[names.index("digit")], "<i8")
+        np.testing.assert_array_equal(digits, [1] * count)
+
+
+def _typed(values: list[int]) -> Any:
+    request = infer_request([1, 28, 28])
+    request.inputs[0].contents.uint_contents.extend(values)
+    return request
+
+
+def _raw(shape: list[int], size: int, datatype: str = "UINT8") -> Any:
+    request = infer_request(shape, datatype)
+    request.raw_input_contents.append(bytes(size))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_factory", "words"),
+    [
+        (lambda: _raw([1, 28, 28], 783), ["783"]),
+        (lambda: _raw([5, 28, 28], 5 * 784), ["at most 4"]),
+        (lambda: _raw([1, 28, 28], 784 * 4, "FP32"), ["UINT8"]),
+        (lambda: _typed([0] * 783), ["783"]),
+        (lambda: _typed([256] * 784), ["0-255"]),
+        (lambda: service_pb2.ModelInferRequest(model_name="mnist"), ["exactly one"]),
+    ],
+)
+def test_grpc_bad_requests_are_invalid_argument(
+    grpc_app: tuple[TestClient, str], request_factory: Any, words: list[str]
+) -> None:
+    _, address = grpc_app
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_infer(address, request_factory())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for word in words:
+        assert word in error.value.details()
+
+
+def test_grpc_unknown_model_or_version_is_not_found(grpc_app: tuple[TestClient, str]) -> None:
+    _, address = grpc_app
+    for fields in ({"model_version": "9"}, {"model_name": "fashion"}):
+        request = _raw([1, 28, 28], 784)
+        for key, value in fields.items():
+            setattr(request, key, value)
+        with pytest.raises(grpc.RpcError) as error:
+            grpc_infer(address, request)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_door_shares_the_one_inference_worker(models: ModelsDir) -> None:
+    """Requests arriving at the same time over v2 REST, TF Serving REST and gRPC: one model call.
+
+    The worker waits up to DIGITS_MAX_BATCH_DELAY_MS for more work after the first request;
+    the three requests reach it well within that, so they must share one call.
+    """
+    models.add(1, digit=1)
+    port = free_port()
+    settings = make_settings(models.path, grpc_port=port, max_batch_delay_ms=1500)
+    with TestClient(create_app(settings)) as client:
+        v2_body = {"inputs": [images_input(np.zeros((2, 28, 28), np.uint8))]}
+        grpc_request = _raw([3, 28, 28], 3 * 784)
+
+        def v2() -> Any:
+            return client.post("/v2/models/mnist/infer", json=v2_body).json()
+
+        def tfserving() -> Any:
+            return client.post("/v1/models/mnist:predict", json={"instances": [EMPTY_IMAGE]})
+
+        def over_grpc() -> Any:
+            return grpc_infer(f"127.0.0.1:{port}", grpc_request)
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(call) for call in (v2, tfserving, over_grpc)]
+            answers = [f.result(timeout=60) for f in futures]
+        inference = client.get("/metrics").json()["service"]["inference"]
+    assert answers[0]["outputs"][1]["data"] == [1, 1]
+    assert answers[1].json()["predictions"][0]["digit"] == 1
+    assert np.frombuffer(answers[2].raw_output_contents[1], "<i8").tolist() == [1, 1, 1]
+    assert (inference["model_calls"], inference["requests"], inference["images"]) == (1, 3, 6)
+
+
+def test_openapi_lists_the_v2_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        "/v2": "get",
+        "/v2/health/live": "get",
+        "/v2/health/ready": "get",
+        "/v2/models/{model_name}": "get",
+        "/v2/models/{model_name}/versions/{version}": "get",
+        "/v2/models/{model_name}/ready": "get",
+        "/v2/models/{model_name}/versions/{version}/ready": "get",
+        "/v2/models/{model_name}/infer": "post",
+        "/v2/models/{model_name}/versions/{version}/infer": "post",
+    }
+    for path, method in expected.items():
+        operation = paths[path][method]
+        assert operation["summary"].startswith("Open Inference Protocol"), path
+        assert len(operation["description"]) > 40, path
+        assert operation["tags"] == ["open-inference-protocol"], path
+    infer = paths["/v2/models/{model_name}/infer"]["post"]
+    assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
+    for status in ("400", "401", "404", "503"):
+        schema = infer["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ProtocolErrorResponse"), status

@@ -290,3 +290,28 @@ def test_the_service_keeps_its_own_error_shape_elsewhere(client: TestClient) -> 
     response = client.post("/predict")
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_openapi_lists_the_tfserving_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        "/v1/models/{model_name}": "get",
+        "/v1/models/{model_name}/versions/{version}": "get",
+        "/v1/models/{model_name}/labels/{label}": "get",
+        "/v1/models/{model_name}/metadata": "get",
+        "/v1/models/{model_name}/versions/{version}/metadata": "get",
+        "/v1/models/{model_name}/labels/{label}/metadata": "get",
+        "/v1/models/{model_name}:predict": "post",
+        "/v1/models/{model_name}/versions/{version}:predict": "post",
+        "/v1/models/{model_name}/labels/{label}:predict": "post",
+    }
+    for path, method in expected.items():
+        operation = paths[path][method]
+        assert operation["summary"].startswith("TF Serving"), path
+        assert len(operation["description"]) > 40, path
+        assert operation["tags"] == ["tensorflow-serving"], path
+        schema = operation["responses"]["404"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ProtocolErrorResponse"), path
+    predict = paths["/v1/models/{model_name}:predict"]["post"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert {"instances", "inputs", "signature_name"} <= set(body["properties"])
