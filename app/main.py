@@ -19,7 +19,18 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.routes import docs, health, metrics, model, predict, recognize, web
+from app import grpc_service
+from app.api.routes import (
+    docs,
+    health,
+    inference_v2,
+    metrics,
+    model,
+    predict,
+    recognize,
+    tfserving,
+    web,
+)
 from app.core.config import Settings, get_settings
 from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
@@ -71,9 +82,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settle_heap()
     app.state.started = True
     worker.start()
+    grpc_server = await grpc_service.start(app)
     try:
         yield
     finally:
+        await grpc_service.stop(grpc_server)
         store.stop_polling()
         worker.stop()
         if app.state.own_tracer_provider is not None:
@@ -145,6 +158,8 @@ def create_app(
         model.router,
         metrics.router,
         health.router,
+        tfserving.router,
+        inference_v2.router,
         web.router,
         docs.router,
     ]

@@ -113,6 +113,16 @@ class Settings(BaseSettings):
         default=None,
         description="When set, every prediction endpoint requires the header X-API-Key.",
     )
+    grpc_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol's gRPC service; 0 turns it off.",
+    )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        description="Address the gRPC service listens on (0.0.0.0 in a container).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     max_digits: int = Field(
