@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app()`` builds it, its lifespan loads the model.
 
-Run it with ``uvicorn app.main:create_app --factory``. Settings come from the environment
-(``DIGITS_*``, see :mod:`app.core.config`) unless passed in, as tests do.
+Run it with ``python -m app.serve`` (:mod:`app.serve`: uvicorn with the connection limits).
+Settings come from the environment (``DIGITS_*``, see :mod:`app.core.config`) unless passed in,
+as tests do.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import ApiError
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import configure_logging
+from app.core.security_headers import SecurityHeadersMiddleware
 from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
 from app.inference import InferenceWorker
 from app.model_store import LoadedModel, ModelStore, configure_tensorflow
@@ -145,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_reject=telemetry.count_error,
     )
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry, routes=templates)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

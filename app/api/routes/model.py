@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import ApiKeyDep, SettingsDep, StoreDep
 from app.model_store import SIGNATURE, versions_on_disk
-from app.schemas import FailedVersionInfo, ModelResponse, Signature, TensorSpec
+from app.schemas import FailedVersionInfo, ModelResponse, Signature, TensorSpec, error_responses
 
-router = APIRouter(prefix="/model", tags=["model"])
+# Behind the API key like the prediction routes: it lists the models directory's contents and
+# why versions failed, which is for operators and the service's clients, not for anyone.
+router = APIRouter(prefix="/model", tags=["model"], dependencies=[ApiKeyDep])
 
 
 @router.get(
@@ -22,6 +24,7 @@ router = APIRouter(prefix="/model", tags=["model"])
         "(`DIGITS_MODEL_POLL_SECONDS`)."
     ),
     response_model=ModelResponse,
+    responses=error_responses(401),
 )
 async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
     """Describe the served model and the versions on disk."""
