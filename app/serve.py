@@ -175,10 +175,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # the head is complete (on_headers_complete).
         counted = self._in_head
         super().data_received(data)
-        if counted and self._in_head and not self.transport.is_closing():
+        if not self._in_head or self.transport.is_closing():
+            return
+        if counted:
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431)
+                return
+        # Armed only for a head that spans reads: most arrive whole, and cost no timer.
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self.limits.header_timeout_seconds, self._head_timed_out
+            )
 
     # --- parser callbacks ---------------------------------------------------------------------
 
@@ -191,10 +199,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._message_complete = False
         self._drained = 0
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                self.limits.header_timeout_seconds, self._head_timed_out
-            )
 
     def on_headers_complete(self) -> None:
         """Check the head's exact size, then hand the request to uvicorn."""

@@ -171,6 +171,19 @@ def test_a_half_sent_head_is_answered_408_and_closed_even_while_bytes_trickle_in
     assert result.sent < len(b"".join(trickle)), "the client was cut off before it finished"
 
 
+def test_a_half_sent_next_request_on_a_kept_alive_connection_is_answered_408(
+    server: RunningServer,
+) -> None:
+    # Its first byte stops the keep-alive timer; the header timeout must take over.
+    parts = [request_head(), b"GET /health/live HTTP/1.1\r\nHost: x\r\n"]
+    result = exchange(server.port, parts, pause=0.3)
+    assert result.status == 200
+    answers = result.received.split(b"HTTP/1.1 ")[1:]
+    assert [answer[:3] for answer in answers] == [b"200", b"408"]
+    assert result.closed_after is not None
+    assert result.closed_after < HEADER_TIMEOUT + SLACK
+
+
 # --- header size ------------------------------------------------------------------------------
 
 
