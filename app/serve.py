@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import uvicorn
-from uvicorn.config import Config
+from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -363,8 +364,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tame_allocator()
     settings = get_settings()
+    config = uvicorn.Config(**uvicorn_options(settings, args.host, args.port))  # sets up logging
     ensure_descriptors(settings.max_connections)
-    uvicorn.run(**uvicorn_options(settings, args.host, args.port))
+    logger.info(
+        "Connection limits: %d connections, keep-alive %d s, request head within %g s and "
+        "%d bytes, graceful shutdown %d s",
+        settings.max_connections,
+        settings.keep_alive_seconds,
+        settings.header_timeout_seconds,
+        settings.max_header_bytes,
+        settings.graceful_shutdown_seconds,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        # What uvicorn.run does: a server that never started (port taken, app import failed).
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":
