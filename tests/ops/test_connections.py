@@ -16,16 +16,18 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.ops.conftest import ServedModel, assert_error_shape, install_version
 from tests.ops.test_shutdown import HalfSentRequest, _in_progress, _multipart
-from tests.support.servers import HOST, RunningServer
+from tests.support.servers import HOST, REPO, RunningServer
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +37,12 @@ HEADER_TIMEOUT = 2.0
 MAX_CONNECTIONS = 20
 MAX_UPLOAD = 10_000
 MAX_HEADER = 32 * 1024
+# Whom the compose stack trusts with X-Forwarded-For (the api service's setting).
+COMPOSE_TRUST = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["api"][
+    "environment"
+]["FORWARDED_ALLOW_IPS"]
 LIMITS = {
+    "FORWARDED_ALLOW_IPS": COMPOSE_TRUST,
     "DIGITS_KEEP_ALIVE_SECONDS": str(KEEP_ALIVE),
     "DIGITS_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
     "DIGITS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
@@ -358,6 +365,21 @@ def test_model_needs_the_key_health_and_metrics_do_not(server: RunningServer) ->
     assert right.status_code == 200
     assert right.json()["version"] == 1
     assert open_routes == {"/health/live": 200, "/health/ready": 200, "/metrics": 200}
+
+
+def test_a_forged_forwarded_for_from_outside_the_trusted_networks_is_ignored(
+    server: RunningServer,
+) -> None:
+    # This client (loopback) is not the compose network's proxy: what it claims is not logged.
+    marker = f"/forwarded-for-probe-{uuid.uuid4().hex}"  # a path of its own, in the log
+    forged = httpx.get(f"{server.url}{marker}", headers={"X-Forwarded-For": "6.6.6.6"})
+    assert forged.status_code == 404
+    deadline = time.monotonic() + SLACK
+    while not (lines := [line for line in server.log().splitlines() if marker in line]):
+        assert time.monotonic() < deadline, f"no access log line:\n{server.tail()}"
+        time.sleep(0.05)
+    assert "6.6.6.6" not in lines[0]
+    assert f"{HOST}:" in lines[0]
 
 
 # --- graceful shutdown -------------------------------------------------------------------------
