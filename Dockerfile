@@ -4,7 +4,8 @@
 #   deps        virtualenv with the runtime dependencies of pyproject.toml (no project code)
 #   train-deps  deps + the [train] extra
 #   train       `python -m training`, writes a new models/mnist/<version>/ (compose profile "train")
-#   runtime     the API: uvicorn on :8000, non-root, with the bundled model (default target)
+#   runtime     the API: `python -m app.serve` (uvicorn with the connection limits) on :8000,
+#               non-root, with the bundled model (default target)
 #
 #   docker build -t mnist-digits .
 #   docker build --target train -t mnist-digits-train .
@@ -64,10 +65,12 @@ CMD ["--recipe", "default"]
 FROM ${PYTHON_IMAGE} AS runtime
 # DIGITS_MODELS_DIR is where the bundled model is copied; a read-only volume mounted on the
 # same path (docker run -v "$PWD/models/mnist:/app/models/mnist:ro") replaces it.
+# MALLOC_ARENA_MAX: glibc otherwise gives each decoding thread its own heap and keeps it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=1 \
+    MALLOC_ARENA_MAX=2 \
     DIGITS_MODELS_DIR=/app/models/mnist
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
@@ -80,10 +83,13 @@ COPY models/mnist/ /app/models/mnist/
 COPY app/ /app/app/
 USER 10001:10001
 EXPOSE 8000
-# uvicorn finishes in-flight requests on SIGTERM for up to --timeout-graceful-shutdown seconds;
-# the orchestrator's stop timeout (compose stop_grace_period) must be longer than that.
+# On SIGTERM requests in flight may finish for up to DIGITS_GRACEFUL_SHUTDOWN_SECONDS (20 s by
+# default, applied by the launcher); the orchestrator's stop timeout (compose
+# stop_grace_period) must be longer than that.
 STOPSIGNAL SIGTERM
 # slim has no curl; Python's urllib is already there. A 503 (model not loaded) raises: unhealthy.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
-CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "5"]
+# The launcher (app/serve.py) runs uvicorn with the connection limits and the graceful-shutdown
+# timeout from the DIGITS_* settings, the same command as `make serve` and compose.
+CMD ["python", "-m", "app.serve", "--host", "0.0.0.0", "--port", "8000"]

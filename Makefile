@@ -19,8 +19,10 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 
+# The launcher applies the connection limits and graceful-shutdown timeout (DIGITS_* settings,
+# README "Limits"); MALLOC_ARENA_MAX keeps glibc from growing one heap per decoding thread.
 serve: install
-	$(BIN)/uvicorn app.main:create_app --factory --host 127.0.0.1 --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/python -m app.serve --host 127.0.0.1 --port $(PORT)
 
 train: install-dev
 	$(BIN)/python -m training --recipe default

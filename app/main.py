@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app()`` builds it, its lifespan loads the model.
 
-Run it with ``uvicorn app.main:create_app --factory``. Settings come from the environment
-(``DIGITS_*``, see :mod:`app.core.config`) unless passed in, as tests do.
+Run it with ``python -m app.serve`` (:mod:`app.serve`: uvicorn with the connection limits).
+Settings come from the environment (``DIGITS_*``, see :mod:`app.core.config`) unless passed in,
+as tests do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import configure_logging, import_tensorflow
 from app.core.request_id import RequestIdMiddleware
+from app.core.security_headers import SecurityHeadersMiddleware
 from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.inference import InferenceWorker
@@ -181,6 +183,7 @@ def create_app(
         on_reject=telemetry.count_error,
     )
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry, routes=templates)
+    app.add_middleware(SecurityHeadersMiddleware)
     provider = tracer_provider or tracer_provider_from_environment()
     app.state.own_tracer_provider = provider if tracer_provider is None else None
     if provider is not None:

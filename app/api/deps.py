@@ -26,8 +26,8 @@ API_KEY_HEADER = "X-API-Key"
 _api_key_scheme = APIKeyHeader(
     name=API_KEY_HEADER,
     auto_error=False,
-    description="Required on prediction endpoints when the service is started with "
-    "DIGITS_API_KEY set.",
+    description="Required on the prediction endpoints and /model when the service is started "
+    "with DIGITS_API_KEY set.",
 )
 
 

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="When set, every prediction endpoint requires the header X-API-Key.",
+        description="When set, the prediction endpoints and /model require the header X-API-Key.",
     )
     grpc_port: int = Field(
         default=0,
@@ -137,6 +137,32 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="A digit read with lower confidence than this flags the answer for review.",
+    )
+
+    # Connections: applied by the launcher (``python -m app.serve``), where uvicorn faces clients.
+    max_connections: int = Field(
+        default=256,
+        gt=0,
+        description="Most client connections open at once; one more is answered 503 and closed.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, gt=0, description="An idle keep-alive connection is closed after this long."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Time a client has to send a complete request head (line and headers), from "
+        "connecting or from the first byte of its next request; then 408 and closed.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers); 431 and closed above it.",
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=20,
+        gt=0,
+        description="On SIGTERM, how long requests in flight may finish before they are cancelled.",
     )
 
     @field_validator("versions")

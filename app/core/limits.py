@@ -13,7 +13,9 @@ the 413 (on a real uvicorn server, 86 of 100 chunked uploads over the limit got 
 uploads with a Content-Length did too under concurrent load). uvicorn reads and discards the
 rest of a body whose response is complete. Only a declared body far over the limit
 (more than ``DRAIN_FACTOR`` times it) gets ``Connection: close``, so nobody makes the server read
-gigabytes.
+gigabytes. A chunked body declares no length, so the launcher (:mod:`app.serve`) bounds the
+discarding instead: after ``DRAIN_FACTOR`` times the limit, or the header timeout, the
+connection is closed (uvicorn alone read an endless one for as long as it came).
 """
 
 from __future__ import annotations

@@ -121,4 +121,6 @@ def test_api_key_is_documented_when_configured(models: ModelsDir) -> None:
         openapi = client.get("/openapi.json").json()
     assert openapi["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
     assert openapi["paths"]["/predict"]["post"]["security"] == [{"APIKeyHeader": []}]
-    assert "security" not in openapi["paths"]["/model"]["get"]
+    assert openapi["paths"]["/model"]["get"]["security"] == [{"APIKeyHeader": []}]
+    for path in ("/metrics", "/health/live", "/health/ready"):
+        assert "security" not in openapi["paths"][path]["get"], path

@@ -267,5 +267,8 @@ def test_api_key_is_required_when_configured(keyed_client: TestClient) -> None:
 
 
 def test_operational_endpoints_need_no_key(keyed_client: TestClient) -> None:
-    for path in ("/health/live", "/health/ready", "/model", "/metrics"):
+    # Probes and Prometheus scrapers carry no key; /model lists the models directory, so it does.
+    for path in ("/health/live", "/health/ready", "/metrics"):
         assert keyed_client.get(path).status_code == 200, path
+    assert_error(keyed_client.get("/model"), 401, "missing_api_key")
+    assert keyed_client.get("/model", headers={"X-API-Key": "s3cret-key"}).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tests.deploy.formats import (
     nginx_size,
 )
 from tests.deploy.test_dockerfile import HEALTH_URL
+from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # Interpolation as on a fresh machine: no variable set, every ${X:-default} takes its default.
 FRESH_ENV: dict[str, str] = {}
@@ -93,6 +95,16 @@ def _api_port(dockerfile: Dockerfile) -> int:
     port = _option(_argv(dockerfile, "CMD"), "--port")
     assert port is not None
     return int(port)
+
+
+def _api_settings(services: dict[str, dict[str, Any]]) -> Settings:
+    """The settings the api service runs with: its compose environment over the defaults."""
+    values = {
+        key.removeprefix("DIGITS_").lower(): value
+        for key, value in services["api"]["environment"].items()
+        if key.startswith("DIGITS_") and value is not None
+    }
+    return Settings.model_validate(values)
 
 
 # ----------------------------------------------------------------------------- specification
@@ -215,12 +227,47 @@ def test_api_restart_memory_limit_and_graceful_stop(
     assert api["restart"] in {"always", "unless-stopped", "on-failure"}
     memory = compose_bytes(api["deploy"]["resources"]["limits"]["memory"])
     assert 512 * 1024**2 <= memory <= 4 * 1024**3
-    graceful = _option(_argv(dockerfile, "CMD"), "--timeout-graceful-shutdown")
-    assert graceful is not None
+    graceful = _api_settings(services).graceful_shutdown_seconds
+    assert api["environment"]["DIGITS_GRACEFUL_SHUTDOWN_SECONDS"] == str(graceful), "explicit"
     assert api["stop_signal"] == "SIGTERM"
-    assert compose_seconds(api["stop_grace_period"]) > float(graceful), (
-        "Docker must wait longer than uvicorn's graceful shutdown before SIGKILL"
+    assert compose_seconds(api["stop_grace_period"]) > graceful, (
+        "Docker must wait longer than the service's graceful shutdown before SIGKILL"
     )
+
+
+def test_api_runs_the_launcher_with_connection_limits_and_the_allocator_capped(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    api = services["api"]
+    assert "command" not in api, "the image's CMD, the launcher, starts the service"
+    assert "entrypoint" not in api
+    assert _argv(dockerfile, "CMD")[:3] == ["python", "-m", LAUNCHER]
+    assert api["environment"]["MALLOC_ARENA_MAX"] == MALLOC_ARENA_MAX
+    settings = _api_settings(services)
+    for name in (
+        "GRACEFUL_SHUTDOWN_SECONDS",
+        "KEEP_ALIVE_SECONDS",
+        "HEADER_TIMEOUT_SECONDS",
+        "MAX_CONNECTIONS",
+        "MAX_HEADER_BYTES",
+    ):
+        assert f"DIGITS_{name}" in api["environment"], f"DIGITS_{name} stated in compose"
+    assert settings.keep_alive_seconds < settings.header_timeout_seconds
+    assert settings.max_header_bytes <= 64 * 1024
+
+
+def test_api_trusts_forwarded_addresses_only_from_private_networks_and_nginx_overwrites(
+    services: dict[str, dict[str, Any]], nginx: NginxBlock
+) -> None:
+    trusted = services["api"]["environment"]["FORWARDED_ALLOW_IPS"]
+    assert trusted != "*", "any peer could then set the client address the service logs"
+    networks = [ipaddress.ip_network(part.strip()) for part in trusted.split(",")]
+    assert networks
+    assert all(network.is_private for network in networks), networks
+    forwarded = [d.args for d in nginx.find("proxy_set_header") if d.args[0] == "X-Forwarded-For"]
+    # $proxy_add_x_forwarded_for would append to what the client sent, and uvicorn takes the
+    # leftmost address when it trusts the whole chain: the client could name any address.
+    assert forwarded == [["X-Forwarded-For", "$remote_addr"]]
 
 
 # ----------------------------------------------------------------------------- lb (nginx)
@@ -262,7 +309,9 @@ def test_lb_healthcheck_hits_its_own_health_location(
     assert ["=", match["path"]] in locations
 
 
-def test_lb_limits_agree_with_the_service(nginx: NginxBlock, dockerfile: Dockerfile) -> None:
+def test_lb_limits_agree_with_the_service(
+    nginx: NginxBlock, services: dict[str, dict[str, Any]]
+) -> None:
     (body_limit,) = nginx.find("client_max_body_size")
     assert nginx_size(body_limit.args[0]) > Settings().max_upload_bytes, (
         "the service, not nginx, must answer an oversized upload, in the API's error shape"
@@ -270,11 +319,16 @@ def test_lb_limits_agree_with_the_service(nginx: NginxBlock, dockerfile: Dockerf
     (upstream,) = nginx.find("upstream")
     idle = upstream.directive("keepalive_timeout")
     assert idle is not None
-    server_idle = _option(_argv(dockerfile, "CMD"), "--timeout-keep-alive", default="5")
-    assert server_idle is not None
-    assert nginx_seconds(idle.args[0]) < float(server_idle), (
+    server_idle = _api_settings(services).keep_alive_seconds
+    assert nginx_seconds(idle.args[0]) < server_idle, (
         "nginx must close idle upstream connections before uvicorn does, or it can reuse a "
         "closing socket and answer 502"
+    )
+    (server,) = [d for d in upstream.children if d.name == "server"]
+    max_conns = [int(arg.split("=", 1)[1]) for arg in server.args if arg.startswith("max_conns=")]
+    assert max_conns, "nginx must not open more connections to a replica than it accepts"
+    assert max_conns[0] < _api_settings(services).max_connections, (
+        "room left for the healthcheck, which connects to the replica directly"
     )
     retry = nginx.find("proxy_next_upstream")[0].args
     assert "http_503" in retry, "a replica still warming up hands the request on"
@@ -352,7 +406,8 @@ def test_tfserving_serves_the_same_models_read_only(services: dict[str, dict[str
     assert model_mount["source"] == MODELS_SOURCE
     assert model_mount["read_only"] is True
     assert flags["rest_api_port"] == "8501"
-    assert _resolved(serving["ports"]) == ["8501:8501"]
+    # TF Serving has no authentication: reachable from this host only, never the network.
+    assert _resolved(serving["ports"]) == ["127.0.0.1:8501:8501"]
     probe = serving["healthcheck"]["test"][-1]
     assert "/dev/tcp/127.0.0.1/8501" in probe
     assert "/v1/models/mnist" in probe

@@ -12,6 +12,7 @@ import pytest
 from app.core.config import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
+from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # The only files that may enter the image before dependencies are installed: with anything
 # else in that layer's inputs, a code edit would reinstall TensorFlow.
@@ -118,12 +119,16 @@ def test_start_command(dockerfile: Dockerfile) -> None:
     cmd = dockerfile.final.last("CMD")
     assert cmd is not None
     argv = cmd.exec_form()
-    assert argv is not None, "exec form, so uvicorn is PID 1 and receives SIGTERM itself"
-    assert argv[:3] == ["uvicorn", "app.main:create_app", "--factory"]
+    assert argv is not None, "exec form, so the server is PID 1 and receives SIGTERM itself"
+    # The launcher applies the connection limits and the graceful-shutdown timeout; plain
+    # `uvicorn app.main:create_app` would serve without them.
+    assert argv[:3] == ["python", "-m", LAUNCHER]
     assert _option(argv, "--host") == "0.0.0.0"
-    graceful = _option(argv, "--timeout-graceful-shutdown")
-    assert graceful is not None
-    assert int(graceful) > 0
+    assert set(argv[3::2]) == {"--host", "--port"}, "every other setting is a DIGITS_* variable"
+    assert not any(
+        key.startswith("DIGITS_") and key != "DIGITS_MODELS_DIR" for key in dockerfile.final.env()
+    ), "the limits' defaults live in one place: Settings"
+    assert dockerfile.final.env()["MALLOC_ARENA_MAX"] == MALLOC_ARENA_MAX
     assert dockerfile.final.last("ENTRYPOINT") is None, "CMD alone, so `docker run IMG cmd` works"
     stop = dockerfile.final.last("STOPSIGNAL")
     assert stop is not None

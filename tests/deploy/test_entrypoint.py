@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from app.core.config import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore
 from tests.support.servers import HOST, as_pid_1, child_pid, free_port, log_tail, wait_until_ready
@@ -116,7 +117,9 @@ def test_start_command_serves_the_bundled_model_and_stops_on_sigterm(
         healthy = subprocess.run(probe, env=environment, capture_output=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr.decode()
 
-        graceful = float(argv[argv.index("--timeout-graceful-shutdown") + 1])
+        # The launcher applies the graceful-shutdown timeout; the image leaves it at its default.
+        graceful = Settings.model_fields["graceful_shutdown_seconds"].default
+        assert "DIGITS_GRACEFUL_SHUTDOWN_SECONDS" not in environment
         os.kill(child_pid(server), signal.SIGTERM)  # what `docker stop` sends, to PID 1
         assert server.wait(timeout=graceful + 15) == 0, log_tail(log)
     finally:

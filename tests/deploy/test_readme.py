@@ -208,8 +208,9 @@ def check_curl(words: list[str], facts: Facts) -> None:
     """A ``curl`` to the API names a route; one to TF Serving names the mnist model."""
     urls = [word for word in words if word.startswith("http")]
     assert urls, f"{shlex.join(words)}: no URL"
+    # [host_ip:]host_port:container_port; TF Serving is published on loopback only.
     serving_ports = {
-        entry.split(":")[0]
+        entry.split(":")[-2]
         for entry in facts.services.get("tfserving", {}).get("ports", [])
         if isinstance(entry, str)
     }
@@ -217,6 +218,7 @@ def check_curl(words: list[str], facts: Facts) -> None:
         parts = urlsplit(url)
         if str(parts.port) in serving_ports:
             assert parts.path.startswith("/v1/models/mnist"), url
+            assert parts.hostname in {"127.0.0.1", "localhost"}, f"{url}: published on loopback"
         else:
             assert parts.port == 8000, f"{url}: the compose stack and image answer on 8000"
             assert parts.path in facts.routes, f"{url}: no such route"

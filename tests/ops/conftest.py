@@ -1,7 +1,7 @@
 """Fixtures for the operations tests: the real service under uvicorn, in its own process.
 
-Each test that needs a server starts one with :func:`start_server` (``uvicorn
-app.main:create_app --factory`` on 127.0.0.1 and a free port, settings through ``DIGITS_*``
+Each test that needs a server starts one with :func:`start_server` (the production launcher,
+``python -m app.serve``, on 127.0.0.1 and a free port, settings through ``DIGITS_*``
 environment variables, output captured to a log file; see :mod:`tests.support.servers`) and
 gets it stopped at the end.
 
@@ -159,7 +159,7 @@ class ServerFactory:
         *,
         wait_for: str = "ready",
         as_pid_1: bool = False,
-        graceful_seconds: float = 10.0,
+        graceful_seconds: int = 10,
     ) -> RunningServer:
         """Start the service and wait until ``/health/<wait_for>`` answers 200.
 
@@ -169,8 +169,7 @@ class ServerFactory:
         server = RunningServer.start(
             models_dir,
             self._tmp / f"server-{len(self._servers)}.log",
-            env=env,
-            uvicorn_args=["--timeout-graceful-shutdown", f"{graceful_seconds:g}"],
+            env={"DIGITS_GRACEFUL_SHUTDOWN_SECONDS": f"{graceful_seconds:g}", **(env or {})},
             pid_1=as_pid_1,
             ready_path=f"/health/{wait_for}",
         )

@@ -51,8 +51,7 @@ def server(
     running = RunningServer.start(
         root / "models",
         root / "server.log",
-        env={"DIGITS_LOG_LEVEL": "WARNING"},
-        uvicorn_args=["--timeout-graceful-shutdown", "5"],
+        env={"DIGITS_LOG_LEVEL": "WARNING", "DIGITS_GRACEFUL_SHUTDOWN_SECONDS": "5"},
     )
     try:
         yield running

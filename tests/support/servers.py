@@ -1,10 +1,11 @@
 """The real service under uvicorn, in its own process, for the tests that need a live server.
 
-:meth:`RunningServer.start` runs ``uvicorn app.main:create_app --factory`` on loopback and a
-free port, with this machine's environment minus any ``DIGITS_*`` setting (so a developer's
-shell cannot change what a test sees), output captured to a log file, and waits until a health
-route answers 200. Waits are bounded, never speed checks: importing TensorFlow on a busy 2-core
-machine takes seconds.
+:meth:`RunningServer.start` runs the production launcher, ``python -m app.serve`` (the command
+of ``make serve``, the Dockerfile and compose, so the server has their connection limits), on
+loopback and a free port, with this machine's environment minus any ``DIGITS_*`` setting (so a
+developer's shell cannot change what a test sees) plus the start commands' ``MALLOC_ARENA_MAX``,
+output captured to a log file, and waits until a health route answers 200. Waits are bounded,
+never speed checks: importing TensorFlow on a busy 2-core machine takes seconds.
 
 The pieces are usable on their own too (:func:`free_port`, :func:`wait_until_ready`,
 :func:`as_pid_1`, :func:`child_pid`) for tests that must start a command of their own, such as
@@ -29,7 +30,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-APP = "app.main:create_app"
+LAUNCHER = "app.serve"
+#: What every start command (Makefile, Dockerfile, compose) sets; tests/deploy checks they agree.
+MALLOC_ARENA_MAX = "2"
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -47,12 +50,13 @@ def server_environment(
     """This machine's environment without ``DIGITS_*``, serving ``models_dir``, then ``overrides``.
 
     Output is unbuffered so the log is complete when a test reads it, and TensorFlow's C++
-    chatter is kept out of it.
+    chatter is kept out of it. The allocator is capped as the start commands cap it.
     """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     environment.update(
         {
             "DIGITS_MODELS_DIR": str(models_dir),
+            "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
@@ -120,7 +124,7 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass
 class RunningServer:
-    """A uvicorn process serving the app; ``pid`` is uvicorn's own (not unshare's)."""
+    """The launcher's uvicorn process serving the app; ``pid`` is its own (not unshare's)."""
 
     process: subprocess.Popen[bytes]
     pid: int
@@ -134,29 +138,17 @@ class RunningServer:
         log_path: Path,
         *,
         env: Mapping[str, str] | None = None,
-        uvicorn_args: Sequence[str] = (),
         pid_1: bool = False,
         ready_path: str = "/health/ready",
         ready_timeout: float = READY_TIMEOUT_SECONDS,
     ) -> RunningServer:
         """Start the service and wait until ``ready_path`` answers 200 (stopped if it never does).
 
-        ``env`` overrides the clean :func:`server_environment`; ``uvicorn_args`` are added to
-        the command line; ``pid_1`` runs uvicorn as PID 1 of a new PID namespace.
+        ``env`` overrides the clean :func:`server_environment` (limits are ``DIGITS_*``
+        settings, as in production); ``pid_1`` runs the server as PID 1 of a new PID namespace.
         """
         port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            APP,
-            "--factory",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            *uvicorn_args,
-        ]
+        command = [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(port)]
         if pid_1:
             command = as_pid_1(command)
         log_path.parent.mkdir(parents=True, exist_ok=True)

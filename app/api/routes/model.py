@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import ApiKeyDep, SettingsDep, StoreDep
 from app.model_store import SIGNATURE
 from app.schemas import (
     FailedVersionInfo,
@@ -15,9 +15,12 @@ from app.schemas import (
     Signature,
     TensorSpec,
     VersionPolicyInfo,
+    error_responses,
 )
 
-router = APIRouter(prefix="/model", tags=["model"])
+# Behind the API key like the prediction routes: it lists the models directory's contents and
+# why versions failed, which is for operators and the service's clients, not for anyone.
+router = APIRouter(prefix="/model", tags=["model"], dependencies=[ApiKeyDep])
 
 
 @router.get(
@@ -33,6 +36,7 @@ router = APIRouter(prefix="/model", tags=["model"])
         "restart when polling is on (`DIGITS_MODEL_POLL_SECONDS`)."
     ),
     response_model=ModelResponse,
+    responses=error_responses(401),
 )
 async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
     """Describe the served versions and the versions on disk."""
