@@ -5,7 +5,8 @@ like a scan or a photo of handwriting; nothing is taken from MNIST or any other 
 service sees them as it would see a user's upload. The output is deterministic: running the
 script again gives the same pixels (a test checks the shipped files against it).
 
-- ``digit.png``: one handwritten-style 3, for ``POST /predict``.
+- ``digit.png``, ``digit-7.png``: one handwritten-style 3 and 7, for ``POST /predict`` and
+  ``POST /predict/batch``.
 - ``postal-code.png``: the code 75011 written in a row, for ``POST /recognize``.
 """
 
@@ -80,7 +81,7 @@ def render(digits: Sequence[str], height: int = 140, pen: int = 14, gap: int = 3
     return image
 
 
-EXAMPLES = {"digit.png": "3", "postal-code.png": "75011"}
+EXAMPLES = {"digit.png": "3", "digit-7.png": "7", "postal-code.png": "75011"}
 
 
 def main() -> None:
