@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -205,13 +206,23 @@ def served(fresh: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Path, int
         )
         yield copy, port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        _stop_group(process)
     assert "pip install" not in log_path.read_text(errors="replace"), "an installed venv"
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to make and uvicorn (one process group); SIGKILL whatever outlives 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 @pytest.mark.slow
