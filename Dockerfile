@@ -1,41 +1,35 @@
 # syntax=docker/dockerfile:1
 #
 # MNIST digit service. Stages:
-#   deps        virtualenv with the runtime dependencies of pyproject.toml (no project code)
-#   train-deps  deps + the [train] extra
+#   deps        virtualenv with the locked runtime dependencies (no project code)
+#   train-deps  deps + the locked [train] extra
 #   train       `python -m training`, writes a new models/mnist/<version>/ (compose profile "train")
 #   runtime     the API: `python -m app.serve` (uvicorn with the connection limits) on :8000,
 #               non-root, with the bundled model (default target)
 #
 #   docker build -t mnist-digits .
 #   docker build --target train -t mnist-digits-train .
-#   docker build --build-arg TENSORFLOW_PACKAGE=tensorflow-cpu -t mnist-digits .   # x86-64 only
 
 ARG PYTHON_IMAGE=python:3.11-slim
-# tensorflow (the default, as pyproject.toml declares) has wheels for x86-64 and arm64;
-# tensorflow-cpu is the same library without the CUDA kernels: half the wheel, x86-64 only.
-ARG TENSORFLOW_PACKAGE=tensorflow
 
 FROM ${PYTHON_IMAGE} AS deps
-ARG TENSORFLOW_PACKAGE
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /build
-# Only the dependency list enters this layer: editing app/ or training/ reuses the installed
-# dependencies instead of downloading TensorFlow again.
-COPY pyproject.toml deploy/requirements_from_pyproject.py ./
+# Only the lock enters this layer: editing app/ or training/ reuses the installed dependencies
+# instead of downloading TensorFlow again. requirements/runtime.txt pins every package with its
+# hashes (exported from uv.lock by `make lock`), so two builds a month apart install the same
+# bits. Its markers pick tensorflow-cpu on x86-64 (no CUDA kernels: about half the size) and
+# tensorflow elsewhere (arm64), from the same lock.
+COPY requirements/runtime.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements_from_pyproject.py --tensorflow-package "$TENSORFLOW_PACKAGE" \
-        > requirements.txt \
-    && pip install -r requirements.txt
+    pip install --require-hashes --no-deps -r runtime.txt
 
 FROM deps AS train-deps
-ARG TENSORFLOW_PACKAGE
+COPY requirements/train.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements_from_pyproject.py --extra train \
-        --tensorflow-package "$TENSORFLOW_PACKAGE" > requirements-train.txt \
-    && pip install -r requirements-train.txt
+    pip install --require-hashes --no-deps -r train.txt
 
 FROM ${PYTHON_IMAGE} AS train
 # HOME and MPLCONFIGDIR point at /tmp because the container may run with the host user's uid

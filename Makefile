@@ -1,31 +1,63 @@
-# Few verbs: install, serve, train, test, lint, bench. Each one works on a fresh machine.
+# Few verbs: install, serve, train, test, lint, bench, lock. Each one works on a fresh machine.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# `make serve HOST=0.0.0.0 PORT=9000` listens elsewhere; loopback by default.
+HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# `make train TRAIN_ARGS='--recipe seed --epochs 1'` passes arguments to `python -m training`.
+TRAIN_ARGS ?= --recipe default
+# The uv release that writes uv.lock and requirements/*.txt (`make lock`); PyPI has it.
+UV_VERSION ?= 0.13.9
 SHARED_MNIST := $(abspath ../shared/data/mnist)
 # Tests and benchmarks read MNIST through MNIST_DATA_DIR; default to the team's shared copy.
+# Without it, the trainer downloads MNIST (digests checked) into ~/.cache/mnist-digits.
 export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/t10k-labels-idx1-ubyte.gz),$(SHARED_MNIST),)
 
-.PHONY: install install-dev serve train test lint bench browser clean
+.PHONY: install install-train install-dev serve train test test-fast lint bench browser lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install -e .
+# Dependencies come from the hash-locked requirements/*.txt (exported from uv.lock by
+# `make lock`), so two installs a month apart get the same bits. Each install leaves a stamp in
+# the venv and runs again only when the venv is new or the lock or pyproject.toml changed:
+# `make serve` neither downloads nor needs the network once installed.
+# On Linux x86-64 the lock picks tensorflow-cpu; a venv made before it may still hold
+# tensorflow (the same files), which is removed first so the two never mix.
+define install_locked
+	@if [ "$$(uname -sm)" = "Linux x86_64" ] && $(BIN)/pip show tensorflow >/dev/null 2>&1; then \
+		$(BIN)/pip uninstall -y tensorflow tensorflow-cpu; fi
+	$(BIN)/pip install --require-hashes --no-deps -r $(1)
+	$(BIN)/pip install --no-deps -e .
+endef
 
-install-dev: $(BIN)/python
-	$(BIN)/pip install -e '.[dev]'
+$(VENV)/.installed-runtime: requirements/runtime.txt pyproject.toml | $(BIN)/python
+	$(call install_locked,requirements/runtime.txt)
+	touch $@
+
+$(VENV)/.installed-train: requirements/train.txt pyproject.toml | $(BIN)/python
+	$(call install_locked,requirements/train.txt)
+	touch $(VENV)/.installed-runtime $@
+
+$(VENV)/.installed-dev: requirements/dev.txt pyproject.toml | $(BIN)/python
+	$(call install_locked,requirements/dev.txt)
+	touch $(VENV)/.installed-runtime $(VENV)/.installed-train $@
+
+install: $(VENV)/.installed-runtime
+
+install-train: $(VENV)/.installed-train
+
+install-dev: $(VENV)/.installed-dev
 
 # The launcher applies the connection limits and graceful-shutdown timeout (DIGITS_* settings,
 # README "Limits"); MALLOC_ARENA_MAX keeps glibc from growing one heap per decoding thread.
 serve: install
-	MALLOC_ARENA_MAX=2 $(BIN)/python -m app.serve --host 127.0.0.1 --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
-train: install-dev
-	$(BIN)/python -m training --recipe default
+train: install-train
+	$(BIN)/python -m training $(TRAIN_ARGS)
 
 browser:
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
@@ -34,6 +66,10 @@ browser:
 
 test: install-dev browser
 	$(BIN)/python -m pytest
+
+# The inner loop: no browser, no real uvicorn server, no long checks (markers in pyproject.toml).
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not browser and not slow"
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -44,6 +80,18 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_postal.py
+
+# Re-resolve after editing dependencies in pyproject.toml: uv.lock keeps every pin it can and
+# the three requirement files are exported from it with hashes. Commit all four.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv lock
+	$(BIN)/uv export --frozen --quiet --format requirements-txt --no-emit-project --hashes \
+		-o requirements/runtime.txt
+	$(BIN)/uv export --frozen --quiet --format requirements-txt --no-emit-project --hashes \
+		--extra train -o requirements/train.txt
+	$(BIN)/uv export --frozen --quiet --format requirements-txt --no-emit-project --hashes \
+		--extra dev -o requirements/dev.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts

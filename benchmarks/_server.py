@@ -232,8 +232,14 @@ def machine_lines() -> list[str]:
         pass
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     versions = []
+    # The lock installs tensorflow-cpu on Linux x86-64 and tensorflow elsewhere.
+    tensorflow = "tensorflow-cpu"
+    try:
+        metadata.version(tensorflow)
+    except metadata.PackageNotFoundError:
+        tensorflow = "tensorflow"
     for package in (
-        "tensorflow",
+        tensorflow,
         "fastapi",
         "starlette",
         "uvicorn",

@@ -3,7 +3,7 @@
 Usage::
 
     python -m training --recipe default                  # -> models/mnist/<next free version>/
-    mnist-train --recipe seed --data-dir ../shared/data/mnist --epochs 3 --version 7
+    mnist-train --recipe seed --data-dir path/to/mnist --epochs 3 --version 7
 
 MNIST comes from ``--data-dir``, else ``$MNIST_DATA_DIR``, else a verified download cache
 (see :mod:`training.data`).
@@ -25,6 +25,7 @@ The story of a run, in the order of :func:`run`:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -258,6 +259,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m training``, ``mnist-train``)."""
     args = parse_args(argv)
+    if not args.no_report and importlib.util.find_spec("matplotlib") is None:
+        # Before the data is read and the model fitted: finding out after a full run wastes it.
+        print(
+            "error: the PNG report needs matplotlib, which is not installed (it comes with the "
+            "train extra): run `make train`, or `.venv/bin/pip install -e '.[train]'`, or pass "
+            "--no-report to train without the report.",
+            file=sys.stderr,
+        )
+        return 2
     recipe = RECIPES[args.recipe].with_overrides(
         epochs=args.epochs,
         batch_size=args.batch_size,

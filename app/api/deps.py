@@ -8,6 +8,7 @@ thread hop per dependency per request for what is an attribute lookup.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -93,25 +94,41 @@ async def get_serving(
     if version is None and label is None:
         model = store.current
         if model is None:
-            raise not_ready(store)
+            raise not_ready(store, state.settings)
     else:
         try:
             model = store.get(version, label)
         except ModelNotReadyError:
-            raise not_ready(store) from None
+            raise not_ready(store, state.settings) from None
         except DomainError as exc:
             raise api_error(exc) from None
     return Serving(model, state.worker, state.settings, state.telemetry)
 
 
-def not_ready(store: ModelStore) -> ApiError:
-    """The 503 answered while no model version is loaded."""
+def not_ready(store: ModelStore, settings: Settings) -> ApiError:
+    """The 503 answered while no model version is loaded.
+
+    With polling on, a version that appears is loaded without a restart, so the client is told
+    to retry (``Retry-After``). With polling off nothing will change until the service is
+    restarted, so the answer says what an operator must do instead of inviting retries.
+    """
+    where = f"No model is loaded: no servable version in {store.models_dir}."
+    failures = " GET /model lists the versions found and why any failed to load."
+    poll = settings.model_poll_seconds
+    if poll > 0:
+        return ApiError(
+            503,
+            "model_not_ready",
+            f"{where} The directory is checked every {poll:g} s and a new version is served "
+            f"as soon as it loads: try again shortly.{failures}",
+            headers={"Retry-After": str(max(1, math.ceil(poll)))},
+        )
     return ApiError(
         503,
         "model_not_ready",
-        f"No model is loaded yet: no servable version in {store.models_dir}. Try again "
-        "shortly; GET /model lists the versions found and why any failed to load.",
-        headers={"Retry-After": "5"},
+        f"{where} Polling is off (DIGITS_MODEL_POLL_SECONDS=0), so none will load by itself: "
+        "put a version there (python -m training) and restart the service, or start it with "
+        f"DIGITS_MODEL_POLL_SECONDS set to pick new versions up without a restart.{failures}",
     )
 
 

@@ -82,7 +82,9 @@ def test_no_model_means_not_ready_but_alive(
             assert ready.json()["error"]["code"] == "model_not_ready"
             response = client.post("/predict", files={"file": ("d.png", stroke_png(), "image/png")})
             assert response.status_code == 503
-            assert response.headers["retry-after"] == "5"
+            # Polling is on: a version that appears will be served, so retrying makes sense.
+            assert response.headers["retry-after"] == "1"
+            assert "try again shortly" in response.json()["error"]["message"]
             info = client.get("/model").json()
             assert info["ready"] is False
             assert info["version"] is None
@@ -93,6 +95,24 @@ def test_no_model_means_not_ready_but_alive(
     assert len(not_ready) == 1
     assert str(models_dir.resolve()) in not_ready[0].getMessage()
     assert "still looking" in not_ready[0].getMessage()
+
+
+def test_no_model_and_polling_off_asks_for_a_model_and_a_restart(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    with TestClient(create_app(make_settings(models_dir, model_poll_seconds=0))) as client:
+        for response in (
+            client.get("/health/ready"),
+            client.post("/predict", files={"file": ("d.png", stroke_png(), "image/png")}),
+        ):
+            assert response.status_code == 503
+            assert "retry-after" not in response.headers, "nothing changes without a restart"
+            error = response.json()["error"]
+            assert error["code"] == "model_not_ready"
+            message = error["message"].lower()
+            assert "try again" not in message
+            assert "restart" in message
+            assert str(models_dir) in error["message"]
+            assert "DIGITS_MODEL_POLL_SECONDS" in error["message"]
 
 
 def test_polling_picks_up_a_model_that_appears_later(models: ModelsDir) -> None:

@@ -415,11 +415,22 @@ def test_tfserving_serves_the_same_models_read_only(services: dict[str, dict[str
     assert compose_bytes(serving["deploy"]["resources"]["limits"]["memory"]) > 0
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def test_tfserving_is_not_older_than_the_tensorflow_that_writes_the_model(
     services: dict[str, dict[str, Any]],
 ) -> None:
     image, _, tag = services["tfserving"]["image"].partition(":")
     assert image == "tensorflow/serving"
     serving = tuple(int(part) for part in tag.split(".")[:2])
-    trainer = tuple(int(part) for part in metadata.version("tensorflow").split(".")[:2])
+    # The lock installs tensorflow-cpu on Linux x86-64 and tensorflow elsewhere: same library.
+    installed = [d for d in ("tensorflow", "tensorflow-cpu") if _installed(d)]
+    assert installed, "neither tensorflow nor tensorflow-cpu is installed"
+    trainer = tuple(int(part) for part in metadata.version(installed[0]).split(".")[:2])
     assert serving >= trainer, "an older server may not know the ops a newer TensorFlow exports"

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tomllib
 
 import pytest
 
@@ -16,7 +13,7 @@ from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # The only files that may enter the image before dependencies are installed: with anything
 # else in that layer's inputs, a code edit would reinstall TensorFlow.
-DEPENDENCY_INPUTS = {"pyproject.toml", "deploy/requirements_from_pyproject.py"}
+DEPENDENCY_INPUTS = {"requirements/runtime.txt", "requirements/train.txt"}
 HEALTH_URL = re.compile(r"https?://(?P<host>[^:/'\"]+):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 
 
@@ -69,7 +66,11 @@ def test_dependencies_installed_before_any_code_is_copied(dockerfile: Dockerfile
         assert all(item.flag("from") is None for item in copies[1:])
     deps = dockerfile.stage("deps")
     (install,) = [item for item in deps.instructions if _installs_dependencies(item)]
-    assert "requirements_from_pyproject.py" in install.arguments
+    assert install.words()[-4:] == ["--require-hashes", "--no-deps", "-r", "runtime.txt"], (
+        "the image installs exactly the hash-locked runtime dependencies"
+    )
+    (copy,) = deps.all("COPY")
+    assert _copy_sources(copy) == ["requirements/runtime.txt"]
     assert install.flag("mount") == "type=cache,target=/root/.cache/pip"
 
 
@@ -171,7 +172,11 @@ def test_train_stage_has_the_training_extra_and_runs_the_trainer(dockerfile: Doc
     (venv,) = [item for item in train.all("COPY") if item.flag("from")]
     assert venv.flag("from") == "train-deps"
     installs = _build_order(dockerfile, dockerfile.stage("train-deps"))
-    assert any(_installs_dependencies(i) and "--extra train" in i.arguments for i in installs)
+    assert any(
+        _installs_dependencies(i)
+        and i.arguments.endswith("--require-hashes --no-deps -r train.txt")
+        for i in installs
+    )
     code = [_copy_sources(i) for i in train.all("COPY") if not i.flag("from")]
     assert code == [["training"]]
     entrypoint = train.last("ENTRYPOINT")
@@ -185,10 +190,8 @@ def test_train_stage_has_the_training_extra_and_runs_the_trainer(dockerfile: Doc
 def test_every_stage_and_argument_named_in_build_args_exists(dockerfile: Dockerfile) -> None:
     names = [stage.name for stage in dockerfile.stages]
     assert names == ["deps", "train-deps", "train", "runtime"]
-    assert dockerfile.global_args["TENSORFLOW_PACKAGE"] == "tensorflow"
-    for stage in ("deps", "train-deps"):
-        declared = [i.arguments for i in dockerfile.stage(stage).all("ARG")]
-        assert "TENSORFLOW_PACKAGE" in declared, f"{stage} must redeclare the global ARG to use it"
+    # The lock's markers choose tensorflow-cpu or tensorflow: no build argument can swap it.
+    assert set(dockerfile.global_args) == {"PYTHON_IMAGE"}
 
 
 # ----------------------------------------------------------------------------- build context
@@ -241,52 +244,3 @@ def test_context_leaves_out_local_and_generated_files(
     dockerignore: DockerIgnore, path: str
 ) -> None:
     assert dockerignore.excluded(path)
-
-
-# ----------------------------------------------------------------------------- dependency list
-
-
-def _requirements(*args: str) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "deploy" / "requirements_from_pyproject.py"), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.split()
-
-
-def test_requirements_are_pyprojects_dependencies() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert _requirements() == project["dependencies"]
-    with_train = _requirements("--extra", "train")
-    assert with_train == project["dependencies"] + project["optional-dependencies"]["train"]
-
-
-def test_requirements_can_swap_in_tensorflow_cpu_keeping_bounds() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    (tensorflow,) = [r for r in project["dependencies"] if re.match(r"tensorflow\b", r)]
-    swapped = _requirements("--tensorflow-package", "tensorflow-cpu")
-    assert "tensorflow-cpu" + tensorflow.removeprefix("tensorflow") in swapped
-    assert tensorflow not in swapped
-
-
-def test_requirements_expand_the_projects_own_extras() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    dev = _requirements("--extra", "dev")
-    assert not any(line.startswith(project["name"]) for line in dev)
-    for requirement in project["optional-dependencies"]["train"]:
-        assert requirement in dev
-
-
-def test_requirements_refuse_an_unknown_extra() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "deploy/requirements_from_pyproject.py"), "--extra", "nope"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "unknown extra 'nope'" in result.stderr

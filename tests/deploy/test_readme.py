@@ -270,7 +270,7 @@ SAMPLE = """
 
 ```bash
 docker build -t mnist-digits .   # comment
-$ docker build --target train --build-arg TENSORFLOW_PACKAGE=tensorflow-cpu -t t .
+$ docker build --target train --build-arg PYTHON_IMAGE=python:3.11-slim -t t .
 docker run --rm -p 8000:8000 -v "$PWD/models/mnist:/app/models/mnist:ro" mnist-digits
 docker compose up -d --wait --scale api=3
 A=1 B=2 docker compose --profile train run --rm train --recipe seed --epochs 5

@@ -282,6 +282,22 @@ def test_cli_reports_bad_data_in_one_line(
     assert not (tmp_path / "models").exists()
 
 
+def test_cli_without_matplotlib_stops_before_training_and_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loads: list[object] = []
+    monkeypatch.setattr(training.train, "load_mnist", lambda *a, **k: loads.append(a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a serve-only install looks like
+    assert main(["--models-dir", str(tmp_path / "models"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "matplotlib" in err
+    assert "--no-report" in err
+    assert "make train" in err
+    assert loads == [], "no data read, no epoch spent"
+    assert not (tmp_path / "models").exists()
+
+
 def test_steps_per_execution_divides_the_epoch() -> None:
     from training.model import _steps_per_execution
 

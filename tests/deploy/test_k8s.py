@@ -1,0 +1,456 @@
+"""deploy/k8s: every overlay rendered by the real ``kubectl kustomize``, every object validated
+against the Kubernetes JSON schemas offline, and the invariants that tie the manifests to the
+app and the image.
+
+Schemas: the ``kubernetes-validate`` package ships the OpenAPI-derived JSON schemas of each
+Kubernetes release; the strict variant rejects unknown fields, so a misspelt key fails. Objects
+are checked against the oldest release the manifests rely on (1.30: ``matchLabelKeys`` in
+topology spread constraints, beta and on by default since 1.27) and the newest the package
+knows. The ServiceMonitor is a custom resource that no Kubernetes schema describes; it is
+checked against :data:`SERVICE_MONITOR_SCHEMA`, the subset of the prometheus-operator CRD
+``monitoring.coreos.com/v1`` (operator 0.84) that the manifest uses, with the CRD's own types
+and duration pattern and no unknown field allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.core.config import Settings
+from tests.deploy.conftest import REPO
+from tests.deploy.formats import Dockerfile
+
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = sorted(
+    p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
+)
+KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+NAMESPACED_KINDS = {
+    "ConfigMap",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "Secret",
+    "Service",
+    "ServiceMonitor",
+}
+_DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": _LABELS,
+                "annotations": _LABELS,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "jobLabel": {"type": "string"},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                            "honorLabels": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: deploy/k8s cannot be rendered")
+    return kubectl
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize <directory>`` prints."""
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    name: str = request.param
+    return name, render(K8S / "overlays" / name)
+
+
+def objects(rendered: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in rendered if obj["kind"] == kind]
+
+
+def one(rendered: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (obj,) = objects(rendered, kind)
+    return obj
+
+
+def api_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a matchLabels selector (the only form used here) selects these labels."""
+    assert set(selector) <= {"matchLabels"}, selector
+    wanted = selector.get("matchLabels", {})
+    return bool(wanted) and all(labels.get(key) == value for key, value in wanted.items())
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``500m``, ``2``, ``1Gi``) as a number."""
+    suffixes = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    assert match is not None, value
+    return float(match[1]) * suffixes.get(match[2], 1) if match[2] else float(match[1])
+
+
+def _option(argv: list[str], name: str) -> str:
+    assert name in argv, f"{name} missing from {argv}"
+    return argv[argv.index(name) + 1]
+
+
+@pytest.fixture(scope="module")
+def image_cmd(dockerfile: Dockerfile) -> list[str]:
+    cmd = dockerfile.final.last("CMD")
+    assert cmd is not None
+    argv = cmd.exec_form()
+    assert argv is not None
+    return argv
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any network connection attempted from this process fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access during an offline check: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# ----------------------------------------------------------------------------- rendering, schemas
+
+
+def test_base_and_the_named_overlays_exist() -> None:
+    assert (K8S / "base" / "kustomization.yaml").is_file()
+    assert {"dev", "production"} <= set(OVERLAYS)
+    base = render(K8S / "base")
+    assert {obj["kind"] for obj in base} == {
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    }
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.usefixtures("offline")
+def test_every_object_is_valid_against_its_schema(
+    overlay: tuple[str, list[dict[str, Any]]], version: str
+) -> None:
+    name, rendered = overlay
+    for obj in rendered:
+        label = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"] == "monitoring.coreos.com/v1":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{label} is not valid Kubernetes {version}: {error.message}")
+
+
+@pytest.mark.usefixtures("offline")
+def test_the_validators_reject_a_misspelt_field() -> None:
+    rendered = render(K8S / "overlays" / "production")
+    deployment = one(rendered, "Deployment")
+    api_container(rendered)["readinesProbe"] = {"httpGet": {"path": "/"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+    monitor = one(rendered, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+    del monitor["spec"]["endpoints"][0]["intervall"]
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+
+
+def test_everything_lands_in_the_overlays_namespace(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, rendered = overlay
+    (namespace,) = [obj["metadata"]["name"] for obj in objects(rendered, "Namespace")]
+    for obj in rendered:
+        if obj["kind"] != "Namespace":
+            assert obj["kind"] in NAMESPACED_KINDS, f"{name}: unexpected kind {obj['kind']}"
+            assert obj["metadata"].get("namespace") == namespace, f"{name}: {obj['kind']}"
+
+
+# ----------------------------------------------------------------------------- the Deployment
+
+
+def test_probes_name_the_apps_health_routes_on_the_container_port(
+    overlay: tuple[str, list[dict[str, Any]]],
+    app_routes: dict[str, set[str]],
+    image_cmd: list[str],
+    dockerfile: Dockerfile,
+) -> None:
+    _, rendered = overlay
+    container = api_container(rendered)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    expose = dockerfile.final.last("EXPOSE")
+    assert expose is not None
+    assert ports == {"http": int(_option(image_cmd, "--port"))}
+    assert [str(ports["http"])] == expose.words()
+    assert "command" not in container, "the image's CMD (uvicorn, graceful shutdown) runs"
+    assert "args" not in container
+    expected = {
+        "startupProbe": "/health/live",
+        "livenessProbe": "/health/live",
+        "readinessProbe": "/health/ready",
+    }
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert "GET" in app_routes[path], f"{probe}: the app has no GET {path}"
+        assert ports.get(get["port"], get["port"]) == ports["http"], probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, (
+        "uvicorn answers nothing until the model is loaded: a minute at least before liveness"
+    )
+
+
+def test_resources_requested_and_limited(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rendered = overlay
+    resources = api_container(rendered)["resources"]
+    for resource in ("cpu", "memory"):
+        request = quantity(resources["requests"][resource])
+        limit = quantity(resources["limits"][resource])
+        assert 0 < request <= limit, resource
+    # The service holds about 720 MB once ready (README, compose): a limit below a GiB kills it.
+    assert quantity(resources["limits"]["memory"]) >= 2**30
+
+
+def test_runs_as_the_images_non_root_user_with_nothing_extra(
+    overlay: tuple[str, list[dict[str, Any]]], dockerfile: Dockerfile
+) -> None:
+    _, rendered = overlay
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    user = dockerfile.final.last("USER")
+    assert user is not None
+    uid, _, gid = user.arguments.partition(":")
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    container = api_container(rendered)["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["readOnlyRootFilesystem"] is True
+    assert container.get("privileged", False) is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container.get("runAsUser", int(uid)) == int(uid)
+    # The root filesystem is read-only: uploads spool to an emptyDir on /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in api_container(rendered)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_grace_period_outlasts_the_servers_graceful_shutdown(
+    overlay: tuple[str, list[dict[str, Any]]], image_cmd: list[str]
+) -> None:
+    _, rendered = overlay
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    shutdown = int(_option(image_cmd, "--timeout-graceful-shutdown"))
+    pre_stop = api_container(rendered).get("lifecycle", {}).get("preStop")
+    pause = 0
+    if pre_stop is not None:
+        argv = pre_stop["exec"]["command"]
+        assert argv[0] == "sleep", shlex.join(argv)
+        pause = int(argv[1])
+    assert pod["terminationGracePeriodSeconds"] > pause + shutdown, (
+        f"SIGKILL would cut requests in flight: grace {pod['terminationGracePeriodSeconds']} s, "
+        f"preStop {pause} s + uvicorn --timeout-graceful-shutdown {shutdown} s"
+    )
+
+
+def test_replicas_spread_over_nodes_and_zones(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rendered = overlay
+    template = one(rendered, "Deployment")["spec"]["template"]
+    spread = template["spec"]["topologySpreadConstraints"]
+    keys = {constraint["topologyKey"] for constraint in spread}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread:
+        assert selects(constraint["labelSelector"], template["metadata"]["labels"])
+
+
+def test_settings_come_from_a_configmap_of_real_settings(
+    overlay: tuple[str, list[dict[str, Any]]], dockerfile: Dockerfile
+) -> None:
+    name, rendered = overlay
+    container = api_container(rendered)
+    (source,) = container["envFrom"]
+    (config_map,) = [
+        c
+        for c in objects(rendered, "ConfigMap")
+        if c["metadata"]["name"] == source["configMapRef"]["name"]
+    ]
+    data: dict[str, str] = config_map["data"]
+    fields = {}
+    for key, value in data.items():
+        assert key.startswith("DIGITS_"), f"{name}: {key} is not a service setting"
+        field = key.removeprefix("DIGITS_").lower()
+        assert field in Settings.model_fields, f"{name}: {key} is no field of Settings"
+        fields[field] = value
+    Settings(**fields)  # every value parses as its field's type and bounds
+    for variable in container.get("env", []):
+        assert variable["name"].removeprefix("DIGITS_").lower() in Settings.model_fields
+    models_dir = data["DIGITS_MODELS_DIR"]
+    assert models_dir == dockerfile.final.env()["DIGITS_MODELS_DIR"]
+    mounted = [m for m in container["volumeMounts"] if m["mountPath"] == models_dir]
+    if mounted:
+        # Models from a volume: read-only, on a claim of this overlay, and polled for versions.
+        (mount,) = mounted
+        assert mount["readOnly"] is True
+        pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        claim = volume["persistentVolumeClaim"]["claimName"]
+        assert claim in {c["metadata"]["name"] for c in objects(rendered, "PersistentVolumeClaim")}
+        assert float(data["DIGITS_MODEL_POLL_SECONDS"]) > 0, "a new version must be picked up"
+    else:
+        # Models from the image: the bundled model sits at that path.
+        assert any(p.name.isdigit() for p in (REPO / "models" / "mnist").iterdir())
+
+
+def test_models_from_a_volume_is_one_of_the_overlays() -> None:
+    overlays_with_volume = [
+        name
+        for name in OVERLAYS
+        if any(
+            m["mountPath"] == "/app/models/mnist"
+            for m in api_container(render(K8S / "overlays" / name)).get("volumeMounts", [])
+        )
+    ]
+    assert overlays_with_volume == ["models-volume"]
+
+
+# ----------------------------------------------------------------------------- around the pods
+
+
+def test_service_autoscaler_budget_and_policy_point_at_the_pods(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, rendered = overlay
+    deployment = one(rendered, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"], pod_labels)
+    service = one(rendered, "Service")
+    assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    container_ports = {p["name"]: p["containerPort"] for p in api_container(rendered)["ports"]}
+    for port in service["spec"]["ports"]:
+        assert port["targetPort"] in container_ports, port
+    budget = one(rendered, "PodDisruptionBudget")
+    assert selects(budget["spec"]["selector"], pod_labels)
+    assert budget["spec"]["maxUnavailable"] == 1, "a drain never blocks, one pod at a time"
+    policy = one(rendered, "NetworkPolicy")
+    assert selects(policy["spec"]["podSelector"], pod_labels)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed <= set(container_ports) | set(container_ports.values()), allowed
+    assert allowed, f"{name}: nothing may reach the service"
+    autoscalers = objects(rendered, "HorizontalPodAutoscaler")
+    if autoscalers:
+        (hpa,) = autoscalers
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+        assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    else:
+        assert deployment["spec"]["replicas"] >= 1
+
+
+def test_dev_is_one_replica_and_production_autoscales_with_a_service_monitor(
+    app_routes: dict[str, set[str]],
+) -> None:
+    dev = render(K8S / "overlays" / "dev")
+    assert one(dev, "Deployment")["spec"]["replicas"] == 1
+    assert not objects(dev, "HorizontalPodAutoscaler")
+    assert not objects(dev, "ServiceMonitor"), "no Prometheus operator assumed on a laptop"
+
+    production = render(K8S / "overlays" / "production")
+    assert one(production, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+    monitor = one(production, "ServiceMonitor")
+    service = one(production, "Service")
+    assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+    service_ports = {port["name"] for port in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in service_ports
+        assert "GET" in app_routes[endpoint["path"]]
+    image = api_container(production)["image"]
+    assert ":" in image.rsplit("/", 1)[-1], "production names a tag"
+    assert not image.endswith(":latest"), "production names a fixed tag"
