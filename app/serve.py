@@ -54,6 +54,7 @@ from uvicorn.server import ServerState
 
 from app.core.config import Settings, get_settings
 from app.core.limits import DRAIN_FACTOR
+from app.core.logging import configure_logging
 from app.core.security_headers import DEFAULT_HEADERS
 
 APP: Final = "app.main:create_app"
@@ -365,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tame_allocator()
     settings = get_settings()
     config = uvicorn.Config(**uvicorn_options(settings, args.host, args.port))  # sets up logging
+    # The service's format from the first line on (the app factory sets it again, harmlessly).
+    configure_logging(settings.log_level, settings.log_format)
     ensure_descriptors(settings.max_connections)
     logger.info(
         "Connection limits: %d connections, keep-alive %d s, request head within %g s and "

@@ -28,8 +28,8 @@ from app.core.request_id import MAX_LENGTH, accepted_request_id
 from app.main import create_app
 from tests.app.conftest import ModelsDir, make_settings
 from tests.support.servers import (
-    APP,
     HOST,
+    LAUNCHER,
     READY_TIMEOUT_SECONDS,
     REPO,
     free_port,
@@ -224,20 +224,18 @@ def _start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A real uvicorn server, started WITHOUT TF_CPP_MIN_LOG_LEVEL (the service's default)."""
     models.add(1, digit=1)
-    env = server_environment(models.path, {"DIGITS_LOG_FORMAT": fmt})
+    # The fixture model answers 1 for everything: it passes the probe only without its floor.
+    env = server_environment(
+        models.path,
+        {
+            "DIGITS_LOG_FORMAT": fmt,
+            "DIGITS_PROBE_MIN_ACCURACY": "0",
+            "DIGITS_PROMOTION_MIN_ACCURACY": "0",
+        },
+    )
     del env["TF_CPP_MIN_LOG_LEVEL"]
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        APP,
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
+    command = [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{HOST}:{port}"

@@ -319,11 +319,21 @@ def test_runs_as_the_images_non_root_user_with_nothing_extra(
 
 
 def test_grace_period_outlasts_the_servers_graceful_shutdown(
-    overlay: tuple[str, list[dict[str, Any]]], image_cmd: list[str]
+    overlay: tuple[str, list[dict[str, Any]]], dockerfile: Dockerfile
 ) -> None:
     _, rendered = overlay
     pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
-    shutdown = int(_option(image_cmd, "--timeout-graceful-shutdown"))
+    # The launcher reads its shutdown timeout from the settings: the ConfigMap's value, else
+    # the image's ENV, else the Settings default.
+    (source,) = api_container(rendered)["envFrom"]
+    (config_map,) = [
+        c
+        for c in objects(rendered, "ConfigMap")
+        if c["metadata"]["name"] == source["configMapRef"]["name"]
+    ]
+    key = "DIGITS_GRACEFUL_SHUTDOWN_SECONDS"
+    default = Settings.model_fields["graceful_shutdown_seconds"].default
+    shutdown = int(config_map["data"].get(key, dockerfile.final.env().get(key, default)))
     pre_stop = api_container(rendered).get("lifecycle", {}).get("preStop")
     pause = 0
     if pre_stop is not None:
@@ -332,7 +342,7 @@ def test_grace_period_outlasts_the_servers_graceful_shutdown(
         pause = int(argv[1])
     assert pod["terminationGracePeriodSeconds"] > pause + shutdown, (
         f"SIGKILL would cut requests in flight: grace {pod['terminationGracePeriodSeconds']} s, "
-        f"preStop {pause} s + uvicorn --timeout-graceful-shutdown {shutdown} s"
+        f"preStop {pause} s + graceful shutdown {shutdown} s"
     )
 
 

@@ -25,8 +25,8 @@ from tritonclient.utils import InferenceServerException
 from tests.ops.conftest import ServedModel, ServerFactory, install_version
 from tests.support.mnist import MISSING, mnist_dir
 from tests.support.servers import (
-    APP,
     HOST,
+    LAUNCHER,
     READY_TIMEOUT_SECONDS,
     REPO,
     RunningServer,
@@ -301,7 +301,7 @@ def test_a_grpc_port_in_use_fails_the_start(served: Served, tmp_path: Path) -> N
     """gRPC would share a busy port (SO_REUSEPORT) and take half its calls: it must not start."""
     log_path = tmp_path / "second.log"
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", APP, "--factory", "--host", HOST]
+    command = [sys.executable, "-m", LAUNCHER, "--host", HOST]
     with log_path.open("wb") as log:
         second = subprocess.Popen(
             [*command, "--port", str(port)],
