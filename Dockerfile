@@ -37,8 +37,8 @@ FROM ${PYTHON_IMAGE} AS train
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
     MPLBACKEND=Agg \
+    TF_CPP_MIN_LOG_LEVEL=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib
 # /data/mnist is the download cache when no local MNIST is mounted there; a new named volume
@@ -63,7 +63,6 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
     MALLOC_ARENA_MAX=2 \
     DIGITS_MODELS_DIR=/app/models/mnist
 RUN groupadd --system --gid 10001 app \

@@ -183,7 +183,9 @@ def test_api_publishes_no_host_port_so_it_can_scale(
     assert "container_name" not in api, "a fixed name cannot be scaled either"
     expose = dockerfile.final.last("EXPOSE")
     assert expose is not None
-    assert api["expose"] == expose.words() == [str(_api_port(dockerfile))]
+    assert expose.words() == [str(_api_port(dockerfile))]
+    grpc_port = api["environment"]["DIGITS_GRPC_PORT"]
+    assert api["expose"] == [str(_api_port(dockerfile)), grpc_port]
 
 
 def test_api_mounts_the_models_read_only_over_the_bundled_model(
@@ -273,14 +275,26 @@ def test_api_trusts_forwarded_addresses_only_from_private_networks_and_nginx_ove
 # ----------------------------------------------------------------------------- lb (nginx)
 
 
+def _nginx_server(nginx: NginxBlock, passes: str) -> NginxBlock:
+    """The one nginx ``server`` block whose locations use ``passes`` (proxy_pass, grpc_pass)."""
+    (server,) = [block for block in nginx.find("server") if block.children and block.find(passes)]
+    return server
+
+
+def _upstream(nginx: NginxBlock, name: str) -> NginxBlock:
+    (upstream,) = [block for block in nginx.find("upstream") if block.args == [name]]
+    return upstream
+
+
 def test_lb_publishes_the_host_port_and_proxies_to_api(
     services: dict[str, dict[str, Any]], nginx: NginxBlock, dockerfile: Dockerfile
 ) -> None:
     lb = services["lb"]
-    (published,) = _resolved(lb["ports"])
+    published = _resolved(lb["ports"])[0]
     host, container = published.split(":")
     assert host == "8000"
-    listen = [d.args[0] for d in nginx.find("listen")]
+    http = _nginx_server(nginx, "proxy_pass")
+    listen = [d.args[0] for d in http.find("listen")]
     assert listen == [container]
     mount = _mount_at(lb, "/etc/nginx/nginx.conf")
     assert mount["source"] == "./deploy/nginx.conf"
@@ -289,13 +303,35 @@ def test_lb_publishes_the_host_port_and_proxies_to_api(
     assert lb["restart"] in {"always", "unless-stopped"}
     assert compose_bytes(lb["deploy"]["resources"]["limits"]["memory"]) > 0
 
-    (upstream,) = nginx.find("upstream")
+    (proxy_pass,) = [d.args for d in http.find("proxy_pass")]
+    upstream = _upstream(nginx, proxy_pass[0].removeprefix("http://"))
     servers = [d.args for d in upstream.children if d.name == "server"]
     assert [args[0] for args in servers] == [f"api:{_api_port(dockerfile)}"]
     assert "api" in services
     assert "resolve" in servers[0], "re-resolve the service name as replicas come and go"
     assert nginx.find("resolver")[0].args[0] == "127.0.0.11", "Docker's embedded DNS"
-    assert [d.args for d in nginx.find("proxy_pass")] == [[f"http://{upstream.args[0]}"]]
+
+
+def test_lb_publishes_the_grpc_door_of_every_replica(
+    services: dict[str, dict[str, Any]], nginx: NginxBlock
+) -> None:
+    api_env = services["api"]["environment"]
+    settings = _api_settings(services)
+    assert settings.grpc_port > 0, "the Open Inference Protocol's gRPC door is on in compose"
+    assert api_env["DIGITS_GRPC_HOST"] == "0.0.0.0", "reachable from lb, not only loopback"
+    published = _resolved(services["lb"]["ports"])[1]
+    host, container = published.split(":")
+    assert host == "8001"
+    grpc = _nginx_server(nginx, "grpc_pass")
+    assert [d.args[0] for d in grpc.find("listen")] == [container]
+    assert [d.args for d in grpc.find("http2")] == [["on"]], "gRPC is HTTP/2"
+    (grpc_pass,) = [d.args for d in grpc.find("grpc_pass")]
+    upstream = _upstream(nginx, grpc_pass[0].removeprefix("grpc://"))
+    servers = [d.args for d in upstream.children if d.name == "server"]
+    assert [args[0] for args in servers] == [f"api:{settings.grpc_port}"]
+    assert "resolve" in servers[0]
+    (body_limit,) = grpc.find("client_max_body_size")
+    assert nginx_size(body_limit.args[0]) > settings.max_upload_bytes
 
 
 def test_lb_healthcheck_hits_its_own_health_location(
@@ -304,19 +340,20 @@ def test_lb_healthcheck_hits_its_own_health_location(
     url = services["lb"]["healthcheck"]["test"][-1]
     match = HEALTH_URL.search(url)
     assert match is not None
-    assert [match["port"]] == [d.args[0] for d in nginx.find("listen")]
-    locations = [d.args for d in nginx.find("location")]
+    http = _nginx_server(nginx, "proxy_pass")
+    assert [match["port"]] == [d.args[0] for d in http.find("listen")]
+    locations = [d.args for d in http.find("location")]
     assert ["=", match["path"]] in locations
 
 
 def test_lb_limits_agree_with_the_service(
     nginx: NginxBlock, services: dict[str, dict[str, Any]]
 ) -> None:
-    (body_limit,) = nginx.find("client_max_body_size")
+    (body_limit,) = _nginx_server(nginx, "proxy_pass").find("client_max_body_size")
     assert nginx_size(body_limit.args[0]) > Settings().max_upload_bytes, (
         "the service, not nginx, must answer an oversized upload, in the API's error shape"
     )
-    (upstream,) = nginx.find("upstream")
+    upstream = _upstream(nginx, "digits_api")
     idle = upstream.directive("keepalive_timeout")
     assert idle is not None
     server_idle = _api_settings(services).keep_alive_seconds
