@@ -6,6 +6,9 @@ PORT   ?= 8000
 SHARED_MNIST := $(abspath ../shared/data/mnist)
 # Tests and benchmarks read MNIST through MNIST_DATA_DIR; default to the team's shared copy.
 export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/t10k-labels-idx1-ubyte.gz),$(SHARED_MNIST),)
+SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
+# The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
+export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
 .PHONY: install install-dev serve train test lint bench browser clean
 
@@ -42,6 +45,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_postal.py
+	$(BIN)/python -m benchmarks.bench_realworld --limit 500 --postal 500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts
