@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.core.config import Settings
     from app.main import create_app
 
-    settings = Settings(models_dir=args.models_dir, model_poll_seconds=0.0)
+    settings = Settings(models_dir=args.models_dir, model_poll_seconds=0.0, log_level="WARNING")
     rows: list[Row] = []
     with TestClient(create_app(settings)) as client:
         version = client.get("/model").json().get("version")
