@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ from PIL import Image
 
 from app.core.errors import ApiError
 from app.imaging import center_digit, ink_map, to_grayscale
+
+if TYPE_CHECKING:
+    from app.marks import Mark
 
 __all__ = [
     "COUNT_MARGIN",
@@ -417,6 +420,8 @@ class Lattice:
     candidates: tuple[Candidate, ...]
     atom_count: int
     boundaries: tuple[_Boundary, ...]
+    ignored: tuple[Mark, ...] = ()
+    """What was found and not read: margins, ruled lines, specks, punctuation (app.marks)."""
 
 
 def _stroke_width(binary: npt.NDArray[np.bool_]) -> float:
@@ -543,6 +548,12 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
         raise _no_digits()
     level = min(max(otsu_threshold(arr), _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1])
     low = _HYSTERESIS * level
+    # app.marks builds on this module's components and Box, hence imported here.
+    from app.marks import remove_marks
+
+    arr, ignored = remove_marks(arr, low)
+    if float(arr.max(initial=0.0)) <= 0.0:
+        raise _no_digits()
     labels, count = _strong_components(arr, low, level)
     binary = labels > 0
     if count == 0:
@@ -584,7 +595,7 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
                     float((crop > low).sum()) / digit_area,
                 )
             )
-    return Lattice(tuple(candidates), len(atoms), tuple(boundaries))
+    return Lattice(tuple(candidates), len(atoms), tuple(boundaries), ignored)
 
 
 def reading_features(
@@ -787,7 +798,13 @@ def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
         x1 = min(width, int(np.ceil((b.x + b.width) * sx)))
         y1 = min(height, int(np.ceil((b.y + b.height) * sy)))
         rescaled.append(dataclasses.replace(cand, box=Box(x0, y0, x1 - x0, y1 - y0)))
-    return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries)
+    marks = tuple(dataclasses.replace(m, box=_scale_box(m.box, sx, sy)) for m in lattice.ignored)
+    return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries, marks)
+
+
+def _scale_box(box: Box, sx: float, sy: float) -> Box:
+    x0, y0 = int(box.x * sx), int(box.y * sy)
+    return Box(x0, y0, max(1, round(box.width * sx)), max(1, round(box.height * sy)))
 
 
 def normalize_candidates(lattice: Lattice) -> npt.NDArray[np.uint8]:

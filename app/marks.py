@@ -1,0 +1,257 @@
+"""Find and drop what, in an image of a digit string, is not handwriting of digits.
+
+Real scans carry more than the digits: the black margin of the scanner along a side, the ruled
+lines of a form or register (often crossing a digit), the grain of printed or textured paper,
+specks, lines of other text, and the punctuation people write in amounts and codes (``.`` ``,``
+``-`` ``=``). Read as digits they become confident 1s and 7s. This module works on the ink map
+(ink bright, background 0) before the string is cut into digits::
+
+    long straight runs of ink (>= 2.5 digit heights) -> margins and ruled lines
+      -> the remaining components -> the digit height and the line of writing
+      -> specks, strays outside the line, dots, commas and dashes
+
+Everything found is erased from the ink and listed (:class:`Mark`, with a box) so the answer
+can say what was ignored. Geometry only: no threshold here is fitted on real scans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from app.segmentation import Box, connected_components
+
+__all__ = ["Mark", "MarkKind", "remove_marks"]
+
+FloatImage = npt.NDArray[np.float32]
+BoolImage = npt.NDArray[np.bool_]
+MarkKind = Literal["margin", "ruled_line", "speck", "stray", "punctuation"]
+
+# A straight run of ink is a line (not a stroke of a digit) from this many digit heights long,
+# and at least this share of the image's side.
+_LINE_HEIGHTS: Final = 2.5
+_LINE_SHARE: Final = 0.5
+# A scan margin: solid ink along an edge, over most of that side.
+_MARGIN_FILL: Final = 0.5
+_MARGIN_SPAN: Final = 0.8
+# A ruled line is thin: at least this many times longer than thick (a 1 is not).
+_LINE_THINNESS: Final = 10.0
+# When less than this share of the ink (margins aside) is left once the lines are removed, the
+# "lines" are the writing itself.
+_MIN_REST: Final = 0.1
+# The same speck rule as app.segmentation: small in both sides and in area.
+_SPECK_SIDE: Final = 0.35
+_SPECK_AREA: Final = 0.15
+# A dot or comma: both sides below this many digit heights, centred low in the line.
+_DOT_SIDE: Final = 0.4
+_DOT_LOW: Final = 0.6
+# A dash: at most this tall (digit heights) and at least this many times wider than tall.
+_DASH_HEIGHT: Final = 0.3
+_DASH_ASPECT: Final = 1.5
+# Components taller than this share of the digit height are digits, never punctuation.
+_TALL: Final = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """Something found in the image and ignored: what it is and where (ink-map pixels)."""
+
+    kind: MarkKind
+    box: Box
+
+
+@dataclasses.dataclass(frozen=True)
+class _Component:
+    """One connected component: its box and its own pixels inside the box."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    area: int
+    mask: BoolImage
+
+
+def components(binary: BoolImage) -> list[_Component]:
+    """The 8-connected components of a boolean image, each with its box and pixels."""
+    labels, count = connected_components(binary)
+    if count == 0:
+        return []
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs].astype(np.int64) - 1
+    order = np.argsort(ids, kind="stable")
+    bounds = np.searchsorted(ids[order], np.arange(count + 1))
+    out = []
+    for index in range(count):
+        chosen = order[bounds[index] : bounds[index + 1]]
+        cy, cx = ys[chosen], xs[chosen]
+        y0, x0 = int(cy.min()), int(cx.min())
+        mask = np.zeros((int(cy.max()) - y0 + 1, int(cx.max()) - x0 + 1), bool)
+        mask[cy - y0, cx - x0] = True
+        out.append(_Component(x0, y0, mask.shape[1], mask.shape[0], int(chosen.size), mask))
+    return out
+
+
+def _long_runs(mask: BoolImage, length: int) -> BoolImage:
+    """Pixels of ``mask`` in horizontal runs of at least ``length`` (rows tolerant by one).
+
+    A line drawn by hand or scanned askew drifts across rows; the rows are joined with their
+    neighbours (a vertical dilation by one) before runs are measured, so such a line is still
+    one run, and only the pixels of ``mask`` itself are returned.
+    """
+    height, width = mask.shape
+    joined = mask.copy()
+    joined[1:] |= mask[:-1]
+    joined[:-1] |= mask[1:]
+    padded = np.zeros((height, width + 2), np.int8)
+    padded[:, 1:-1] = joined
+    steps = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(steps == 1)
+    _, ends = np.nonzero(steps == -1)
+    long = (ends - starts) >= length
+    delta = np.zeros((height, width + 1), np.int32)
+    np.add.at(delta, (rows[long], starts[long]), 1)
+    np.add.at(delta, (rows[long], ends[long]), -1)
+    covered = np.cumsum(delta, axis=1)[:, :width] > 0
+    out: BoolImage = covered & mask
+    return out
+
+
+def _box(ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp]) -> Box:
+    x0, y0 = int(xs.min()), int(ys.min())
+    return Box(x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
+
+
+def _digit_height(parts: list[_Component]) -> float | None:
+    """The median height of the substantial components (None when there are none)."""
+    if not parts:
+        return None
+    biggest = max(p.area for p in parts)
+    return float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+
+
+def _margins(found: BoolImage, marks: list[Mark]) -> BoolImage:
+    """The pixels of ``found`` inside the boxes of margin marks."""
+    out = np.zeros_like(found)
+    for mark in marks:
+        if mark.kind == "margin":
+            b = mark.box
+            out[b.y : b.y + b.height, b.x : b.x + b.width] = found[
+                b.y : b.y + b.height, b.x : b.x + b.width
+            ]
+    return out
+
+
+def _lines(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
+    """Margins and ruled lines: the mask of their pixels and one mark per connected band."""
+    height, width = binary.shape
+    # The digits' height, from the components that do not span the image (margins and lines
+    # do; so does a lone digit cropped tight, which then has no lines to look for).
+    inner = [
+        p
+        for p in components(binary)
+        if p.width < _MARGIN_SPAN * width and p.height < _MARGIN_SPAN * height
+    ]
+    digit = _digit_height(inner)
+    if digit is None:
+        return np.zeros_like(binary), []
+    reach = max(2, round(_LINE_HEIGHTS * digit))
+    lines_h = _long_runs(binary, max(reach, round(_LINE_SHARE * width)))
+    lines_v = _long_runs(binary.T, max(reach, round(_LINE_SHARE * height))).T
+    found = np.zeros_like(binary)
+    marks = []
+    pieces = [(p, p.width, width) for p in components(lines_h)]
+    pieces += [(p, p.height, height) for p in components(lines_v)]
+    for part, length, side in pieces:
+        thickness = part.area / length
+        at_edge = part.x0 == 0 or part.y0 == 0 or part.x0 + part.width == width
+        at_edge = at_edge or part.y0 + part.height == height
+        solid = part.area >= _MARGIN_FILL * part.width * part.height
+        if at_edge and solid and length >= _MARGIN_SPAN * side:
+            kind: MarkKind = "margin"
+        elif length >= _LINE_THINNESS * thickness:
+            kind = "ruled_line"
+        else:
+            continue
+        window = found[part.y0 : part.y0 + part.height, part.x0 : part.x0 + part.width]
+        window |= part.mask
+        marks.append(Mark(kind, Box(part.x0, part.y0, part.width, part.height)))
+    rest = binary & ~found
+    if rest.sum() < _MIN_REST * (binary & ~_margins(found, marks)).sum():
+        # Nearly all the ink is "lines": then they are the writing (a lone 1), not a form's.
+        marks = [m for m in marks if m.kind == "margin"]
+        found = _margins(found, marks)
+    if not marks:
+        return found, []
+    # The anti-aliased rim of a line is part of it too.
+    rim = found.copy()
+    rim[1:] |= found[:-1]
+    rim[:-1] |= found[1:]
+    rim[:, 1:] |= rim[:, :-1].copy()
+    rim[:, :-1] |= rim[:, 1:].copy()
+    return rim, marks
+
+
+def _small_marks(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
+    """Specks, strays outside the line of writing, dots, commas and dashes."""
+    parts = components(binary)
+    if not parts:
+        return np.zeros_like(binary), []
+    biggest = max(p.area for p in parts)
+    digit = float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+    tall = [p for p in parts if p.height >= _TALL * digit]
+    if not tall:
+        return np.zeros_like(binary), []
+    area = float(np.median([p.area for p in tall]))
+    top = float(np.median([p.y0 for p in tall]))
+    bottom = float(np.median([p.y0 + p.height for p in tall]))
+    band = max(1.0, bottom - top)
+    drop = np.zeros_like(binary)
+    marks: list[Mark] = []
+    for part in parts:
+        if part.height >= _TALL * digit:
+            continue
+        x1 = part.x0 + part.width
+        beside = not any(min(x1, t.x0 + t.width) - max(part.x0, t.x0) > 0 for t in tall)
+        centre = (part.y0 + part.height / 2 - top) / band
+        small = part.height < _SPECK_SIDE * digit and part.width < _SPECK_SIDE * digit
+        kind: MarkKind | None = None
+        if part.y0 >= bottom + 0.1 * digit or part.y0 + part.height <= top - 0.1 * digit:
+            kind = "stray"
+        elif small and part.area < _SPECK_AREA * area:
+            kind = "speck"
+        else:
+            dot = max(part.height, part.width) < _DOT_SIDE * digit and centre > _DOT_LOW
+            flat = part.height <= _DASH_HEIGHT * digit
+            dash = flat and part.width >= _DASH_ASPECT * part.height
+            if beside and (dot or dash):
+                kind = "punctuation"
+        if kind is None:
+            continue
+        window = drop[part.y0 : part.y0 + part.height, part.x0 : x1]
+        window |= part.mask
+        marks.append(Mark(kind, Box(part.x0, part.y0, part.width, part.height)))
+    return drop, marks
+
+
+def remove_marks(ink: FloatImage, level: float) -> tuple[FloatImage, tuple[Mark, ...]]:
+    """The ink with margins, lines, specks, strays and punctuation erased; and what was erased.
+
+    ``level`` is the ink level from which a pixel is ink (the segmentation's low threshold).
+    Boxes are in the ink map's pixels. When nothing but marks is found, the result has no ink.
+    """
+    arr = np.asarray(ink, dtype=np.float32)
+    binary = arr > level
+    if not binary.any():
+        return arr, ()
+    lines, line_marks = _lines(binary)
+    rest = binary & ~lines
+    small, small_marks = _small_marks(rest)
+    if not line_marks and not small_marks:
+        return arr, ()
+    erase = lines | small
+    cleaned: FloatImage = np.where(erase, 0.0, arr).astype(np.float32)
+    return cleaned, tuple(line_marks + small_marks)
