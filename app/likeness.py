@@ -23,7 +23,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LikenessBasis", "fit_basis", "load_basis", "save_basis", "unlikeness"]
+__all__ = ["LikenessBasis", "load_basis", "unlikeness"]
 
 PIXELS: Final = 784
 CLASSES: Final = 10
@@ -91,40 +91,8 @@ def unlikeness(
     return out
 
 
-def fit_basis(
-    images: npt.NDArray[np.generic], labels: npt.NDArray[np.integer], rank: int
-) -> LikenessBasis:
-    """Mean and ``rank`` principal components of each class of ``images`` (MNIST training)."""
-    x = _as_vectors(images)
-    y = np.asarray(labels, dtype=np.int64)
-    means = np.zeros((CLASSES, PIXELS), np.float32)
-    comps = np.zeros((CLASSES, rank, PIXELS), np.float32)
-    for digit in range(CLASSES):
-        members = x[y == digit]
-        if members.shape[0] <= rank:
-            raise ValueError(f"class {digit} has {members.shape[0]} images, need more than {rank}")
-        means[digit] = members.mean(axis=0)
-        centred = (members - means[digit]).astype(np.float64)
-        # The top right-singular vectors of the centred data are its principal directions;
-        # the 784×784 covariance's eigenvectors give them as cheaply for any number of images.
-        cov = centred.T @ centred
-        _, vectors = np.linalg.eigh(cov)
-        comps[digit] = vectors[:, ::-1][:, :rank].T.astype(np.float32)
-    return LikenessBasis(means, comps)
-
-
-def save_basis(basis: LikenessBasis, path: Path) -> None:
-    """Write the basis as a compressed ``.npz`` (float16: a few hundred KB)."""
-    with path.open("wb") as handle:
-        np.savez_compressed(
-            handle,
-            means=basis.means.astype(np.float16),
-            components=basis.components.astype(np.float16),
-        )
-
-
 def load_basis(path: Path) -> LikenessBasis:
-    """Read a basis written by :func:`save_basis`, validating its shapes and values.
+    """Read a basis written by ``training/calibrate.py``, validating its shapes and values.
 
     Raises:
         ValueError: the file is not a valid basis.

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from app.segmentation import Box, connected_components
 
-__all__ = ["Mark", "MarkKind", "remove_marks"]
+__all__ = ["Mark", "MarkKind", "remove_marks", "strip_margins"]
 
 FloatImage = npt.NDArray[np.float32]
 BoolImage = npt.NDArray[np.bool_]
@@ -37,6 +37,16 @@ _LINE_SHARE: Final = 0.5
 # A scan margin: solid ink along an edge, over most of that side.
 _MARGIN_FILL: Final = 0.5
 _MARGIN_SPAN: Final = 0.8
+# Scan margins at the grey level: a band along an edge at least this dark a share of its lines
+# (then through lines at least _MARGIN_EDGE dark, plus _MARGIN_BLUR of the side for the blurred
+# edge), at most _MARGIN_MAX_SHARE of the side, in an image with both sides at least
+# _MARGIN_MIN_SIDE and a margin this much darker than the paper (grey levels).
+_MARGIN_SOLID: Final = 0.9
+_MARGIN_EDGE: Final = 0.5
+_MARGIN_BLUR: Final = 0.02
+_MARGIN_MAX_SHARE: Final = 0.6
+_MARGIN_MIN_SIDE: Final = 64
+_MARGIN_CONTRAST: Final = 40.0
 # A ruled line is thin: at least this many times longer than thick (a 1 is not).
 _LINE_THINNESS: Final = 10.0
 # When less than this share of the ink (margins aside) is left once the lines are removed, the
@@ -255,3 +265,63 @@ def remove_marks(ink: FloatImage, level: float) -> tuple[FloatImage, tuple[Mark,
     erase = lines | small
     cleaned: FloatImage = np.where(erase, 0.0, arr).astype(np.float32)
     return cleaned, tuple(line_marks + small_marks)
+
+
+def _dark_prefix(dark_share: npt.NDArray[np.float64]) -> int:
+    """How many lines from the start are a dark band: solid at the edge, through its own edge."""
+    solid = np.flatnonzero(dark_share < _MARGIN_SOLID)
+    end = int(solid[0]) if solid.size else dark_share.size
+    if end == 0:
+        return 0
+    # The band's edge is seldom straight (a scan is skewed): take the lines still mostly dark,
+    # and a few more for the blurred edge.
+    while end < dark_share.size and dark_share[end] >= _MARGIN_EDGE:
+        end += 1
+    return min(dark_share.size, end + max(1, round(_MARGIN_BLUR * dark_share.size)))
+
+
+def strip_margins(gray: FloatImage) -> tuple[FloatImage, tuple[Mark, ...]]:
+    """Paint over the dark scan margins along the edges with the paper's grey level.
+
+    A margin is a band along an edge, nearly all of it much darker than the paper, over the
+    whole of that side. Left in, its ink is the strongest in the image and sets the scale
+    (and the threshold) the digits are measured against, so faint pen strokes vanish; removed
+    at the grey level, the digits are measured against the paper. Images smaller than
+    :data:`_MARGIN_MIN_SIDE` (a tight crop of one digit) are left as they are.
+    """
+    g = np.asarray(gray, dtype=np.float32)
+    height, width = g.shape
+    if min(height, width) < _MARGIN_MIN_SIDE:
+        return g, ()
+    paper = float(np.median(g))
+    dark = float(np.percentile(g, 2))
+    if paper - dark < _MARGIN_CONTRAST:
+        return g, ()
+    is_dark = g < (paper + dark) / 2
+    cols, rows = is_dark.mean(axis=0), is_dark.mean(axis=1)
+    bands = {
+        "left": _dark_prefix(cols),
+        "right": _dark_prefix(cols[::-1]),
+        "top": _dark_prefix(rows),
+        "bottom": _dark_prefix(rows[::-1]),
+    }
+    keep = np.ones_like(is_dark)
+    marks = []
+    for side, size in bands.items():
+        span = width if side in ("left", "right") else height
+        if size == 0 or size > _MARGIN_MAX_SHARE * span:
+            continue
+        box = {
+            "left": Box(0, 0, size, height),
+            "right": Box(width - size, 0, size, height),
+            "top": Box(0, 0, width, size),
+            "bottom": Box(0, height - size, width, size),
+        }[side]
+        keep[box.y : box.y + box.height, box.x : box.x + box.width] = False
+        marks.append(Mark("margin", box))
+    if not marks or not (is_dark & keep).any():
+        # Nothing but the "margin" is dark: it is the writing itself.
+        return g, ()
+    paper_inside = float(np.median(g[keep]))
+    out: FloatImage = np.where(keep, g, paper_inside).astype(np.float32)
+    return out, tuple(marks)

@@ -787,7 +787,12 @@ def find_candidates(img: Image.Image, *, max_digits: int) -> Lattice:
         gray = np.asarray(
             Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.float32
         )
+    from app.marks import strip_margins  # built on this module's Box, hence imported here
+
+    gray, margins = strip_margins(gray)
     lattice = build_lattice(ink_map(gray), max_digits=max_digits)
+    if margins:
+        lattice = dataclasses.replace(lattice, ignored=margins + lattice.ignored)
     if scale == 1.0:
         return lattice
     sx, sy = width / gray.shape[1], height / gray.shape[0]

@@ -9,7 +9,7 @@ person, the way mail sorting works.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
+from app.calibration import ReaderCalibration, calibration_for
 from app.imaging import decode_image
+from app.likeness import unlikeness
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     Lattice,
@@ -61,6 +63,19 @@ class SegmentReading(BaseModel):
         description="Probability of that digit (the largest of the ten).", examples=[0.9931]
     )
     probabilities: Probabilities = Field(examples=[_PROBS_EXAMPLE])
+    box: BoxModel
+
+
+class IgnoredMark(BaseModel):
+    """Something in the image that is not a handwritten digit and was left out of the reading."""
+
+    kind: Literal["margin", "ruled_line", "speck", "stray", "punctuation"] = Field(
+        description="`margin`: a dark scan margin or border along an edge; `ruled_line`: a "
+        "long thin straight line (of a form or a register, also where it crosses a digit); "
+        "`speck`: dust, noise or paper texture; `stray`: ink outside the line of writing (bits "
+        "of other text or cells); `punctuation`: a dot, comma, dash or equals sign.",
+        examples=["ruled_line"],
+    )
     box: BoxModel
 
 
@@ -119,6 +134,11 @@ class RecognizeResponse(BaseModel):
     segments: list[SegmentReading] = Field(
         description="One entry per digit, left to right, in the same order as `digits`."
     )
+    ignored: list[IgnoredMark] = Field(
+        default_factory=list,
+        description="What was found in the image and not read as digits, with boxes, so a "
+        "page can show it: margins, ruled lines, specks, strays and punctuation.",
+    )
 
 
 def _prepare(
@@ -131,10 +151,23 @@ def _prepare(
 
 
 def review_reasons(
-    confidences: list[float], threshold: float, expected_length: int | None, reading: Reading
+    confidences: list[float],
+    threshold: float,
+    expected_length: int | None,
+    reading: Reading,
+    unlike: list[bool] | None = None,
 ) -> list[str]:
-    """Human-readable reasons to send a reading to review (empty when it can be trusted)."""
+    """Human-readable reasons to send a reading to review (empty when it can be trusted).
+
+    ``unlike`` says, per digit, whether it is not digit-like (see :mod:`app.likeness`).
+    """
     reasons = []
+    for i, flag in enumerate(unlike or []):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {len(confidences)} does not look like a handwritten digit "
+                "(it may be a line, a mark or part of one)"
+            )
     if expected_length is not None and len(confidences) != expected_length:
         reasons.append(f"expected {expected_length} digits but read {len(confidences)}")
     if reading.count_is_uncertain and reading.runner_up is not None:
@@ -231,8 +264,10 @@ async def recognize(
                 "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
             }
         )
+    calibration = calibration_for(serving.model)
+    unlike = _not_digit_like(calibration, batch, probabilities, list(reading.candidates))
     limit = settings.review_threshold if threshold is None else threshold
-    reasons = review_reasons(confidences, limit, expected_length, reading)
+    reasons = review_reasons(confidences, limit, expected_length, reading, unlike)
     return {
         "digits": digits,
         "confidence": float(np.prod(confidences)),
@@ -241,4 +276,27 @@ async def recognize(
         "model_version": prediction.model_version,
         "image": {"width": width, "height": height},
         "segments": segments,
+        "ignored": [
+            {
+                "kind": mark.kind,
+                "box": {"x": m.x, "y": m.y, "width": m.width, "height": m.height},
+            }
+            for mark in lattice.ignored
+            for m in (mark.box,)
+        ],
     }
+
+
+def _not_digit_like(
+    calibration: ReaderCalibration,
+    batch: npt.NDArray[np.uint8],
+    probabilities: npt.NDArray[np.floating],
+    chosen: list[int],
+) -> list[bool] | None:
+    """Per chosen candidate, whether it is too unlike any digit (None: no likeness check)."""
+    if calibration.likeness is None or calibration.likeness_threshold is None or not chosen:
+        return None
+    scores = unlikeness(
+        calibration.likeness, batch[chosen], np.argmax(probabilities[chosen], axis=1)
+    )
+    return [bool(s > calibration.likeness_threshold) for s in scores]
