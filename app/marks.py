@@ -37,6 +37,9 @@ _LINE_SHARE: Final = 0.5
 # A scan margin: solid ink along an edge, over most of that side.
 _MARGIN_FILL: Final = 0.5
 _MARGIN_SPAN: Final = 0.8
+# Components not spanning the image give the digit height unless they hold less than this
+# share of the ink outside long runs.
+_MIN_INNER: Final = 0.25
 # Scan margins at the grey level: a band along an edge at least this dark a share of its lines
 # (then through lines at least _MARGIN_EDGE dark, plus _MARGIN_BLUR of the side for the blurred
 # edge), at most _MARGIN_MAX_SHARE of the side, in an image with both sides at least
@@ -135,8 +138,19 @@ def _box(ys: npt.NDArray[np.intp], xs: npt.NDArray[np.intp]) -> Box:
     return Box(x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
 
 
+def _line_like(part: _Component) -> bool:
+    """A thin straight stroke: at least :data:`_LINE_THINNESS` times longer than thick."""
+    length = max(part.width, part.height)
+    return length * length >= _LINE_THINNESS * part.area
+
+
 def _digit_height(parts: list[_Component]) -> float | None:
-    """The median height of the substantial components (None when there are none)."""
+    """The median height of the substantial components (None when there are none).
+
+    Line-like components (a ruled line's pieces, but also a 1 in a fine pen) count only when
+    there is nothing else: a line's length says nothing of the digits' height.
+    """
+    parts = [p for p in parts if not _line_like(p)] or parts
     if not parts:
         return None
     biggest = max(p.area for p in parts)
@@ -160,11 +174,17 @@ def _lines(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
     height, width = binary.shape
     # The digits' height, from the components that do not span the image (margins and lines
     # do; so does a lone digit cropped tight, which then has no lines to look for).
+    parts = components(binary)
     inner = [
-        p
-        for p in components(binary)
-        if p.width < _MARGIN_SPAN * width and p.height < _MARGIN_SPAN * height
+        p for p in parts if p.width < _MARGIN_SPAN * width and p.height < _MARGIN_SPAN * height
     ]
+    # Touching digits that fill a short image span it too: when the components left are a
+    # small share of the ink that is not in long runs, they are dashes and specks, and the
+    # digits' height is that of all the substantial components.
+    rough = _long_runs(binary, round(_LINE_SHARE * width))
+    rough |= _long_runs(binary.T, round(_LINE_SHARE * height)).T
+    if sum(p.area for p in inner) < _MIN_INNER * (binary & ~rough).sum():
+        inner = parts
     digit = _digit_height(inner)
     if digit is None:
         return np.zeros_like(binary), []
@@ -210,8 +230,10 @@ def _small_marks(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
     parts = components(binary)
     if not parts:
         return np.zeros_like(binary), []
-    biggest = max(p.area for p in parts)
-    digit = float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+    found = _digit_height(parts)
+    if found is None:
+        return np.zeros_like(binary), []
+    digit = found
     tall = [p for p in parts if p.height >= _TALL * digit]
     if not tall:
         return np.zeros_like(binary), []
