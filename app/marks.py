@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from app.segmentation import Box, connected_components
 
-__all__ = ["Mark", "MarkKind", "remove_marks", "strip_margins"]
+__all__ = ["Mark", "MarkKind", "is_hairline", "remove_marks", "strip_margins"]
 
 FloatImage = npt.NDArray[np.float32]
 BoolImage = npt.NDArray[np.bool_]
@@ -34,9 +34,18 @@ MarkKind = Literal["margin", "ruled_line", "speck", "stray", "punctuation"]
 # and at least this share of the image's side.
 _LINE_HEIGHTS: Final = 2.5
 _LINE_SHARE: Final = 0.5
-# A scan margin: solid ink along an edge, over most of that side.
+# A scan margin: solid ink along an edge, over most of that side, at least this thick (in
+# digit heights; a thinner band is a ruled line or the frame of a box).
+_MARGIN_THICKNESS: Final = 0.3
 _MARGIN_FILL: Final = 0.5
 _MARGIN_SPAN: Final = 0.8
+# Stroke width as a share of the longer side below which a candidate is a hairline: MNIST's
+# strokes are thinner than this in about 5% of its test digits (see app.imaging._THIN_STROKE).
+_HAIRLINE: Final = 0.05
+# A stroke crosses a line when there is ink within this many pixels above and below it.
+_CROSS_REACH: Final = 2
+# ... and the crossing is at most this wide, in digit heights.
+_CROSS_WIDTH: Final = 0.3
 # Components not spanning the image give the digit height unless they hold less than this
 # share of the ink outside long runs.
 _MIN_INNER: Final = 0.25
@@ -200,7 +209,8 @@ def _lines(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
         at_edge = part.x0 == 0 or part.y0 == 0 or part.x0 + part.width == width
         at_edge = at_edge or part.y0 + part.height == height
         solid = part.area >= _MARGIN_FILL * part.width * part.height
-        if at_edge and solid and length >= _MARGIN_SPAN * side:
+        thick = thickness >= _MARGIN_THICKNESS * digit
+        if at_edge and solid and thick and length >= _MARGIN_SPAN * side:
             kind: MarkKind = "margin"
         elif length >= _LINE_THINNESS * thickness:
             kind = "ruled_line"
@@ -216,13 +226,61 @@ def _lines(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
         found = _margins(found, marks)
     if not marks:
         return found, []
-    # The anti-aliased rim of a line is part of it too.
-    rim = found.copy()
-    rim[1:] |= found[:-1]
-    rim[:-1] |= found[1:]
-    rim[:, 1:] |= rim[:, :-1].copy()
-    rim[:, :-1] |= rim[:, 1:].copy()
-    return rim, marks
+    # Where a stroke crosses a ruled line its ink goes on, so the digit is not cut in two.
+    kept = _crossings(binary & ~found, found & lines_h & ~lines_v, round(_CROSS_WIDTH * digit))
+    erase = found & ~kept
+    # The anti-aliased rim of a line is part of it too (not of the strokes crossing it).
+    rim = _dilate(erase) & ~_dilate(kept)
+    return erase | rim, marks
+
+
+def _dilate(mask: BoolImage) -> BoolImage:
+    """3×3 binary dilation."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    grown = out.copy()
+    grown[:, 1:] |= out[:, :-1]
+    grown[:, :-1] |= out[:, 1:]
+    return grown
+
+
+def _crossings(other: BoolImage, line: BoolImage, widest: int) -> BoolImage:
+    """Pixels of a horizontal ``line`` where a stroke crosses it: ``other`` ink above and below.
+
+    Per column, the line's topmost and bottommost pixels are found; where the pixels
+    :data:`_CROSS_REACH` rows beyond both hold ink that is not the line's, the column is a
+    crossing and its line pixels stay, if the crossing is no wider than ``widest`` columns (a
+    pen stroke, not a band of other ink along the line).
+    """
+    reach = _CROSS_REACH
+    height, width = line.shape
+    has = line.any(axis=0)
+    if not has.any():
+        return np.zeros_like(line)
+    rows = np.arange(height)[:, None]
+    top = np.where(line, rows, height).min(axis=0)
+    bottom = np.where(line, rows, -1).max(axis=0)
+    cols = np.flatnonzero(has)
+    above = np.zeros(width, bool)
+    below = np.zeros(width, bool)
+    for step in range(1, reach + 1):
+        up, down = top[cols] - step, bottom[cols] + step
+        ok_up, ok_down = up >= 0, down < height
+        above[cols[ok_up]] |= other[up[ok_up], cols[ok_up]]
+        below[cols[ok_down]] |= other[down[ok_down], cols[ok_down]]
+    crossing = above & below
+    # Near a line's ends the ink above and below is a corner of the form, not a stroke.
+    crossing[: cols[0] + widest] = False
+    crossing[max(0, cols[-1] + 1 - widest) :] = False
+    padded = np.concatenate([[False], crossing, [False]]).astype(np.int8)
+    starts = np.flatnonzero(np.diff(padded) == 1)
+    ends = np.flatnonzero(np.diff(padded) == -1)
+    for start, end in zip(starts, ends, strict=True):
+        if end - start > widest:
+            crossing[start:end] = False
+    out: BoolImage = line & crossing[None, :]
+    return out
 
 
 def _small_marks(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
@@ -251,16 +309,14 @@ def _small_marks(binary: BoolImage) -> tuple[BoolImage, list[Mark]]:
         centre = (part.y0 + part.height / 2 - top) / band
         small = part.height < _SPECK_SIDE * digit and part.width < _SPECK_SIDE * digit
         kind: MarkKind | None = None
+        dot = max(part.height, part.width) < _DOT_SIDE * digit and centre > _DOT_LOW
+        dash = part.height <= _DASH_HEIGHT * digit and part.width >= _DASH_ASPECT * part.height
         if part.y0 >= bottom + 0.1 * digit or part.y0 + part.height <= top - 0.1 * digit:
             kind = "stray"
+        elif beside and (dot or dash):
+            kind = "punctuation"
         elif small and part.area < _SPECK_AREA * area:
             kind = "speck"
-        else:
-            dot = max(part.height, part.width) < _DOT_SIDE * digit and centre > _DOT_LOW
-            flat = part.height <= _DASH_HEIGHT * digit
-            dash = flat and part.width >= _DASH_ASPECT * part.height
-            if beside and (dot or dash):
-                kind = "punctuation"
         if kind is None:
             continue
         window = drop[part.y0 : part.y0 + part.height, part.x0 : x1]
@@ -347,3 +403,24 @@ def strip_margins(gray: FloatImage) -> tuple[FloatImage, tuple[Mark, ...]]:
     paper_inside = float(np.median(g[keep]))
     out: FloatImage = np.where(keep, g, paper_inside).astype(np.float32)
     return out, tuple(marks)
+
+
+def is_hairline(ink: FloatImage) -> bool:
+    """Whether a candidate's strokes are far thinner than handwriting's for its size.
+
+    Stroke width (2 × area / perimeter of the pixels above half the peak) under
+    :data:`_HAIRLINE` of the ink's longer side: thinner than nearly all MNIST digits' strokes.
+    On a form, that is what a piece of ruled line looks like.
+    """
+    arr = np.asarray(ink, dtype=np.float32)
+    peak = float(arr.max(initial=0.0))
+    if peak <= 0.0:
+        return False
+    solid = arr > 0.5 * peak
+    rows = np.flatnonzero(solid.any(axis=1))
+    cols = np.flatnonzero(solid.any(axis=0))
+    longer = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    padded = np.pad(solid, 1)
+    perimeter = int((padded[:, 1:] != padded[:, :-1]).sum() + (padded[1:] != padded[:-1]).sum())
+    width = 2.0 * float(solid.sum()) / max(perimeter, 1)
+    return width < _HAIRLINE * float(longer)

@@ -21,6 +21,7 @@ from app.api.deps import ApiKeyDep, ServingDep
 from app.calibration import ReaderCalibration, calibration_for
 from app.imaging import decode_image
 from app.likeness import unlikeness
+from app.marks import is_hairline
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     Lattice,
@@ -266,6 +267,7 @@ async def recognize(
         )
     calibration = calibration_for(serving.model)
     unlike = _not_digit_like(calibration, batch, probabilities, list(reading.candidates))
+    unlike = _hairlines_on_a_form(lattice, list(reading.candidates), unlike)
     limit = settings.review_threshold if threshold is None else threshold
     reasons = review_reasons(confidences, limit, expected_length, reading, unlike)
     return {
@@ -285,6 +287,20 @@ async def recognize(
             for m in (mark.box,)
         ],
     }
+
+
+def _hairlines_on_a_form(
+    lattice: Lattice, chosen: list[int], unlike: list[bool] | None
+) -> list[bool] | None:
+    """Add to ``unlike`` the hairline digits of an image where ruled lines or margins were found.
+
+    A piece of a ruled line that escaped :mod:`app.marks` reads as a confident 1; on a page
+    with lines, a digit as thin as they are is not trusted.
+    """
+    if not any(m.kind in ("ruled_line", "margin") for m in lattice.ignored):
+        return unlike
+    flags = unlike or [False] * len(chosen)
+    return [f or is_hairline(lattice.candidates[i].ink) for f, i in zip(flags, chosen, strict=True)]
 
 
 def _not_digit_like(
