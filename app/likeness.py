@@ -23,7 +23,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LikenessBasis", "load_basis", "unlikeness"]
+__all__ = ["LikenessBasis", "load_basis", "mass_outside", "unlikeness"]
 
 PIXELS: Final = 784
 CLASSES: Final = 10
@@ -38,6 +38,10 @@ class LikenessBasis:
 
     means: npt.NDArray[np.float32]
     components: npt.NDArray[np.float32]
+    mass_low: npt.NDArray[np.float32] | None = None
+    """Per class, the least ink (mean pixel value, 0..1) of a digit-like image (None: no limit)."""
+    mass_high: npt.NDArray[np.float32] | None = None
+    """Per class, the most ink of a digit-like image (None: no limit)."""
 
     def __post_init__(self) -> None:
         means, comps = self.means, self.components
@@ -50,6 +54,10 @@ class LikenessBasis:
             raise ValueError(f"components must be [10, k>=1, 784], got {comps.shape}")
         if not (np.isfinite(means).all() and np.isfinite(comps).all()):
             raise ValueError("the likeness basis holds non-finite values")
+        for name in ("mass_low", "mass_high"):
+            limit = getattr(self, name)
+            if limit is not None and (limit.shape != (CLASSES,) or not np.isfinite(limit).all()):
+                raise ValueError(f"{name} must be 10 finite values, got shape {limit.shape}")
 
     @property
     def rank(self) -> int:
@@ -91,6 +99,21 @@ def unlikeness(
     return out
 
 
+def mass_outside(
+    basis: LikenessBasis, images: npt.NDArray[np.generic], classes: npt.NDArray[np.integer]
+) -> npt.NDArray[np.bool_]:
+    """Whether each image has less or more ink than digits of its class have (bool [N])."""
+    x = _as_vectors(images)
+    cls = np.asarray(classes, dtype=np.int64)
+    mass = x.mean(axis=1)
+    out = np.zeros(x.shape[0], bool)
+    if basis.mass_low is not None:
+        out |= mass < basis.mass_low[cls]
+    if basis.mass_high is not None:
+        out |= mass > basis.mass_high[cls]
+    return out
+
+
 def load_basis(path: Path) -> LikenessBasis:
     """Read a basis written by ``training/calibrate.py``, validating its shapes and values.
 
@@ -103,4 +126,6 @@ def load_basis(path: Path) -> LikenessBasis:
             raise ValueError(f"{path.name} has no 'means' and 'components' arrays")
         means = np.asarray(data["means"], dtype=np.float32)
         comps = np.asarray(data["components"], dtype=np.float32)
-    return LikenessBasis(means, comps)
+        low = np.asarray(data["mass_low"], np.float32) if "mass_low" in data else None
+        high = np.asarray(data["mass_high"], np.float32) if "mass_high" in data else None
+    return LikenessBasis(means, comps, low, high)

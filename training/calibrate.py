@@ -9,6 +9,9 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
 * the likeness threshold: the unlikeness (relative residual of a digit in the subspace of the
   class this version reads it as) that this share of held-out MNIST training digits stays
   below; a candidate above it is not digit-like and sends the reading to review;
+* the ink mass range of each class (mean pixel value, the same central share of held-out
+  digits), stored in the basis file as ``mass_low`` and ``mass_high`` [10]: a blob can lie
+  near a class's subspace (a filled disc near the 0s) but has far more ink than its digits;
 * ``reader.json``: the threshold and how it was found, plus any reader settings given.
 
 Usage::
@@ -111,8 +114,17 @@ def calibrate_version(
         means16.astype(np.float32), comps16.astype(np.float32), train_images[-held:], predicted
     )
     threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
+    # How much ink a digit of each class has (mean pixel value): a blob has far more than any
+    # digit's shape and can still be close to a subspace (a filled disc to the 0s).
+    mass = _vectors(train_images[-held:]).mean(axis=1)
+    tail = (1.0 - LIKENESS_QUANTILE) / 2
+    classes = np.asarray(predicted, dtype=np.int64)
+    mass_low = np.array([np.quantile(mass[classes == d], tail) for d in range(10)], np.float32)
+    mass_high = np.array([np.quantile(mass[classes == d], 1 - tail) for d in range(10)], np.float32)
     with (directory / BASIS_FILE).open("wb") as handle:
-        np.savez_compressed(handle, means=means16, components=comps16)
+        np.savez_compressed(
+            handle, means=means16, components=comps16, mass_low=mass_low, mass_high=mass_high
+        )
     document: dict[str, object] = {
         "format": FORMAT,
         "fitted_on": (

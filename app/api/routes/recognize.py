@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import ApiKeyDep, ServingDep
 from app.calibration import ReaderCalibration, calibration_for
 from app.imaging import decode_image
-from app.likeness import unlikeness
+from app.likeness import mass_outside, unlikeness
 from app.marks import is_hairline
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
@@ -312,7 +312,9 @@ def _not_digit_like(
     """Per chosen candidate, whether it is too unlike any digit (None: no likeness check)."""
     if calibration.likeness is None or calibration.likeness_threshold is None or not chosen:
         return None
-    scores = unlikeness(
-        calibration.likeness, batch[chosen], np.argmax(probabilities[chosen], axis=1)
+    classes = np.argmax(probabilities[chosen], axis=1)
+    scores = unlikeness(calibration.likeness, batch[chosen], classes)
+    unlike = (scores > calibration.likeness_threshold) | mass_outside(
+        calibration.likeness, batch[chosen], classes
     )
-    return [bool(s > calibration.likeness_threshold) for s in scores]
+    return [bool(flag) for flag in unlike]
