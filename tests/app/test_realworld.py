@@ -96,3 +96,67 @@ def test_usps_normalization_keeps_the_frame_ink() -> None:
         with Image.open(Path(item.path)) as img:
             out = normalize_image(img)
         assert out.max() == 255
+
+
+# --- §2/§3: strings on real scans --------------------------------------------------------------
+
+
+def recognize(client: TestClient, png: bytes) -> Any:
+    return client.post("/recognize", files={"file": ("s.png", png, "image/png")})
+
+
+def overlap(a: dict[str, int], b: dict[str, int]) -> float:
+    """Share of box ``a`` covered by box ``b``."""
+    width = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+    height = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+    return max(0, width) * max(0, height) / (a["width"] * a["height"])
+
+
+def test_danish_margins_and_rules_are_never_read(bundled_client: TestClient) -> None:
+    answered, with_margin = 0, 0
+    for item in sample("danish-rowid-dev", 20):
+        response = recognize(bundled_client, item.path.read_bytes())
+        assert response.status_code in (200, 422), response.json()
+        if response.status_code != 200:
+            assert response.json()["error"]["code"] in ("no_digits_found", "too_many_digits")
+            continue
+        answered += 1
+        body = response.json()
+        lines = [m["box"] for m in body["ignored"] if m["kind"] in ("margin", "ruled_line")]
+        with_margin += any(m["kind"] == "margin" for m in body["ignored"])
+        for segment in body["segments"]:
+            # No digit read is mostly made of an ignored margin or rule.
+            assert all(overlap(segment["box"], line) < 0.5 for line in lines), body
+    # The set's README: "often a black scan margin along one side"; nearly all are read.
+    assert answered >= 17
+    assert with_margin >= 5
+
+
+def test_danish_unflagged_answers_are_mostly_right(bundled_client: TestClient) -> None:
+    unflagged, wrong = 0, 0
+    for item in sample("danish-rowid-dev", 20):
+        response = recognize(bundled_client, item.path.read_bytes())
+        if response.status_code == 200 and not response.json()["needs_review"]:
+            unflagged += 1
+            wrong += response.json()["digits"] != item.label
+    # Before issue 8 about half of these were unflagged and nearly all of those wrong.
+    assert unflagged <= 6
+    assert wrong <= 2
+
+
+def test_orand_amounts_are_read_without_their_punctuation(bundled_client: TestClient) -> None:
+    right, with_punctuation, unflagged_wrong = 0, 0, 0
+    for item in sample("orand-car-a-dev", 20):
+        response = recognize(bundled_client, item.path.read_bytes())
+        assert response.status_code in (200, 422), response.json()
+        if response.status_code != 200:
+            continue
+        body = response.json()
+        with_punctuation += any(m["kind"] == "punctuation" for m in body["ignored"])
+        right += body["digits"] == item.label
+        unflagged_wrong += not body["needs_review"] and body["digits"] != item.label
+    # Most amounts end in a dash, a full stop or "=" (the set's README): they are listed.
+    assert with_punctuation >= 8
+    assert unflagged_wrong <= 1
+    # Target 0.20 on the whole set: 4 of 20 expected; 2 leaves room for the sample's spread.
+    assert right >= 2
