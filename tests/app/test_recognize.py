@@ -50,7 +50,9 @@ def test_answer_has_the_documented_shape(client: TestClient) -> None:
         "model_version",
         "image",
         "segments",
+        "ignored",
     }
+    assert body["ignored"] == []
     assert body["digits"] == "111"
     assert body["model_version"] == 1
     assert body["image"] == {"width": ink.shape[1], "height": ink.shape[0]}
