@@ -31,7 +31,16 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FORMAT", "LIKENESS_QUANTILE", "RANK", "calibrate_version", "fit_basis", "unlikeness"]
+__all__ = [
+    "FORMAT",
+    "HOLDOUT",
+    "LIKENESS_QUANTILE",
+    "RANK",
+    "calibrate_version",
+    "fit_basis",
+    "holdout_size",
+    "unlikeness",
+]
 
 FORMAT: Final = 1
 #: Principal components per class: enough to explain most of a class's variation, too few to
@@ -39,8 +48,16 @@ FORMAT: Final = 1
 RANK: Final = 30
 #: Share of held-out MNIST training digits that must pass as digit-like.
 LIKENESS_QUANTILE: Final = 0.99
-# The basis is fitted on the first part of the training digits, the threshold set on the rest.
-_HOLDOUT: Final = 10_000
+# The basis is fitted on the first part of the training digits, the threshold set on the rest
+# (at most this many, and at most a fifth).
+HOLDOUT: Final = 10_000
+
+
+def holdout_size(train_count: int) -> int:
+    """How many of the last training digits set the threshold."""
+    return max(1, min(HOLDOUT, train_count // 5))
+
+
 BASIS_FILE: Final = "likeness.npz"
 READER_FILE: Final = "reader.json"
 
@@ -107,7 +124,12 @@ def calibrate_version(
     """
     held = len(predicted)
     fit_images, fit_labels = train_images[:-held], train_labels[:-held]
-    means, comps = fit_basis(fit_images, fit_labels)
+    smallest = int(np.bincount(np.asarray(fit_labels, np.int64), minlength=10).min())
+    # A tiny training set (tests) gets as many components as its smallest class allows.
+    rank = min(RANK, smallest - 1)
+    if rank < 1:
+        raise ValueError(f"too few training digits to calibrate: a class has {smallest}")
+    means, comps = fit_basis(fit_images, fit_labels, rank)
     # The threshold is measured with the float16 basis the service will load.
     means16, comps16 = means.astype(np.float16), comps.astype(np.float16)
     scores = unlikeness(
@@ -119,8 +141,10 @@ def calibrate_version(
     mass = _vectors(train_images[-held:]).mean(axis=1)
     tail = (1.0 - LIKENESS_QUANTILE) / 2
     classes = np.asarray(predicted, dtype=np.int64)
-    mass_low = np.array([np.quantile(mass[classes == d], tail) for d in range(10)], np.float32)
-    mass_high = np.array([np.quantile(mass[classes == d], 1 - tail) for d in range(10)], np.float32)
+    # A class this version never predicts among the held-out digits gets the overall range.
+    members = [mass[classes == d] if (classes == d).any() else mass for d in range(10)]
+    mass_low = np.array([np.quantile(m, tail) for m in members], np.float32)
+    mass_high = np.array([np.quantile(m, 1 - tail) for m in members], np.float32)
     with (directory / BASIS_FILE).open("wb") as handle:
         np.savez_compressed(
             handle, means=means16, components=comps16, mass_low=mass_low, mass_high=mass_high
@@ -133,7 +157,7 @@ def calibrate_version(
         ),
         "likeness": {
             "basis": BASIS_FILE,
-            "rank": RANK,
+            "rank": rank,
             "quantile": LIKENESS_QUANTILE,
             "threshold": round(threshold, 4),
         },
@@ -158,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.export import load_signature
 
     data = load_mnist(args.data_dir, progress=False)
-    _, digits = predict(load_signature(args.version_dir), data.train_images[-_HOLDOUT:])
+    held = holdout_size(len(data.train_images))
+    _, digits = predict(load_signature(args.version_dir), data.train_images[-held:])
     reader = json.loads(args.reader.read_text("utf-8")) if args.reader else None
     document = calibrate_version(
         args.version_dir, data.train_images, data.train_labels, digits, reader=reader
