@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from app.calibration import ReaderCalibration, calibration_for, load_calibration
 from app.likeness import LikenessBasis, load_basis, mass_outside, unlikeness
@@ -164,3 +165,15 @@ def test_calibration_for_prefers_what_the_model_carries(tmp_path: Path) -> None:
         path = tmp_path
 
     assert calibration_for(Plain()).source == "defaults"
+
+
+def test_model_shows_the_calibration_in_use(bundled_client: TestClient, client: TestClient) -> None:
+    bundled = bundled_client.get("/model").json()["reader_calibration"]
+    assert bundled["source"] == "reader.json"
+    assert bundled["notes"] == []
+    assert bundled["likeness_rank"] >= 1
+    # The tiny fixture model has no reader.json: served with defaults, and /model says so.
+    plain = client.get("/model").json()["reader_calibration"]
+    assert plain["source"] == "defaults"
+    assert plain["likeness_threshold"] is None
+    assert any("reader.json" in note for note in plain["notes"])

@@ -5,8 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SettingsDep, StoreDep
+from app.calibration import calibration_for
 from app.model_store import SIGNATURE, versions_on_disk
-from app.schemas import FailedVersionInfo, ModelResponse, Signature, TensorSpec
+from app.schemas import (
+    FailedVersionInfo,
+    ModelResponse,
+    ReaderCalibrationInfo,
+    Signature,
+    TensorSpec,
+)
 
 router = APIRouter(prefix="/model", tags=["model"])
 
@@ -52,4 +59,9 @@ async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
         ],
         poll_interval_seconds=settings.model_poll_seconds,
         last_checked=store.last_checked,
+        reader_calibration=(
+            ReaderCalibrationInfo.model_validate(calibration_for(model).describe())
+            if model is not None
+            else None
+        ),
     )
