@@ -59,6 +59,9 @@ _MARGIN_BLUR: Final = 0.02
 _MARGIN_MAX_SHARE: Final = 0.6
 _MARGIN_MIN_SIDE: Final = 64
 _MARGIN_CONTRAST: Final = 40.0
+# Beside a margin, lines whose median is darker than the paper by this share of the margin's
+# contrast are its shadow.
+_MARGIN_SHADE: Final = 0.5
 # A ruled line is thin: at least this many times longer than thick (a 1 is not).
 _LINE_THINNESS: Final = 10.0
 # When less than this share of the ink (margins aside) is left once the lines are removed, the
@@ -345,17 +348,25 @@ def remove_marks(ink: FloatImage, level: float) -> tuple[FloatImage, tuple[Mark,
     return cleaned, tuple(line_marks + small_marks)
 
 
-def _dark_prefix(dark_share: npt.NDArray[np.float64]) -> int:
-    """How many lines from the start are a dark band: solid at the edge, through its own edge."""
-    solid = np.flatnonzero(dark_share < _MARGIN_SOLID)
-    end = int(solid[0]) if solid.size else dark_share.size
-    if end == 0:
+def _dark_prefix(dark_share: npt.NDArray[np.float64], shade: npt.NDArray[np.float64]) -> int:
+    """How many lines from the start are a dark band: solid near the edge, through its edge.
+
+    ``dark_share`` is each line's share of dark pixels, ``shade`` whether the line's median is
+    clearly darker than the paper (the shadow along a margin). A few lines at the very edge may
+    be light (the scanner's own border).
+    """
+    size = dark_share.size
+    lead = max(1, round(_MARGIN_BLUR * size))
+    starts = np.flatnonzero(dark_share[: lead + 1] >= _MARGIN_SOLID)
+    if starts.size == 0:
         return 0
-    # The band's edge is seldom straight (a scan is skewed): take the lines still mostly dark,
-    # and a few more for the blurred edge.
-    while end < dark_share.size and dark_share[end] >= _MARGIN_EDGE:
+    solid = np.flatnonzero(dark_share[starts[0] :] < _MARGIN_SOLID)
+    end = int(starts[0] + solid[0]) if solid.size else size
+    # The band's edge is seldom straight (a scan is skewed) and casts a shadow: take the lines
+    # still mostly dark or shaded, and a few more for the blurred edge.
+    while end < size and (dark_share[end] >= _MARGIN_EDGE or shade[end]):
         end += 1
-    return min(dark_share.size, end + max(1, round(_MARGIN_BLUR * dark_share.size)))
+    return min(size, end + lead)
 
 
 def strip_margins(gray: FloatImage) -> tuple[FloatImage, tuple[Mark, ...]]:
@@ -377,11 +388,14 @@ def strip_margins(gray: FloatImage) -> tuple[FloatImage, tuple[Mark, ...]]:
         return g, ()
     is_dark = g < (paper + dark) / 2
     cols, rows = is_dark.mean(axis=0), is_dark.mean(axis=1)
+    shaded = paper - _MARGIN_SHADE * (paper - dark)
+    col_shade = np.median(g, axis=0) < shaded
+    row_shade = np.median(g, axis=1) < shaded
     bands = {
-        "left": _dark_prefix(cols),
-        "right": _dark_prefix(cols[::-1]),
-        "top": _dark_prefix(rows),
-        "bottom": _dark_prefix(rows[::-1]),
+        "left": _dark_prefix(cols, col_shade),
+        "right": _dark_prefix(cols[::-1], col_shade[::-1]),
+        "top": _dark_prefix(rows, row_shade),
+        "bottom": _dark_prefix(rows[::-1], row_shade[::-1]),
     }
     keep = np.ones_like(is_dark)
     marks = []
@@ -397,10 +411,12 @@ def strip_margins(gray: FloatImage) -> tuple[FloatImage, tuple[Mark, ...]]:
         }[side]
         keep[box.y : box.y + box.height, box.x : box.x + box.width] = False
         marks.append(Mark("margin", box))
-    if not marks or not (is_dark & keep).any():
-        # Nothing but the "margin" is dark: it is the writing itself.
+    if not marks:
         return g, ()
     paper_inside = float(np.median(g[keep]))
+    if not (g[keep] < paper_inside - _MARGIN_CONTRAST).any():
+        # Nothing but the "margin" is darker than the paper: it is the writing itself.
+        return g, ()
     out: FloatImage = np.where(keep, g, paper_inside).astype(np.float32)
     return out, tuple(marks)
 
