@@ -348,7 +348,7 @@ def remove_marks(ink: FloatImage, level: float) -> tuple[FloatImage, tuple[Mark,
     return cleaned, tuple(line_marks + small_marks)
 
 
-def _dark_prefix(dark_share: npt.NDArray[np.float64], shade: npt.NDArray[np.float64]) -> int:
+def _dark_prefix(dark_share: npt.NDArray[np.float64], shade: npt.NDArray[np.bool_]) -> int:
     """How many lines from the start are a dark band: solid near the edge, through its edge.
 
     ``dark_share`` is each line's share of dark pixels, ``shade`` whether the line's median is
