@@ -110,6 +110,12 @@ class RecognizeResponse(BaseModel):
                             "box": {"x": 34, "y": 20, "width": 41, "height": 58},
                         }
                     ],
+                    "ignored": [
+                        {
+                            "kind": "ruled_line",
+                            "box": {"x": 0, "y": 81, "width": 400, "height": 3},
+                        }
+                    ],
                 }
             ]
         }
