@@ -42,6 +42,8 @@ _MARGIN_SPAN: Final = 0.8
 # Stroke width as a share of the longer side below which a candidate is a hairline: MNIST's
 # strokes are thinner than this in about 5% of its test digits (see app.imaging._THIN_STROKE).
 _HAIRLINE: Final = 0.05
+# More components than this and the image is not looked at piece by piece (see remove_marks).
+_MAX_COMPONENTS: Final = 1000
 # A stroke crosses a line when there is ink within this many pixels above and below it.
 _CROSS_REACH: Final = 2
 # ... and the crossing is at most this wide, in digit heights.
@@ -337,6 +339,10 @@ def remove_marks(ink: FloatImage, level: float) -> tuple[FloatImage, tuple[Mark,
     arr = np.asarray(ink, dtype=np.float32)
     binary = arr > level
     if not binary.any():
+        return arr, ()
+    if connected_components(binary)[1] > _MAX_COMPONENTS:
+        # A page of noise: far more pieces than any string of digits has. Looking at each would
+        # cost time in proportion; the segmentation refuses such a page on its own count.
         return arr, ()
     lines, line_marks = _lines(binary)
     rest = binary & ~lines

@@ -160,3 +160,12 @@ def test_recognize_lists_what_it_ignored(client: TestClient) -> None:
     box = lines[0]["box"]
     assert box["x"] + box["width"] <= ink.shape[1]
     assert box["width"] >= 0.9 * ink.shape[1]
+
+
+def test_a_page_of_noise_is_not_examined_piece_by_piece() -> None:
+    rng = np.random.default_rng(5)
+    noise = np.zeros((400, 400), np.float32)
+    noise[rng.integers(0, 200, 4000) * 2, rng.integers(0, 200, 4000) * 2] = 1.0
+    cleaned, ignored = remove_marks(noise, 0.2)
+    assert ignored == ()
+    assert cleaned is noise or np.array_equal(cleaned, noise)
