@@ -9,6 +9,7 @@ person, the way mail sorting works.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
@@ -251,8 +252,16 @@ async def recognize(
     prediction = await serving.worker.predict(serving.model, batch)
     serving.telemetry.count_images("/recognize", len(batch))
     probabilities = prediction.probabilities
+    # The served version's own reader weights (its reader.json, else the defaults).
+    calibration = calibration_for(serving.model)
     reading = await run_in_threadpool(
-        choose_reading, lattice, probabilities, max_digits=settings.max_digits
+        partial(
+            choose_reading,
+            max_digits=settings.max_digits,
+            weights=calibration.reading_weights,
+        ),
+        lattice,
+        probabilities,
     )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
@@ -271,7 +280,6 @@ async def recognize(
                 "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
             }
         )
-    calibration = calibration_for(serving.model)
     unlike = _not_digit_like(calibration, batch, probabilities, list(reading.candidates))
     unlike = _hairlines_on_a_form(lattice, list(reading.candidates), unlike)
     limit = settings.review_threshold if threshold is None else threshold
