@@ -13,6 +13,9 @@ SHARED_MNIST := $(abspath ../shared/data/mnist)
 # Tests and benchmarks read MNIST through MNIST_DATA_DIR; default to the team's shared copy.
 # Without it, the trainer downloads MNIST (digests checked) into ~/.cache/mnist-digits.
 export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/t10k-labels-idx1-ubyte.gz),$(SHARED_MNIST),)
+SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
+# The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
+export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
 .PHONY: install install-train install-dev serve train test test-fast lint bench browser lock clean
 
@@ -80,6 +83,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_postal.py
+	$(BIN)/python -m benchmarks.bench_realworld --limit 500 --postal 500
 
 # Re-resolve after editing dependencies in pyproject.toml: uv.lock keeps every pin it can and
 # the three requirement files are exported from it with hashes. Commit all four.

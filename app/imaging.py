@@ -27,6 +27,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from app.core.deadline import check_deadline, current_deadline, deadline_exceeded
 from app.core.errors import ApiError
+from app.framing import paper_margin
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -293,7 +294,13 @@ def ink_map(gray: FloatImage) -> FloatImage:
         # its amplitude threefold and leaves strokes as they are.
         levels = Image.fromarray(np.clip(np.rint(g), 0, 255).astype(np.uint8))
         g = np.asarray(levels.filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
-    if _ink_is_dark(g):
+    dark = _ink_is_dark(g)
+    framed = paper_margin(g, dark)
+    if framed is not None:
+        # A tight crop: read it as if cut with a margin (see app.framing), then cut that off.
+        padded, pad = framed
+        return ink_map(padded)[pad:-pad, pad:-pad]
+    if dark:
         g = 255.0 - g
     residual = g - _background_surface(g)
     # Noise statistics from a subsample: a few ten thousand pixels estimate them as well.

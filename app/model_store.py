@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
+from app.calibration import ReaderCalibration, load_calibration
 from app.core.errors import DomainError
 from app.model_report import ModelReport, read_report
 from app.probe import PROBABILITY_TOLERANCE, ProbeError, ProbeResult, run_probe
@@ -148,6 +149,8 @@ class LoadedModel:
     probe: ProbeResult | None
     loaded_at: datetime
     load_seconds: float
+    calibration: ReaderCalibration = field(default_factory=ReaderCalibration)
+    """Its reader calibration (reader.json and the likeness basis), loaded and swapped with it."""
 
     def predict(self, images: Images) -> Answers:
         """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call.
@@ -226,6 +229,7 @@ def load_version(
         probe=probe,
         loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started,
+        calibration=load_calibration(path),
     )
 
 

@@ -220,6 +220,27 @@ class VersionPolicyInfo(BaseModel):
     probe_min_accuracy: float
 
 
+class ReaderCalibrationInfo(BaseModel):
+    """What ``/recognize``'s reader and review rule use for the served version."""
+
+    source: Literal["reader.json", "defaults"] = Field(
+        description="`reader.json` when the version directory holds a valid calibration, "
+        "`defaults` when the service's built-in values are used instead."
+    )
+    reading_weights: dict[str, float]
+    count_margin: float
+    reading_margin: float
+    review_threshold: float | None = Field(
+        description="The version's own review threshold (null: the service's setting)."
+    )
+    likeness_rank: int | None = Field(
+        description="Principal components per digit class in the digit-likeness basis (null: "
+        "no likeness check)."
+    )
+    likeness_threshold: float | None
+    notes: list[str] = Field(description="What is not calibrated for this version, and why.")
+
+
 class ModelResponse(BaseModel):
     """Answer of ``GET /model``: the served version and what is on disk.
 
@@ -252,6 +273,9 @@ class ModelResponse(BaseModel):
     )
     poll_interval_seconds: float = Field(description="0 when polling for new versions is off.")
     last_checked: datetime | None = Field(description="When the directory was last scanned.")
+    reader_calibration: ReaderCalibrationInfo | None = Field(
+        default=None, description="The served version's reader calibration (null while none)."
+    )
 
 
 # --- /metrics ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,9 @@ from PIL import Image
 from app.core.deadline import check_deadline
 from app.core.errors import ApiError
 from app.imaging import center_digit, ink_map, reduce_image, to_grayscale
+
+if TYPE_CHECKING:
+    from app.marks import Mark
 
 __all__ = [
     "COUNT_MARGIN",
@@ -504,6 +507,8 @@ class Lattice:
     candidates: tuple[Candidate, ...]
     atom_count: int
     boundaries: tuple[_Boundary, ...]
+    ignored: tuple[Mark, ...] = ()
+    """What was found and not read: margins, ruled lines, specks, punctuation (app.marks)."""
 
 
 def _stroke_width(binary: npt.NDArray[np.bool_]) -> float:
@@ -657,6 +662,12 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
         raise _no_digits()
     level = min(max(otsu_threshold(arr), _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1])
     low = _HYSTERESIS * level
+    # app.marks builds on this module's components and Box, hence imported here.
+    from app.marks import remove_marks
+
+    arr, ignored = remove_marks(arr, low)
+    if float(arr.max(initial=0.0)) <= 0.0:
+        raise _no_digits()
     labels, count = _strong_components(arr, low, level)
     binary = labels > 0
     if count == 0:
@@ -699,7 +710,7 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
                     float((crop > low).sum()) / digit_area,
                 )
             )
-    return Lattice(tuple(candidates), len(atoms), tuple(boundaries))
+    return Lattice(tuple(candidates), len(atoms), tuple(boundaries), ignored)
 
 
 def reading_features(
@@ -908,11 +919,17 @@ def find_candidates(
         img = reduce_image(
             img, (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         )
+    from app.marks import strip_margins  # built on this module's Box, hence imported here
+
     gray = to_grayscale(img)
+    check_deadline()
+    gray, margins = strip_margins(gray)
     check_deadline()
     ink = ink_map(gray)
     check_deadline()
     lattice = build_lattice(ink, max_digits=max_digits)
+    if margins:
+        lattice = dataclasses.replace(lattice, ignored=margins + lattice.ignored)
     if gray.shape == (height, width):
         return lattice
     sx, sy = width / gray.shape[1], height / gray.shape[0]
@@ -923,7 +940,13 @@ def find_candidates(
         x1 = min(width, int(np.ceil((b.x + b.width) * sx)))
         y1 = min(height, int(np.ceil((b.y + b.height) * sy)))
         rescaled.append(dataclasses.replace(cand, box=Box(x0, y0, x1 - x0, y1 - y0)))
-    return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries)
+    marks = tuple(dataclasses.replace(m, box=_scale_box(m.box, sx, sy)) for m in lattice.ignored)
+    return Lattice(tuple(rescaled), lattice.atom_count, lattice.boundaries, marks)
+
+
+def _scale_box(box: Box, sx: float, sy: float) -> Box:
+    x0, y0 = int(box.x * sx), int(box.y * sy)
+    return Box(x0, y0, max(1, round(box.width * sx)), max(1, round(box.height * sy)))
 
 
 def normalize_candidates(lattice: Lattice) -> npt.NDArray[np.uint8]:

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from training import preprocess as preprocessing_module
+from training.calibrate import calibrate_version, holdout_size
 from training.data import MnistData, MnistError, load_mnist
 from training.environment import library_versions, machine_info
-from training.evaluate import Evaluation, evaluate_signature
+from training.evaluate import Evaluation, evaluate_signature, predict
 from training.export import SIGNATURE_SPEC, load_signature, save_saved_model, write_version
 from training.model import FitResult, fit_classifier
 from training.preprocess import preprocess_array
@@ -102,6 +103,14 @@ def run(
         val = evaluate_signature(signature, val_images, val_labels) if n_val else None
         evaluate_seconds = time.perf_counter() - tick
 
+        # The reader's calibration for this version (likeness basis and thresholds), from
+        # MNIST training digits only, written beside the SavedModel.
+        tick = time.perf_counter()
+        held = holdout_size(len(data.train_images))
+        _, held_digits = predict(signature, data.train_images[-held:])
+        calibrate_version(directory, data.train_images, data.train_labels, held_digits)
+        calibrate_seconds = time.perf_counter() - tick
+
         tick = time.perf_counter()
         if report:
             from training.report import write_report  # matplotlib only when a report is wanted
@@ -124,6 +133,7 @@ def run(
             "train_seconds": preprocess_seconds + fit.fit_seconds,
             "export_seconds": export_seconds,
             "evaluate_seconds": evaluate_seconds,
+            "calibrate_seconds": calibrate_seconds,
             "report_seconds": report_seconds,
             "total_seconds": load_seconds + time.perf_counter() - started,
         }

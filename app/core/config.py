@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.version_policy import Gate, VersionPolicy, parse_labels, parse_versions
+
+#: The review threshold of a version without a calibrated one. The lowest threshold that kept the
+#: whole-code error among accepted readings at most 2% on postal codes other than the
+#: benchmark's (MNIST training digits, seed 31; test digits, seed 7) for version 1.
+DEFAULT_REVIEW_THRESHOLD: Final = 0.98
 
 
 class Settings(BaseSettings):
@@ -128,15 +133,13 @@ class Settings(BaseSettings):
     max_digits: int = Field(
         default=12, gt=0, description="Most digits /recognize reads from one image."
     )
-    review_threshold: float = Field(
-        # The lowest threshold keeping the whole-code error among accepted readings at most 2%
-        # on postal codes other than the benchmark's (MNIST training digits, seed 31; test
-        # digits, seed 7): 1.2% and 1.9% there, with about 3 codes in 4 sent to review. At 0.97
-        # the error was 1.7% and 2.4%; at 0.90, 2.4% and 4.8%.
-        default=0.98,
+    review_threshold: float | None = Field(
+        default=None,
         ge=0.0,
         le=1.0,
-        description="A digit read with lower confidence than this flags the answer for review.",
+        description="A digit read with lower confidence than this flags the answer for review. "
+        "Unset: the served version's own calibrated threshold (its reader.json), else "
+        f"{DEFAULT_REVIEW_THRESHOLD}.",
     )
 
     # Connections: applied by the launcher (``python -m app.serve``), where uvicorn faces clients.

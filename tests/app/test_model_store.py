@@ -38,3 +38,16 @@ def test_fixture_models_use_the_fast_path_too(constant_models: dict[int, Path]) 
     assert model.session_fast_path
     _, digits = model.predict(np.zeros([4, 28, 28], np.uint8))
     assert digits.shape == (4,)
+
+
+def test_a_version_loads_with_its_own_reader_calibration(
+    bundled_model_dir: Path, constant_models: dict[int, Path]
+) -> None:
+    bundled = load_version(bundled_model_dir, int(bundled_model_dir.name))
+    assert bundled.calibration.source == "reader.json"
+    assert bundled.calibration.likeness is not None
+    assert not bundled.calibration.notes
+    # A version without reader.json is served with the defaults, and says so.
+    plain = load_version(constant_models[1], 2)
+    assert plain.calibration.likeness is None
+    assert any("reader.json" in note for note in plain.calibration.notes)

@@ -8,6 +8,7 @@ MNIST test digits (benchmarks/postal_codes.py, the benchmark's generator).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.segmentation
+from app.core.config import DEFAULT_REVIEW_THRESHOLD
 from app.inference import InferenceWorker
 from app.main import create_app
 from benchmarks.postal_codes import Layout, PostalCode, generate_postal_codes
@@ -50,7 +52,9 @@ def test_answer_has_the_documented_shape(client: TestClient) -> None:
         "model_version",
         "image",
         "segments",
+        "ignored",
     }
+    assert body["ignored"] == []
     assert body["digits"] == "111"
     assert body["model_version"] == 1
     assert body["image"] == {"width": ink.shape[1], "height": ink.shape[0]}
@@ -82,20 +86,34 @@ def test_low_confidence_digits_need_review_and_are_named(client: TestClient) -> 
         assert "0.95" in reason
 
 
-@pytest.mark.parametrize("review_threshold", [None, 0.99, 0.9])
-def test_the_default_threshold_comes_from_settings(
-    models: ModelsDir, review_threshold: float | None
+@pytest.mark.parametrize(
+    ("setting", "calibrated", "expected"),
+    [
+        (None, None, DEFAULT_REVIEW_THRESHOLD),
+        (0.99, None, 0.99),
+        (0.9, None, 0.9),
+        (None, 0.9, 0.9),
+        (0.99, 0.9, 0.99),
+    ],
+)
+def test_the_default_threshold_is_the_settings_then_the_versions_own(
+    models: ModelsDir, setting: float | None, calibrated: float | None, expected: float
 ) -> None:
-    models.add(1, digit=1)
-    overrides = {} if review_threshold is None else {"review_threshold": review_threshold}
+    version_dir = models.add(1, digit=1)
+    if calibrated is not None:
+        (version_dir / "reader.json").write_text(
+            json.dumps({"format": 1, "review_threshold": calibrated})
+        )
+    overrides = {} if setting is None else {"review_threshold": setting}
     settings = make_settings(models.path, **overrides)
     with TestClient(create_app(settings)) as served:
         body = post(served, three_digit_png()).json()
-    below = settings.review_threshold > CONSTANT_CONFIDENCE
+    below = expected > CONSTANT_CONFIDENCE
     assert body["needs_review"] is below
-    assert len(body["review_reasons"]) == (3 if below else 0)
-    for reason in body["review_reasons"]:
-        assert f"below the threshold {settings.review_threshold:.2f}" in reason
+    threshold_reasons = [r for r in body["review_reasons"] if "below the threshold" in r]
+    assert len(threshold_reasons) == (3 if below else 0)
+    for reason in threshold_reasons:
+        assert f"below the threshold {expected:.2f}" in reason
 
 
 def test_a_wrong_length_needs_review(client: TestClient) -> None:

@@ -305,3 +305,16 @@ def test_steps_per_execution_divides_the_epoch() -> None:
     assert _steps_per_execution(16, 64) == 16
     assert _steps_per_execution(16, 107) == 1  # a prime: one step per call
     assert _steps_per_execution(1, 1719) == 1
+
+
+def test_a_new_version_carries_its_reader_calibration(
+    exported: training.train.TrainingRun,
+) -> None:
+    from app.calibration import load_calibration
+
+    calibration = load_calibration(exported.path)
+    assert calibration.source == "reader.json"
+    assert calibration.likeness is not None
+    assert calibration.likeness_threshold is not None
+    # The reader's weights are not refitted by training: defaults, and it says so.
+    assert any(note.startswith("reading_weights not calibrated") for note in calibration.notes)

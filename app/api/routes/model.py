@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ApiKeyDep, SettingsDep, StoreDep
+from app.calibration import calibration_for
 from app.model_store import SIGNATURE
 from app.schemas import (
     FailedVersionInfo,
     HeldVersionInfo,
     IgnoredEntryInfo,
     ModelResponse,
+    ReaderCalibrationInfo,
     ServedVersionInfo,
     Signature,
     TensorSpec,
@@ -106,4 +108,9 @@ async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
         ),
         poll_interval_seconds=settings.model_poll_seconds,
         last_checked=status.last_checked,
+        reader_calibration=(
+            ReaderCalibrationInfo.model_validate(calibration_for(model).describe())
+            if model is not None
+            else None
+        ),
     )

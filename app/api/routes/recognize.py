@@ -9,7 +9,8 @@ person, the way mail sorting works.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from functools import partial
+from typing import Annotated, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -19,10 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
-from app.core.config import Settings
+from app.calibration import ReaderCalibration, calibration_for
+from app.core.config import DEFAULT_REVIEW_THRESHOLD, Settings
 from app.core.deadline import check_deadline, request_deadline
 from app.core.tracing import child_span
 from app.imaging import load_image, open_image, run_in_large_image_slot
+from app.likeness import mass_outside, unlikeness
+from app.marks import is_hairline
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     MAX_WORK_PIXELS,
@@ -73,6 +77,19 @@ class SegmentReading(BaseModel):
     box: BoxModel
 
 
+class IgnoredMark(BaseModel):
+    """Something in the image that is not a handwritten digit and was left out of the reading."""
+
+    kind: Literal["margin", "ruled_line", "speck", "stray", "punctuation"] = Field(
+        description="`margin`: a dark scan margin or border along an edge; `ruled_line`: a "
+        "long thin straight line (of a form or a register, also where it crosses a digit); "
+        "`speck`: dust, noise or paper texture; `stray`: ink outside the line of writing (bits "
+        "of other text or cells); `punctuation`: a dot, comma, dash or equals sign.",
+        examples=["ruled_line"],
+    )
+    box: BoxModel
+
+
 class ImageSize(BaseModel):
     """Size of the uploaded image in pixels (after EXIF rotation)."""
 
@@ -103,6 +120,12 @@ class RecognizeResponse(BaseModel):
                             "box": {"x": 34, "y": 20, "width": 41, "height": 58},
                         }
                     ],
+                    "ignored": [
+                        {
+                            "kind": "ruled_line",
+                            "box": {"x": 0, "y": 81, "width": 400, "height": 3},
+                        }
+                    ],
                 }
             ]
         }
@@ -127,6 +150,11 @@ class RecognizeResponse(BaseModel):
     image: ImageSize
     segments: list[SegmentReading] = Field(
         description="One entry per digit, left to right, in the same order as `digits`."
+    )
+    ignored: list[IgnoredMark] = Field(
+        default_factory=list,
+        description="What was found in the image and not read as digits, with boxes, so a "
+        "page can show it: margins, ruled lines, specks, strays and punctuation.",
     )
 
 
@@ -155,11 +183,38 @@ def _prepare(
     return run_in_large_image_slot(segment)
 
 
+def review_threshold(
+    requested: float | None, settings: Settings, calibration: ReaderCalibration
+) -> float:
+    """The threshold for this request: the query's, else the operator's setting, else the
+    served version's calibrated one, else the default."""
+    if requested is not None:
+        return requested
+    if settings.review_threshold is not None:
+        return settings.review_threshold
+    if calibration.review_threshold is not None:
+        return calibration.review_threshold
+    return DEFAULT_REVIEW_THRESHOLD
+
+
 def review_reasons(
-    confidences: list[float], threshold: float, expected_length: int | None, reading: Reading
+    confidences: list[float],
+    threshold: float,
+    expected_length: int | None,
+    reading: Reading,
+    unlike: list[bool] | None = None,
 ) -> list[str]:
-    """Human-readable reasons to send a reading to review (empty when it can be trusted)."""
+    """Human-readable reasons to send a reading to review (empty when it can be trusted).
+
+    ``unlike`` says, per digit, whether it is not digit-like (see :mod:`app.likeness`).
+    """
     reasons = []
+    for i, flag in enumerate(unlike or []):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {len(confidences)} does not look like a handwritten digit "
+                "(it may be a line, a mark or part of one)"
+            )
     if expected_length is not None and len(confidences) != expected_length:
         reasons.append(f"expected {expected_length} digits but read {len(confidences)}")
     if reading.count_is_uncertain and reading.runner_up is not None:
@@ -221,7 +276,8 @@ async def recognize(
             ge=0.0,
             le=1.0,
             description="A digit read with lower confidence than this flags the answer for "
-            "review. Default: the service's `DIGITS_REVIEW_THRESHOLD`.",
+            "review. Default: `DIGITS_REVIEW_THRESHOLD` when set, else the served version's "
+            "calibrated threshold (its `reader.json`), else 0.98.",
             examples=[0.98],
         ),
     ] = None,
@@ -238,11 +294,19 @@ async def recognize(
         prediction = await serving.worker.predict(serving.model, batch)
         serving.telemetry.count_images("/recognize", len(batch))
         probabilities = prediction.probabilities
-        # choose_reading refuses scores that are not probabilities (503 model_output_invalid) before
-        # anything below relies on them.
+        # The served version's own reader weights (its reader.json, else the defaults).
+        calibration = calibration_for(serving.model)
+        # choose_reading refuses scores that are not probabilities (503 model_output_invalid)
+        # before anything below relies on them.
         with child_span("reading"):
             reading = await run_in_threadpool(
-                choose_reading, lattice, probabilities, max_digits=settings.max_digits
+                partial(
+                    choose_reading,
+                    max_digits=settings.max_digits,
+                    weights=calibration.reading_weights,
+                ),
+                lattice,
+                probabilities,
             )
     segments: list[dict[str, object]] = []
     confidences: list[float] = []
@@ -261,8 +325,10 @@ async def recognize(
                 "box": {"x": box.x, "y": box.y, "width": box.width, "height": box.height},
             }
         )
-    limit = settings.review_threshold if threshold is None else threshold
-    reasons = review_reasons(confidences, limit, expected_length, reading)
+    unlike = _not_digit_like(calibration, batch, probabilities, list(reading.candidates))
+    unlike = _hairlines_on_a_form(lattice, list(reading.candidates), unlike)
+    limit = review_threshold(threshold, settings, calibration)
+    reasons = review_reasons(confidences, limit, expected_length, reading, unlike)
     telemetry = serving.telemetry
     for digit_char, confidence in zip(digits, confidences, strict=True):
         telemetry.observe_answer("/recognize", int(digit_char), confidence)
@@ -275,4 +341,43 @@ async def recognize(
         "model_version": prediction.model_version,
         "image": {"width": width, "height": height},
         "segments": segments,
+        "ignored": [
+            {
+                "kind": mark.kind,
+                "box": {"x": m.x, "y": m.y, "width": m.width, "height": m.height},
+            }
+            for mark in lattice.ignored
+            for m in (mark.box,)
+        ],
     }
+
+
+def _hairlines_on_a_form(
+    lattice: Lattice, chosen: list[int], unlike: list[bool] | None
+) -> list[bool] | None:
+    """Add to ``unlike`` the hairline digits of an image where ruled lines or margins were found.
+
+    A piece of a ruled line that escaped :mod:`app.marks` reads as a confident 1; on a page
+    with lines, a digit as thin as they are is not trusted.
+    """
+    if not any(m.kind in ("ruled_line", "margin") for m in lattice.ignored):
+        return unlike
+    flags = unlike or [False] * len(chosen)
+    return [f or is_hairline(lattice.candidates[i].ink) for f, i in zip(flags, chosen, strict=True)]
+
+
+def _not_digit_like(
+    calibration: ReaderCalibration,
+    batch: npt.NDArray[np.uint8],
+    probabilities: npt.NDArray[np.floating],
+    chosen: list[int],
+) -> list[bool] | None:
+    """Per chosen candidate, whether it is too unlike any digit (None: no likeness check)."""
+    if calibration.likeness is None or calibration.likeness_threshold is None or not chosen:
+        return None
+    classes = np.argmax(probabilities[chosen], axis=1)
+    scores = unlikeness(calibration.likeness, batch[chosen], classes)
+    unlike = (scores > calibration.likeness_threshold) | mass_outside(
+        calibration.likeness, batch[chosen], classes
+    )
+    return [bool(flag) for flag in unlike]

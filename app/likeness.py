@@ -1,0 +1,131 @@
+"""How much a normalized candidate looks like a handwritten digit at all.
+
+The classifier's ten probabilities cannot say "this is not a digit": a ruled line is a confident
+1, a scan margin a confident 1 or 7. Digit-likeness answers that question separately. Each digit
+class of the MNIST training set spans a low-dimensional subspace of the 784 pixels (its mean
+plus a few principal components); a candidate, normalized to 28×28 like any digit, is projected
+onto the subspace of the class the model read it as, and what the projection cannot explain
+is its distance from being that digit::
+
+    unlikeness = ||x - m_c - P_c P_cᵀ (x - m_c)|| / ||x||      (x in 0..1, c = the digit read)
+
+0 means "exactly a typical c"; values near 1 mean nothing of the image is explained. The basis
+and the threshold are fitted offline on MNIST training digits (``training/calibrate.py``) and
+shipped with the model version; nothing here is fitted on real scans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LikenessBasis", "load_basis", "mass_outside", "unlikeness"]
+
+PIXELS: Final = 784
+CLASSES: Final = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class LikenessBasis:
+    """Per-class affine subspaces of MNIST digits.
+
+    ``means`` is [10, 784], ``components`` [10, k, 784] (orthonormal rows).
+    """
+
+    means: npt.NDArray[np.float32]
+    components: npt.NDArray[np.float32]
+    mass_low: npt.NDArray[np.float32] | None = None
+    """Per class, the least ink (mean pixel value, 0..1) of a digit-like image (None: no limit)."""
+    mass_high: npt.NDArray[np.float32] | None = None
+    """Per class, the most ink of a digit-like image (None: no limit)."""
+
+    def __post_init__(self) -> None:
+        means, comps = self.means, self.components
+        if means.shape != (CLASSES, PIXELS) or comps.ndim != 3 or comps.shape[0] != CLASSES:
+            raise ValueError(
+                f"a likeness basis needs means [10, 784] and components [10, k, 784], got "
+                f"{means.shape} and {comps.shape}"
+            )
+        if comps.shape[2] != PIXELS or comps.shape[1] < 1:
+            raise ValueError(f"components must be [10, k>=1, 784], got {comps.shape}")
+        if not (np.isfinite(means).all() and np.isfinite(comps).all()):
+            raise ValueError("the likeness basis holds non-finite values")
+        for name in ("mass_low", "mass_high"):
+            limit = getattr(self, name)
+            if limit is not None and (limit.shape != (CLASSES,) or not np.isfinite(limit).all()):
+                raise ValueError(f"{name} must be 10 finite values, got shape {limit.shape}")
+
+    @property
+    def rank(self) -> int:
+        """Principal components per class."""
+        return int(self.components.shape[1])
+
+
+def _as_vectors(images: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    arr = np.asarray(images)
+    flat = arr.reshape(arr.shape[0], -1).astype(np.float32)
+    if flat.shape[1] != PIXELS:
+        raise ValueError(f"expected 28×28 images, got shape {arr.shape}")
+    scale = np.float32(255.0) if arr.dtype == np.uint8 else np.float32(1.0)
+    out: npt.NDArray[np.float32] = flat / scale
+    return out
+
+
+def unlikeness(
+    basis: LikenessBasis,
+    images: npt.NDArray[np.generic],
+    classes: npt.NDArray[np.integer],
+) -> npt.NDArray[np.float64]:
+    """Relative residual of each image in its class's subspace, float64 [N] in 0..~1.
+
+    ``images`` are normalized digits (uint8 0..255 or float 0..1, [N, 28, 28]); ``classes``
+    the digit each was read as. An image with no ink at all gets 1 (nothing explained).
+    """
+    x = _as_vectors(images)
+    cls = np.asarray(classes, dtype=np.int64)
+    if cls.shape != (x.shape[0],) or (cls.size and (cls.min() < 0 or cls.max() >= CLASSES)):
+        raise ValueError("classes must be one digit 0..9 per image")
+    centred = x - basis.means[cls]
+    comps = basis.components[cls]  # [N, k, 784]
+    coef = np.einsum("nkp,np->nk", comps, centred)
+    residual = centred - np.einsum("nk,nkp->np", coef, comps)
+    norm = np.linalg.norm(x, axis=1).astype(np.float64)
+    err = np.linalg.norm(residual, axis=1).astype(np.float64)
+    out: npt.NDArray[np.float64] = np.where(norm > 0, err / np.maximum(norm, 1e-12), 1.0)
+    return out
+
+
+def mass_outside(
+    basis: LikenessBasis, images: npt.NDArray[np.generic], classes: npt.NDArray[np.integer]
+) -> npt.NDArray[np.bool_]:
+    """Whether each image has less or more ink than digits of its class have (bool [N])."""
+    x = _as_vectors(images)
+    cls = np.asarray(classes, dtype=np.int64)
+    mass = x.mean(axis=1)
+    out = np.zeros(x.shape[0], bool)
+    if basis.mass_low is not None:
+        out |= mass < basis.mass_low[cls]
+    if basis.mass_high is not None:
+        out |= mass > basis.mass_high[cls]
+    return out
+
+
+def load_basis(path: Path) -> LikenessBasis:
+    """Read a basis written by ``training/calibrate.py``, validating its shapes and values.
+
+    Raises:
+        ValueError: the file is not a valid basis.
+        OSError: the file cannot be read.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        if "means" not in data or "components" not in data:
+            raise ValueError(f"{path.name} has no 'means' and 'components' arrays")
+        means = np.asarray(data["means"], dtype=np.float32)
+        comps = np.asarray(data["components"], dtype=np.float32)
+        low = np.asarray(data["mass_low"], np.float32) if "mass_low" in data else None
+        high = np.asarray(data["mass_high"], np.float32) if "mass_high" in data else None
+    return LikenessBasis(means, comps, low, high)

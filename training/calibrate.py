@@ -1,0 +1,196 @@
+"""Fit the reader's calibration for one model version and write it beside its SavedModel.
+
+What the service's string reader and review rule use besides the model's probabilities, fitted
+on MNIST-derived data only (never on the real scans, which are for measuring):
+
+* the digit-likeness basis (``likeness.npz``): per digit class, the mean and the first
+  principal components of MNIST training digits, float16 arrays ``means`` [10, 784] and
+  ``components`` [10, k, 784] (orthonormal rows, pixels in 0..1);
+* the likeness threshold: the unlikeness (relative residual of a digit in the subspace of the
+  class this version reads it as) that this share of held-out MNIST training digits stays
+  below; a candidate above it is not digit-like and sends the reading to review;
+* the ink mass range of each class (mean pixel value, the same central share of held-out
+  digits), stored in the basis file as ``mass_low`` and ``mass_high`` [10]: a blob can lie
+  near a class's subspace (a filled disc near the 0s) but has far more ink than its digits;
+* ``reader.json``: the threshold and how it was found, plus any reader settings given.
+
+Usage::
+
+    python -m training.calibrate models/mnist/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FORMAT",
+    "HOLDOUT",
+    "LIKENESS_QUANTILE",
+    "RANK",
+    "calibrate_version",
+    "fit_basis",
+    "holdout_size",
+    "unlikeness",
+]
+
+FORMAT: Final = 1
+#: Principal components per class: enough to explain most of a class's variation, too few to
+#: reproduce a line or a blob that is not one of its digits.
+RANK: Final = 30
+#: Share of held-out MNIST training digits that must pass as digit-like.
+LIKENESS_QUANTILE: Final = 0.99
+# The basis is fitted on the first part of the training digits, the threshold set on the rest
+# (at most this many, and at most a fifth).
+HOLDOUT: Final = 10_000
+
+
+def holdout_size(train_count: int) -> int:
+    """How many of the last training digits set the threshold."""
+    return max(1, min(HOLDOUT, train_count // 5))
+
+
+BASIS_FILE: Final = "likeness.npz"
+READER_FILE: Final = "reader.json"
+
+
+def _vectors(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    flat: npt.NDArray[np.float32] = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+    return flat
+
+
+def fit_basis(
+    images: npt.NDArray[np.uint8], labels: npt.NDArray[np.integer[Any]], rank: int = RANK
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Per-class mean [10, 784] and ``rank`` principal components [10, rank, 784]."""
+    x = _vectors(images)
+    y = np.asarray(labels, dtype=np.int64)
+    means = np.zeros((10, x.shape[1]), np.float32)
+    comps = np.zeros((10, rank, x.shape[1]), np.float32)
+    for digit in range(10):
+        members = x[y == digit]
+        if members.shape[0] <= rank:
+            raise ValueError(f"class {digit} has {members.shape[0]} images, need more than {rank}")
+        means[digit] = members.mean(axis=0)
+        centred = (members - means[digit]).astype(np.float64)
+        # The covariance's top eigenvectors are the principal directions; 784×784 whatever
+        # the number of images.
+        _, vectors = np.linalg.eigh(centred.T @ centred)
+        comps[digit] = vectors[:, ::-1][:, :rank].T.astype(np.float32)
+    return means, comps
+
+
+def unlikeness(
+    means: npt.NDArray[np.float32],
+    comps: npt.NDArray[np.float32],
+    images: npt.NDArray[np.uint8],
+    classes: npt.NDArray[np.integer[Any]],
+) -> npt.NDArray[np.float64]:
+    """Relative residual of each image in the subspace of its class (as app.likeness computes)."""
+    x = _vectors(images)
+    cls = np.asarray(classes, dtype=np.int64)
+    centred = x - means[cls]
+    coef = np.einsum("nkp,np->nk", comps[cls], centred)
+    residual = centred - np.einsum("nk,nkp->np", coef, comps[cls])
+    norm = np.linalg.norm(x, axis=1)
+    out: npt.NDArray[np.float64] = np.where(
+        norm > 0, np.linalg.norm(residual, axis=1) / np.maximum(norm, 1e-12), 1.0
+    ).astype(np.float64)
+    return out
+
+
+def calibrate_version(
+    directory: Path,
+    train_images: npt.NDArray[np.uint8],
+    train_labels: npt.NDArray[np.integer[Any]],
+    predicted: npt.NDArray[np.integer[Any]],
+    *,
+    reader: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """Fit and write ``likeness.npz`` and ``reader.json`` into ``directory``; return the JSON.
+
+    ``predicted`` is this version's reading of the last held-out training digits (the
+    ``len(predicted)`` last images), so the threshold is the likeness of digits as this model
+    reads them. ``reader`` adds reader settings (weights, margins, review threshold) that were
+    fitted for this version elsewhere.
+    """
+    held = len(predicted)
+    fit_images, fit_labels = train_images[:-held], train_labels[:-held]
+    smallest = int(np.bincount(np.asarray(fit_labels, np.int64), minlength=10).min())
+    # A tiny training set (tests) gets as many components as its smallest class allows.
+    rank = min(RANK, smallest - 1)
+    if rank < 1:
+        raise ValueError(f"too few training digits to calibrate: a class has {smallest}")
+    means, comps = fit_basis(fit_images, fit_labels, rank)
+    # The threshold is measured with the float16 basis the service will load.
+    means16, comps16 = means.astype(np.float16), comps.astype(np.float16)
+    scores = unlikeness(
+        means16.astype(np.float32), comps16.astype(np.float32), train_images[-held:], predicted
+    )
+    threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
+    # How much ink a digit of each class has (mean pixel value): a blob has far more than any
+    # digit's shape and can still be close to a subspace (a filled disc to the 0s).
+    mass = _vectors(train_images[-held:]).mean(axis=1)
+    tail = (1.0 - LIKENESS_QUANTILE) / 2
+    classes = np.asarray(predicted, dtype=np.int64)
+    # A class this version never predicts among the held-out digits gets the overall range.
+    members = [mass[classes == d] if (classes == d).any() else mass for d in range(10)]
+    mass_low = np.array([np.quantile(m, tail) for m in members], np.float32)
+    mass_high = np.array([np.quantile(m, 1 - tail) for m in members], np.float32)
+    with (directory / BASIS_FILE).open("wb") as handle:
+        np.savez_compressed(
+            handle, means=means16, components=comps16, mass_low=mass_low, mass_high=mass_high
+        )
+    document: dict[str, object] = {
+        "format": FORMAT,
+        "fitted_on": (
+            f"MNIST training digits: basis on the first {len(fit_images)}, threshold on the "
+            f"last {held} as this version reads them"
+        ),
+        "likeness": {
+            "basis": BASIS_FILE,
+            "rank": rank,
+            "quantile": LIKENESS_QUANTILE,
+            "threshold": round(threshold, 4),
+        },
+        **(dict(reader) if reader else {}),
+    }
+    (directory / READER_FILE).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Calibrate an existing version directory (its SavedModel reads the held-out digits)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("version_dir", type=Path)
+    parser.add_argument("--data-dir", default=None, help="MNIST directory ($MNIST_DATA_DIR)")
+    parser.add_argument(
+        "--reader", type=Path, default=None, help="JSON of reader settings fitted elsewhere"
+    )
+    args = parser.parse_args(argv)
+
+    from training.data import load_mnist
+    from training.evaluate import predict
+    from training.export import load_signature
+
+    data = load_mnist(args.data_dir, progress=False)
+    held = holdout_size(len(data.train_images))
+    _, digits = predict(load_signature(args.version_dir), data.train_images[-held:])
+    reader = json.loads(args.reader.read_text("utf-8")) if args.reader else None
+    document = calibrate_version(
+        args.version_dir, data.train_images, data.train_labels, digits, reader=reader
+    )
+    print(json.dumps(document["likeness"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
