@@ -1,4 +1,5 @@
-"""The Docker commands in README.md name services, profiles, stages and routes that exist."""
+"""README.md against the project: the Docker commands name services, profiles, stages and routes
+that exist; the Errors table lists every error code; the protocol examples answer what they show."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
+from tests.support.servers import HOST, RunningServer, free_port
 
 # docker compose options that take a value (so the value is not mistaken for a service name).
 _VALUE_OPTIONS = {
@@ -550,3 +552,44 @@ def test_readme_protocol_examples_answer_what_readme_shows(tmp_path: Path) -> No
                     f"{shlex.join(example.words)}\n  README shows: {example.answer}"
                     f"\n  the service answers: {actual}"
                 )
+
+
+def printed_answers(code: str) -> list[str]:
+    """The answers a README snippet shows for its ``print(...)`` lines, in order."""
+    return [
+        line.split("#", 1)[1].strip()
+        for line in code.splitlines()
+        if line.startswith("print(") and "#" in line
+    ]
+
+
+@pytest.mark.slow
+def test_readme_triton_client_snippets_print_what_readme_shows(tmp_path: Path) -> None:
+    # The Triton clients speak to a real server (HTTP and gRPC on their own ports), as a reader
+    # running the snippets against `make serve` with DIGITS_GRPC_PORT=8001 would.
+    section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
+    snippets = re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)
+    assert len(snippets) >= 2, "README shows the HTTP and gRPC Triton clients"
+    grpc_port = free_port()
+    server = RunningServer.start(
+        REPO / "models" / "mnist", tmp_path / "server.log", env={"DIGITS_GRPC_PORT": str(grpc_port)}
+    )
+    try:
+        for code in snippets:
+            assert "127.0.0.1:8000" in code or "127.0.0.1:8001" in code, code
+            runnable = code.replace("127.0.0.1:8000", f"{HOST}:{server.port}").replace(
+                "127.0.0.1:8001", f"{HOST}:{grpc_port}"
+            )
+            result = subprocess.run(
+                [sys.executable, "-c", runnable], capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0, f"{code}\n{result.stderr[-1500:]}"
+            shown = printed_answers(code)
+            printed = result.stdout.splitlines()
+            assert len(printed) == len(shown), f"{code}\nprinted: {printed}"
+            for written, actual in zip(shown, printed, strict=True):
+                assert answer_matches(written, actual), (
+                    f"README shows: {written}\n  the snippet printed: {actual}"
+                )
+    finally:
+        server.stop()
