@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from tests.deploy.conftest import REPO
@@ -593,3 +594,19 @@ def test_readme_triton_client_snippets_print_what_readme_shows(tmp_path: Path) -
                 )
     finally:
         server.stop()
+
+
+def test_readme_settings_are_the_services_settings(compose: dict[str, Any]) -> None:
+    # Every DIGITS_* setting is documented, and every DIGITS_* name README gives is one the
+    # service reads or one compose interpolates (a renamed setting would otherwise be ignored
+    # silently by a reader who copies it).
+    from app.core.config import Settings
+
+    prefix = Settings.model_config.get("env_prefix")
+    assert prefix == "DIGITS_"
+    fields = {f"{prefix}{name.upper()}" for name in Settings.model_fields}
+    interpolated = set(re.findall(r"\$\{(DIGITS_[A-Z_]+)", yaml.safe_dump(compose)))
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", readme))
+    assert fields - named == set(), "settings README does not document"
+    assert named - fields - interpolated == set(), "names README gives that nothing reads"
