@@ -28,6 +28,7 @@ def test_make_serve_runs_the_launcher_with_the_allocator_capped() -> None:
     assert words[2:] == ["-m", LAUNCHER, "--host", "127.0.0.1", "--port", "8123"]
 
 
+@pytest.mark.slow
 def test_make_bench_commands_start() -> None:
     # Each benchmark `make bench` runs must get past its imports as the Makefile calls it (a
     # script run as a file has no `benchmarks` package on its path unless it adds one).
