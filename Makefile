@@ -82,7 +82,7 @@ lint: install-dev
 bench: install-dev
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
-	$(BIN)/python benchmarks/bench_postal.py
+	$(BIN)/python -m benchmarks.bench_postal
 	$(BIN)/python -m benchmarks.bench_realworld --limit 500 --postal 500
 
 # Re-resolve after editing dependencies in pyproject.toml: uv.lock keeps every pin it can and

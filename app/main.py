@@ -52,8 +52,13 @@ DESCRIPTION: Final = """
 Reads handwritten digits with a TensorFlow SavedModel trained on MNIST.
 
 * `POST /predict`: one digit image; `POST /predict/batch`: many in one call.
+* `POST /recognize`: a digit string (a postal code), with a box per digit, a review flag with
+  its reasons, and the marks left out (ruled lines, margins, specks, punctuation).
 * Any reasonable image works: a 28×28 MNIST-style image is read as it is, anything else (a
   photo of a digit written on paper, a canvas drawing) is normalized the way MNIST was built.
+* `?version=` or `?label=` chooses a served model version; every answer names its version.
+* `/v1/...` (TensorFlow Serving REST) and `/v2/...` (Open Inference Protocol) take raw 28×28
+  uint8 tensors, for model-serving clients.
 * `GET /model`, `GET /metrics`, `GET /health/live`, `GET /health/ready` for operators.
 
 Every error has the same shape: `{"error": {"code": ..., "message": ..., "details": ...}}`,

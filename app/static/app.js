@@ -409,16 +409,112 @@
       }),
     );
 
-    drawPreview(result, bitmap);
+    // Older services answer without "ignored": nothing was left out as far as the page knows.
+    const ignored = Array.isArray(result.ignored) ? result.ignored : [];
+    const kinds = ignoredByKind(ignored);
+    $("ignored-marks").replaceChildren(
+      ...[...kinds].map(([kind, count]) => {
+        const item = document.createElement("li");
+        item.dataset.kind = kind;
+        item.textContent = `${count} ${markName(kind, count)}`;
+        return item;
+      }),
+    );
+    $("ignored").hidden = ignored.length === 0;
+    $("ignored-legend").hidden = ignored.length === 0;
+
+    drawPreview(result, bitmap, ignored);
     const count = result.segments.length;
     $("preview-caption").textContent =
       `${fileName || "Upload"}: ${result.image.width}×${result.image.height} pixels, ` +
-      `${count} digit${count === 1 ? "" : "s"} found.`;
+      `${count} digit${count === 1 ? "" : "s"} found` +
+      (ignored.length ? `, ${ignored.length} other mark${ignored.length === 1 ? "" : "s"} left out.` : ".");
+    preview.setAttribute(
+      "aria-label",
+      "The uploaded image with a box around each digit found" +
+        (ignored.length ? " and a dashed box around each mark left out" : ""),
+    );
     reading.hidden = false;
     reading.dataset.state = "done";
   }
 
-  function drawPreview(result, bitmap) {
+  // What each kind of ignored mark is called on the page (the API's kinds are identifiers).
+  const MARK_NAMES = {
+    margin: ["scan margin", "scan margins"],
+    ruled_line: ["ruled line", "ruled lines"],
+    speck: ["speck", "specks"],
+    stray: ["stray mark", "stray marks"],
+    punctuation: ["punctuation mark", "punctuation marks"],
+  };
+
+  function markName(kind, count = 1) {
+    const names = MARK_NAMES[kind] || [String(kind).replace(/_/g, " "), `${String(kind).replace(/_/g, " ")}s`];
+    return names[count === 1 ? 0 : 1];
+  }
+
+  /** Counts of the ignored marks by kind, in the order the kinds first appear. */
+  function ignoredByKind(ignored) {
+    const kinds = new Map();
+    for (const mark of ignored) kinds.set(mark.kind, (kinds.get(mark.kind) || 0) + 1);
+    return kinds;
+  }
+
+  const IGNORED_COLOUR = "#1ea0ff";
+
+  /**
+   * Dashed blue boxes for the marks left out, each named by its kind where the name has room:
+   * drawn before the digits' solid orange boxes, which stay on top.
+   */
+  function drawIgnored(g, ignored, scale, top) {
+    const labelSize = 12;
+    g.save();
+    const frames = ignored.map((mark) => {
+      const box = mark.box;
+      // A one-pixel speck still gets a box big enough to see.
+      const w = Math.max(4, box.width * scale);
+      const h = Math.max(4, box.height * scale);
+      return {
+        kind: mark.kind,
+        x: box.x * scale - (w - box.width * scale) / 2,
+        y: top + box.y * scale - (h - box.height * scale) / 2,
+        w,
+        h,
+      };
+    });
+    g.setLineDash([6, 4]);
+    for (const frame of frames) {
+      g.strokeStyle = "#000";
+      g.lineWidth = 4;
+      g.strokeRect(frame.x, frame.y, frame.w, frame.h);
+      g.strokeStyle = IGNORED_COLOUR;
+      g.lineWidth = 2;
+      g.strokeRect(frame.x, frame.y, frame.w, frame.h);
+    }
+    g.setLineDash([]);
+    // Names after every box, so no box is drawn over a name; the largest marks are named first,
+    // and a name that would cover another is left out (the list under the picture has them all).
+    g.font = `${labelSize}px system-ui, sans-serif`;
+    g.textBaseline = "top";
+    const placed = [];
+    const overlaps = (a) =>
+      placed.some((b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h);
+    for (const frame of [...frames].sort((a, b) => b.w * b.h - a.w * a.h)) {
+      const text = markName(frame.kind);
+      const label = { w: g.measureText(text).width + 6, h: labelSize + 4 };
+      // Under the box, or inside its bottom edge when the box reaches the bottom of the picture.
+      label.x = Math.min(Math.max(0, frame.x), preview.width - label.w);
+      label.y = Math.min(frame.y + frame.h + 2, preview.height - label.h);
+      if (overlaps(label)) continue;
+      placed.push(label);
+      g.fillStyle = IGNORED_COLOUR;
+      g.fillRect(label.x, label.y, label.w, label.h);
+      g.fillStyle = "#000";
+      g.fillText(text, label.x + 3, label.y + 2);
+    }
+    g.restore();
+  }
+
+  function drawPreview(result, bitmap, ignored) {
     const { width, height } = result.image;
     const labelSize = 16;
     // A strip above the picture, so a digit's label fits even when its box touches the top edge.
@@ -436,6 +532,7 @@
       g.imageSmoothingEnabled = scale < 3;
       g.drawImage(bitmap, 0, top, preview.width, preview.height - top);
     }
+    drawIgnored(g, ignored, scale, top);
     const lineWidth = 3;
     g.font = `bold ${labelSize}px system-ui, sans-serif`;
     g.textBaseline = "top";

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.browser.support import PageRecord
+from tests.browser.support import REPO_ROOT, PageRecord
 
 pytestmark = pytest.mark.browser
 
@@ -260,6 +260,102 @@ def test_a_postal_code_photo_is_read_with_boxes(
     assert box_pixels > 100 * len(POSTAL_CODE)
     desktop.screenshot("03-postal-code")
     assert desktop.external_requests() == []
+    assert desktop.console_errors == []
+    assert desktop.page_errors == []
+
+
+# Pixels of the dashed blue outline the page draws around a mark left out of the reading.
+IGNORED_PIXEL = "(r, g, b) => r < 90 && g > 120 && g < 200 && b > 220"
+
+COUNT_IGNORED_PIXELS = f"""canvas => {{
+    const isIgnored = {IGNORED_PIXEL};
+    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let count = 0;
+    for (let i = 0; i < data.length; i += 4) {{
+        if (isIgnored(data[i], data[i + 1], data[i + 2])) count += 1;
+    }}
+    return count;
+}}"""
+
+# The share of the columns across a mark's box, in canvas pixels, with its outline's colour on
+# the row of the box's top edge (within 2 pixels): dashes cover about 60 % of an outline.
+OUTLINE_COVERAGE = f"""(canvas, box) => {{
+    const isIgnored = {IGNORED_PIXEL};
+    const g = canvas.getContext("2d");
+    const scale = canvas.width / box.imageWidth;
+    const top = canvas.height - Math.round(box.imageHeight * scale);
+    const y = Math.round(top + box.y * scale);
+    const x0 = Math.round(box.x * scale);
+    const x1 = Math.min(canvas.width, Math.round((box.x + box.width) * scale));
+    const data = g.getImageData(x0, y - 2, x1 - x0, 5).data;
+    let covered = 0;
+    for (let column = 0; column < x1 - x0; column += 1) {{
+        for (let row = 0; row < 5; row += 1) {{
+            const i = 4 * (row * (x1 - x0) + column);
+            if (isIgnored(data[i], data[i + 1], data[i + 2])) {{ covered += 1; break; }}
+        }}
+    }}
+    return covered / (x1 - x0);
+}}"""
+
+
+def ruled_postal_code_png() -> bytes:
+    """README's example postal code (75011) on a form: a ruled line just under the digits."""
+    image = Image.open(REPO_ROOT / "examples" / "postal-code.png").convert("L")
+    pixels = np.asarray(image).copy()
+    ink = np.flatnonzero((pixels < 128).any(axis=1))
+    below = int(ink.max()) + 8
+    assert below + 3 < pixels.shape[0], "no room under the digits for a line"
+    pixels[below : below + 3, :] = 40
+    return png_bytes(pixels)
+
+
+def test_marks_left_out_are_drawn_apart_from_the_digits(
+    server_url: str, desktop: PageRecord, tmp_path: Path
+) -> None:
+    photo = ruled_postal_code_png()
+    answer = httpx.post(
+        f"{server_url}/recognize", files={"file": ("form.png", photo, "image/png")}, timeout=30.0
+    ).json()
+    lines = [mark for mark in answer["ignored"] if mark["kind"] == "ruled_line"]
+    assert len(lines) == 1, f"the service itself did not find the one ruled line: {answer}"
+    path = tmp_path / "form.png"
+    path.write_bytes(photo)
+    page = desktop.page
+    page.goto(f"{server_url}/")
+    page.get_by_label("Choose an image").set_input_files(path)
+
+    expect(page.locator("#reading")).to_have_attribute("data-state", "done")
+    expect(page.locator("#read-digits")).to_have_text(answer["digits"])
+    expect(page.locator("#ignored")).to_be_visible()
+    expect(page.locator('#ignored-marks li[data-kind="ruled_line"]')).to_have_text("1 ruled line")
+    expect(page.locator("#ignored-marks li")).to_have_count(
+        len({mark["kind"] for mark in answer["ignored"]})
+    )
+    expect(page.locator("#ignored-legend")).to_be_visible()
+    expect(page.locator("#preview-caption")).to_contain_text(f"{len(answer['ignored'])} other mark")
+    # The line's box is outlined where the line is, in its own colour; the digits keep theirs.
+    preview = page.locator("#preview")
+    box = {**lines[0]["box"], "imageWidth": answer["image"]["width"]}
+    box["imageHeight"] = answer["image"]["height"]
+    assert preview.evaluate(OUTLINE_COVERAGE, box) > 0.4
+    assert preview.evaluate(COUNT_BOX_PIXELS) > 100 * len(answer["digits"])
+    desktop.screenshot("08-marks-left-out")
+
+    # The same code without the line: nothing is left out, so nothing is drawn in that colour.
+    clean = tmp_path / "clean.png"
+    clean.write_bytes((REPO_ROOT / "examples" / "postal-code.png").read_bytes())
+    plain = httpx.post(
+        f"{server_url}/recognize",
+        files={"file": ("clean.png", clean.read_bytes(), "image/png")},
+        timeout=30.0,
+    ).json()
+    assert plain["ignored"] == [], f"the service left marks out of the clean example: {plain}"
+    page.get_by_label("Choose an image").set_input_files(clean)
+    expect(page.locator("#preview-caption")).to_contain_text("clean.png")
+    expect(page.locator("#ignored")).to_be_hidden()
+    expect(page.locator("#ignored-legend")).to_be_hidden()
+    assert preview.evaluate(COUNT_IGNORED_PIXELS) == 0
     assert desktop.console_errors == []
     assert desktop.page_errors == []
 

@@ -1,19 +1,27 @@
-"""The Docker commands in README.md name services, profiles, stages and routes that exist."""
+"""README.md against the project: the Docker commands name services, profiles, stages and routes
+that exist; the Errors table lists every error code; the protocol examples answer what they show."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
+from fastapi.testclient import TestClient
 
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
+from tests.support.servers import HOST, RunningServer, free_port
 
 # docker compose options that take a value (so the value is not mistaken for a service name).
 _VALUE_OPTIONS = {
@@ -332,3 +340,273 @@ def test_a_wrong_name_is_caught(facts: Facts, command: str, complaint: str) -> N
 def test_a_readme_without_a_docker_section_fails() -> None:
     with pytest.raises(AssertionError, match="no section"):
         docker_section("# Project\n\n## Usage\n")
+
+
+# ---------------------------------------------------------------- the Errors table
+
+
+def readme_error_table(markdown: str) -> dict[str, set[int]]:
+    """Code → statuses, read from README's Errors table (the one headed ``| status | codes |``)."""
+    start = markdown.index("| status | codes |")
+    table: dict[str, set[int]] = {}
+    for line in markdown[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        status_cell, codes_cell = line.strip().strip("|").split("|", 1)
+        statuses = {int(status) for status in re.findall(r"\b\d{3}\b", status_cell)}
+        for code in re.findall(r"`([a-z_]+)`", codes_cell):
+            table.setdefault(code, set()).update(statuses)
+    return table
+
+
+def raised_error_codes() -> dict[str, int]:
+    """Code → status of every error answer the service's own code gives.
+
+    Read from the source: each ``ApiError(<status>, "<code>", ...)`` in app/, the domain
+    errors' status table, and the launcher's refusals (``<status>: ("<code>", ...)``).
+    """
+    from app.core.errors import DOMAIN_STATUS
+
+    codes = dict(DOMAIN_STATUS)
+    for path in sorted((REPO / "app").rglob("*.py")):
+        text = path.read_text()
+        for status, code in re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', text):
+            codes[code] = int(status)
+    serve = (REPO / "app" / "serve.py").read_text()
+    for status, code in re.findall(r'(\d{3}):\s*\(\s*"([a-z_]+)"', serve):
+        codes[code] = int(status)
+    return codes
+
+
+def check_error_table(markdown: str, raised: dict[str, int]) -> None:
+    """Every code the service answers with is in README's table, under its own status."""
+    table = readme_error_table(markdown)
+    for code, status in sorted(raised.items()):
+        assert code in table, f"README's Errors table lacks `{code}` ({status})"
+        assert status in table[code], f"README's Errors table lists `{code}` under {table[code]}"
+
+
+def test_readme_error_table_lists_every_code_the_service_answers() -> None:
+    raised = raised_error_codes()
+    # The source scan must find the errors it is about, or the check below proves nothing.
+    assert {"not_an_image", "version_not_found", "too_many_connections"} <= set(raised)
+    assert len(raised) >= 20
+    check_error_table((REPO / "README.md").read_text(), raised)
+
+
+def test_readme_error_table_names_only_codes_that_exist() -> None:
+    main = (REPO / "app" / "main.py").read_text()
+    generic = {code for _, code in re.findall(r'(\d{3}):\s*"([a-z_]+)"', main)}
+    known = set(raised_error_codes()) | generic
+    documented = set(readme_error_table((REPO / "README.md").read_text()))
+    assert documented - known == set()
+
+
+def test_an_undocumented_or_misfiled_code_is_caught() -> None:
+    markdown = (
+        "| status | codes |\n| --- | --- |\n| 400 | `empty_file` |\n| 413 | `not_an_image` |\n"
+    )
+    check_error_table(markdown, {"empty_file": 400})
+    with pytest.raises(AssertionError, match="lacks `deadline_exceeded`"):
+        check_error_table(markdown, {"deadline_exceeded": 503})
+    with pytest.raises(AssertionError, match="lists `not_an_image` under"):
+        check_error_table(markdown, {"not_an_image": 400})
+
+
+# ---------------------------------------------------------------- the protocol examples
+
+
+def markdown_section(markdown: str, title: str) -> str:
+    """The section whose heading starts with ``title``, up to the next heading as high (a
+    ``# comment`` inside a fenced block is not a heading)."""
+    lines = markdown.splitlines(keepends=True)
+    fenced = False
+    start: int | None = None
+    level = 0
+    for index, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"(#+) (.*)", line)
+        if heading is None:
+            continue
+        if start is None and heading[2].startswith(title):
+            start, level = index, len(heading[1])
+        elif start is not None and len(heading[1]) <= level:
+            return "".join(lines[start:index])
+    assert start is not None, f"README.md has no section {title!r}"
+    return "".join(lines[start:])
+
+
+@dataclass
+class Example:
+    """A shell line of a README example and the answer written under it (``# ...``), if any."""
+
+    words: list[str]
+    answer: str | None
+
+
+def shell_examples(section: str) -> list[Example]:
+    """The command lines of the section's ``bash`` blocks, each with the answer written under
+    it: a comment line holding JSON."""
+    examples: list[Example] = []
+    for block in re.findall(r"^```bash\n(.*?)^```", section, flags=re.M | re.S):
+        for line in re.sub(r"\\\n", " ", block).splitlines():
+            if re.match(r"# [{\[]", line):
+                assert examples, f"an answer with no command above it: {line}"
+                examples[-1].answer = line[2:]
+            elif line.strip() and not line.startswith("#"):
+                lexer = shlex.shlex(line, posix=True)
+                lexer.whitespace_split = True
+                lexer.commenters = "#"
+                examples.append(Example(list(lexer), None))
+    return examples
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+
+
+def answer_matches(written: str, actual: str) -> bool:
+    """Whether an answer README shows is the actual one: ``...`` stands for anything, and a
+    number stands for any number that rounds to it at the precision it is written with."""
+    pattern = ""
+    written_numbers: list[str] = []
+    for part in re.split(rf"(\.\.\.|{_NUMBER})", written):
+        if part == "...":
+            pattern += ".*?"
+        elif re.fullmatch(_NUMBER, part):
+            pattern += f"({_NUMBER})"
+            written_numbers.append(part)
+        else:
+            pattern += re.escape(part)
+    match = re.fullmatch(pattern, actual, flags=re.S)
+    if match is None:
+        return False
+    for shown, got in zip(written_numbers, match.groups(), strict=True):
+        exponent = Decimal(shown).as_tuple().exponent
+        assert isinstance(exponent, int)
+        if abs(Decimal(got) - Decimal(shown)) > Decimal(5).scaleb(exponent - 1):
+            return False
+    return True
+
+
+def test_an_answer_is_matched_at_its_written_precision() -> None:
+    actual = '{"p":[3.4784721947289654e-07,0.9999077320098877],"digit":1,"id":"a1"}'
+    assert answer_matches('{"p":[3.48e-07,0.99990773],"digit":1,"id":"a1"}', actual)
+    assert answer_matches('{"p":[3.48e-07,...],"digit":1,...}', actual)
+    assert not answer_matches('{"p":[3.47e-07,...],"digit":1,...}', actual)
+    assert not answer_matches('{"p":[...],"digit":7,...}', actual)
+    assert not answer_matches('{"p":[...],"digit":1}', actual)
+    assert not answer_matches('{"error":"version 2 is not served"}', actual)
+
+
+def run_protocol_example(example: Example, client: TestClient, workdir: Path) -> str:
+    """Run one example line: ``python3 -c ... > file`` as written, ``curl`` against ``client``."""
+    words = example.words
+    if words[0] in {"python3", "python"}:
+        assert words[-2] == ">", f"{shlex.join(words)}: the example writes its output to a file"
+        with (workdir / words[-1]).open("wb") as output:
+            subprocess.run([sys.executable, *words[1:-2]], cwd=workdir, stdout=output, check=True)
+        return ""
+    assert words[0] == "curl", f"{shlex.join(words)}: not an example this test can run"
+    headers: dict[str, str] = {}
+    body: bytes | None = None
+    urls: list[str] = []
+    index = 1
+    while index < len(words):
+        word = words[index]
+        if word == "-H":
+            name, _, value = words[index + 1].partition(":")
+            headers[name.strip()] = value.strip()
+            index += 1
+        elif word == "-d":
+            data = words[index + 1]
+            body = (workdir / data[1:]).read_bytes() if data.startswith("@") else data.encode()
+            index += 1
+        elif word.startswith("http"):
+            urls.append(word)
+        else:
+            assert word in {"-s", "-fsS", "-sS"}, f"{shlex.join(words)}: option {word}"
+        index += 1
+    (url,) = urls
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port) == ("127.0.0.1", 8000), f"{url}: not `make serve`'s"
+    method = "POST" if body is not None else "GET"
+    return client.request(method, parts.path, headers=headers, content=body).text
+
+
+def test_readme_protocol_examples_answer_what_readme_shows(tmp_path: Path) -> None:
+    from app.core.config import Settings
+    from app.main import create_app
+
+    section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
+    examples = shell_examples(section)
+    shown = [example for example in examples if example.answer is not None]
+    assert len(shown) >= 4, "README shows the answers of the /v1 and /v2 examples"
+    with TestClient(create_app(Settings(models_dir=REPO / "models" / "mnist"))) as client:
+        for example in examples:
+            command = [w for w in example.words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+            if command[:2] == ["make", "serve"]:
+                continue  # starting the server is what the TestClient stands in for
+            actual = run_protocol_example(example, client, tmp_path)
+            if example.answer is not None:
+                assert answer_matches(example.answer, actual), (
+                    f"{shlex.join(example.words)}\n  README shows: {example.answer}"
+                    f"\n  the service answers: {actual}"
+                )
+
+
+def printed_answers(code: str) -> list[str]:
+    """The answers a README snippet shows for its ``print(...)`` lines, in order."""
+    return [
+        line.split("#", 1)[1].strip()
+        for line in code.splitlines()
+        if line.startswith("print(") and "#" in line
+    ]
+
+
+@pytest.mark.slow
+def test_readme_triton_client_snippets_print_what_readme_shows(tmp_path: Path) -> None:
+    # The Triton clients speak to a real server (HTTP and gRPC on their own ports), as a reader
+    # running the snippets against `make serve` with DIGITS_GRPC_PORT=8001 would.
+    section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
+    snippets = re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)
+    assert len(snippets) >= 2, "README shows the HTTP and gRPC Triton clients"
+    grpc_port = free_port()
+    server = RunningServer.start(
+        REPO / "models" / "mnist", tmp_path / "server.log", env={"DIGITS_GRPC_PORT": str(grpc_port)}
+    )
+    try:
+        for code in snippets:
+            assert "127.0.0.1:8000" in code or "127.0.0.1:8001" in code, code
+            runnable = code.replace("127.0.0.1:8000", f"{HOST}:{server.port}").replace(
+                "127.0.0.1:8001", f"{HOST}:{grpc_port}"
+            )
+            result = subprocess.run(
+                [sys.executable, "-c", runnable], capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0, f"{code}\n{result.stderr[-1500:]}"
+            shown = printed_answers(code)
+            printed = result.stdout.splitlines()
+            assert len(printed) == len(shown), f"{code}\nprinted: {printed}"
+            for written, actual in zip(shown, printed, strict=True):
+                assert answer_matches(written, actual), (
+                    f"README shows: {written}\n  the snippet printed: {actual}"
+                )
+    finally:
+        server.stop()
+
+
+def test_readme_settings_are_the_services_settings(compose: dict[str, Any]) -> None:
+    # Every DIGITS_* setting is documented, and every DIGITS_* name README gives is one the
+    # service reads or one compose interpolates (a renamed setting would otherwise be ignored
+    # silently by a reader who copies it).
+    from app.core.config import Settings
+
+    prefix = Settings.model_config.get("env_prefix")
+    assert prefix == "DIGITS_"
+    fields = {f"{prefix}{name.upper()}" for name in Settings.model_fields}
+    interpolated = set(re.findall(r"\$\{(DIGITS_[A-Z_]+)", yaml.safe_dump(compose)))
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", readme))
+    assert fields - named == set(), "settings README does not document"
+    assert named - fields - interpolated == set(), "names README gives that nothing reads"
