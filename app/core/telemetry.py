@@ -54,6 +54,7 @@ REVIEW_REASONS: Final = (
     "count_uncertain",
     "cut_uncertain",
     "low_confidence",
+    "not_digit_like",
     "other",
 )
 # The sentences of app.api.routes.recognize.review_reasons, by how they start.
@@ -62,6 +63,7 @@ _REASON_PATTERNS: Final = (
     (re.compile(r"the number of digits is uncertain"), "count_uncertain"),
     (re.compile(r"where one digit ends and the next begins is uncertain"), "cut_uncertain"),
     (re.compile(r"digit \d+ of \d+ was read with confidence"), "low_confidence"),
+    (re.compile(r"digit \d+ of \d+ does not look like a handwritten digit"), "not_digit_like"),
 )
 UNMATCHED: Final = "unmatched"
 _MAX_VERSION_SERIES: Final = 10

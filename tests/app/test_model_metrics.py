@@ -74,15 +74,18 @@ def test_every_review_sentence_maps_to_its_own_code() -> None:
     uncertain_count = Reading(candidates=(0, 1, 2), count_margin=0.0, runner_up=4, margin=0.0)
     uncertain_cut = Reading(candidates=(0, 1, 2), count_margin=99.0, runner_up=2, margin=0.0)
     first = review_reasons([0.5, 0.99, 0.1], 0.98, 5, uncertain_count)
-    second = review_reasons([0.99, 0.99, 0.99], 0.98, None, uncertain_cut)
+    second = review_reasons([0.99, 0.99, 0.99], 0.98, None, uncertain_cut, [False, True, False])
     codes = [review_reason_code(reason) for reason in first + second]
     assert codes == [
         "length_mismatch",
         "count_uncertain",
         "low_confidence",
         "low_confidence",
+        "not_digit_like",
         "cut_uncertain",
     ], first + second
+    # Every code but the catch-all is some sentence's.
+    assert set(codes) == set(REVIEW_REASONS) - {"other"}
     assert review_reason_code("a reason nobody wrote yet") == "other"
 
 
