@@ -11,7 +11,9 @@ read as a digit. Three signals catch these from the geometry of the chosen digit
 * **off the line**: a digit whose vertical centre is far from the others' (a mark above or
   below the line of writing, a fragment of another row);
 * **cut by the edge**: a digit whose ink runs into one edge of an image that is not cropped
-  tight to the writing (ink of a neighbouring cell or a rule, not a digit of this string).
+  tight to the writing (ink of a neighbouring cell or a rule, not a digit of this string);
+* **a frame of lines**: a digit drawn as thin as a hairline whose box is the whole image (rules
+  crossing each other and the writing, all one piece of ink: a confident 4 or 7).
 
 On a page where scan margins or ruled lines were removed the evidence is weaker, and
 the version's ``marked_threshold`` (a review threshold for such pages) applies.
@@ -28,6 +30,7 @@ from typing import Final
 
 import numpy as np
 
+from app.marks import is_hairline
 from app.segmentation import Lattice
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "joined_too_wide",
     "off_the_line",
     "page_has_marks",
+    "spans_the_image",
 ]
 
 #: Defaults (fitted for version 1 on synthetic scan-like codes of MNIST training digits): a
@@ -119,6 +123,20 @@ def cut_by_the_edge(
         for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
             flags[k] = flags[k] or (start <= 0 if low else end >= side)
     return flags
+
+
+def spans_the_image(lattice: Lattice, chosen: Sequence[int], size: tuple[int, int]) -> list[bool]:
+    """Per chosen digit: a hairline (:func:`app.marks.is_hairline`) whose box touches all four
+    edges of the image (``size``: width, height): lines, not handwriting. A thick digit cropped
+    tight to its frame is not flagged."""
+    width, height = size
+    out = []
+    for index in chosen:
+        cand = lattice.candidates[index]
+        b = cand.box
+        whole = b.x <= 0 and b.y <= 0 and b.x + b.width >= width and b.y + b.height >= height
+        out.append(whole and is_hairline(cand.ink))
+    return out
 
 
 def page_has_marks(lattice: Lattice) -> bool:

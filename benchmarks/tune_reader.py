@@ -38,6 +38,7 @@ from app.review import (
     line_offsets,
     off_the_line,
     page_has_marks,
+    spans_the_image,
 )
 from app.segmentation import (
     COUNT_MARGIN,
@@ -236,6 +237,7 @@ def geometry_flagged(judged: Judged, limits: dict[str, float]) -> bool:
         any(joined_too_wide(lattice, chosen, limits["max_joined_width"]))
         or any(off_the_line(lattice, chosen, limits["max_line_offset"]))
         or any(cut_by_the_edge(lattice, chosen, judged.example.size, limits["edge_room"]))
+        or any(spans_the_image(lattice, chosen, judged.example.size))
     )
 
 

@@ -18,6 +18,7 @@ from app.review import (
     line_offsets,
     off_the_line,
     page_has_marks,
+    spans_the_image,
 )
 from app.segmentation import Box, Candidate, Lattice
 
@@ -72,6 +73,25 @@ def test_a_tight_crop_is_not_cut_by_its_edges() -> None:
     # A digit touching the top edge of a crop barely taller than it.
     snug = lattice((1, Box(3, 0, 10, 14), 0.7))
     assert cut_by_the_edge(snug, [0], (16, 16), 1.5) == [False]
+
+
+def test_hairlines_across_the_whole_image_are_flagged_a_thick_tight_digit_is_not() -> None:
+    # Two rules crossing in a 120×100 image: one piece of ink, as wide and tall as the image.
+    cross = np.zeros((100, 120), np.float32)
+    cross[60:62, :] = 1.0
+    cross[:, 40:42] = 1.0
+    box = Box(0, 0, 120, 100)
+    lines = Lattice((Candidate(0, 1, box, cross, 1.2, 1.0, 1.0),), 1, (), ())
+    assert spans_the_image(lines, [0], (120, 100)) == [True]
+    # The same lines in a larger image do not span it.
+    assert spans_the_image(lines, [0], (200, 100)) == [False]
+    # A thick digit (a ring) filling its tight 16×16 crop.
+    yy, xx = np.mgrid[0:16, 0:16]
+    ring = ((np.hypot(yy - 7.5, xx - 7.5) < 8) & (np.hypot(yy - 7.5, xx - 7.5) > 4)).astype(
+        np.float32
+    )
+    digit = Lattice((Candidate(0, 1, Box(0, 0, 16, 16), ring, 1.0, 1.0, 1.0),), 1, (), ())
+    assert spans_the_image(digit, [0], (16, 16)) == [False]
 
 
 def test_a_page_with_ruled_lines_or_margins_is_marked_specks_alone_do_not() -> None:

@@ -33,6 +33,7 @@ from app.review import (
     joined_too_wide,
     off_the_line,
     page_has_marks,
+    spans_the_image,
 )
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
@@ -385,6 +386,12 @@ def geometry_reasons(
             reasons.append(
                 f"digit {i + 1} of {total} is above or below the line of the other digits (it "
                 "may be a mark or part of another line)"
+            )
+    for i, flag in enumerate(spans_the_image(lattice, chosen, size)):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {total} is drawn in hairlines across the whole image (it "
+                "may be ruled lines crossing the writing)"
             )
     for i, flag in enumerate(cut_by_the_edge(lattice, chosen, size, limits.edge_room)):
         if flag:
