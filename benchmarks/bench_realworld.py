@@ -13,13 +13,15 @@ and prints one table:
   review threshold, the same rule ``/recognize`` applies to each digit);
 * error among unflagged answers, and the accepted share: unflagged answers out of all items.
 
-Single digits (``usps-train``) go to ``/predict`` and to ``/recognize``; strings to
-``/recognize``. All with the service's default settings (no ``threshold``, no
+``--scan N`` adds synthetic scan-like codes of MNIST test digits (benchmarks/scan_codes.py);
+``--show-errors`` lists the accepted answers that are wrong (with their files), to see what the
+review rule misses. Single digits (``usps-train``) go to ``/predict`` and to ``/recognize``;
+strings to ``/recognize``. All with the service's default settings (no ``threshold``, no
 ``expected_length``). The real sets are for measuring only: nothing is fitted on them.
 
 Usage::
 
-    python -m benchmarks.bench_realworld --limit 300 --postal 300
+    python -m benchmarks.bench_realworld --limit 300 --postal 300 [--scan 300] [--show-errors]
 """
 
 from __future__ import annotations
