@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from app.likeness import LikenessBasis, load_basis
+from app.review import ReviewLimits
 from app.segmentation import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
 
 __all__ = ["READER_FILE", "ReaderCalibration", "calibration_for", "load_calibration"]
@@ -46,6 +47,8 @@ class ReaderCalibration:
     likeness: LikenessBasis | None = None
     likeness_threshold: float | None = None
     """A chosen candidate with a larger unlikeness is not digit-like (see app.likeness)."""
+    review: ReviewLimits = dataclasses.field(default_factory=ReviewLimits)
+    """The limits of the geometric review signals (see app.review)."""
     source: str = "defaults"
     """``reader.json`` when read from the version directory, else ``defaults``."""
     notes: tuple[str, ...] = ()
@@ -61,6 +64,7 @@ class ReaderCalibration:
             "review_threshold": self.review_threshold,
             "likeness_rank": self.likeness.rank if self.likeness is not None else None,
             "likeness_threshold": self.likeness_threshold,
+            "review_rule": dataclasses.asdict(self.review),
             "notes": list(self.notes),
         }
 
@@ -118,6 +122,7 @@ def load_calibration(version_dir: Path) -> ReaderCalibration:
             fields[key] = parse(document[key])
         except ValueError as exc:
             notes.append(f"{key} invalid ({exc}): default used")
+    fields["review"] = _review_limits(document.get("review_rule"), notes)
     likeness = document.get("likeness")
     try:
         if not isinstance(likeness, dict):
@@ -133,6 +138,31 @@ def load_calibration(version_dir: Path) -> ReaderCalibration:
     for note in notes:
         _log.warning("version %s: %s", version_dir.name, note)
     return ReaderCalibration(notes=tuple(notes), **fields)
+
+
+def _review_limits(section: object, notes: list[str]) -> ReviewLimits:
+    """The ``review_rule`` section: each limit validated, defaults (with a note) for the rest."""
+    if section is None:
+        notes.append("review_rule not calibrated for this version: defaults used")
+        return ReviewLimits()
+    if not isinstance(section, dict):
+        notes.append("review_rule invalid (not an object): defaults used")
+        return ReviewLimits()
+    limits: dict[str, float] = {}
+    for key, high in (
+        ("max_joined_width", 10.0),
+        ("max_line_offset", 10.0),
+        ("edge_room", 100.0),
+        ("marked_threshold", 1.0),
+    ):
+        if key not in section:
+            notes.append(f"review_rule.{key} not calibrated for this version: default used")
+            continue
+        try:
+            limits[key] = _number(section[key], f"review_rule.{key}", 0.0, high)
+        except ValueError as exc:
+            notes.append(f"review_rule.{key} invalid ({exc}): default used")
+    return ReviewLimits(**limits)
 
 
 _cache: dict[Path, ReaderCalibration] = {}

@@ -804,16 +804,22 @@ class Reading:
     margin: float = float("inf")
     """How much the chosen reading outscores the best other reading, whatever its number of
     digits (infinite when the ink can be cut only one way). Never more than ``count_margin``."""
+    required_count_margin: float = COUNT_MARGIN
+    """The count margin below which the count is uncertain (the version's calibration, else
+    :data:`COUNT_MARGIN`)."""
+    required_margin: float = READING_MARGIN
+    """The margin below which the cut is uncertain (the version's calibration, else
+    :data:`READING_MARGIN`)."""
 
     @property
     def count_is_uncertain(self) -> bool:
-        """Whether another number of digits scores almost as well (see :data:`COUNT_MARGIN`)."""
-        return self.count_margin < COUNT_MARGIN
+        """Whether another number of digits scores almost as well (``required_count_margin``)."""
+        return self.count_margin < self.required_count_margin
 
     @property
     def cut_is_uncertain(self) -> bool:
-        """Whether another cut of the ink scores almost as well (see :data:`READING_MARGIN`)."""
-        return self.margin < READING_MARGIN
+        """Whether another cut of the ink scores almost as well (``required_margin``)."""
+        return self.margin < self.required_margin
 
 
 def _best_by_count(lattice: Lattice, scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -861,13 +867,16 @@ def choose_reading(
     *,
     max_digits: int | None = None,
     weights: Mapping[str, float] = READING_WEIGHTS,
+    count_margin: float = COUNT_MARGIN,
+    reading_margin: float = READING_MARGIN,
 ) -> Reading:
     """The best reading of the lattice, and its score margins over other readings and counts.
 
     Each candidate scores the dot product of ``weights`` and its :func:`reading_features`; the
     reading is the partition of the atoms with the highest total (:func:`best_partition`).
     ``probabilities`` is the model's answer for every candidate, or None to read from geometry
-    alone.
+    alone. ``count_margin`` and ``reading_margin`` are the margins below which the count and
+    the cut are uncertain (a model version's calibration; by default the code's).
 
     Raises:
         ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``; 503
@@ -888,9 +897,9 @@ def choose_reading(
     others[len(chosen)] = -np.inf
     runner_up = int(np.argmax(others))
     if not np.isfinite(others[runner_up]):
-        return Reading(tuple(chosen), float("inf"), None, margin)
-    count_margin = float(by_count[len(chosen)] - others[runner_up])
-    return Reading(tuple(chosen), count_margin, runner_up, margin)
+        return Reading(tuple(chosen), float("inf"), None, margin, count_margin, reading_margin)
+    count_gap = float(by_count[len(chosen)] - others[runner_up])
+    return Reading(tuple(chosen), count_gap, runner_up, margin, count_margin, reading_margin)
 
 
 def _work_scale(width: int, height: int) -> float:

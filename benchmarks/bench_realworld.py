@@ -13,13 +13,15 @@ and prints one table:
   review threshold, the same rule ``/recognize`` applies to each digit);
 * error among unflagged answers, and the accepted share: unflagged answers out of all items.
 
-Single digits (``usps-train``) go to ``/predict`` and to ``/recognize``; strings to
-``/recognize``. All with the service's default settings (no ``threshold``, no
+``--scan N`` adds synthetic scan-like codes of MNIST test digits (benchmarks/scan_codes.py);
+``--show-errors`` lists the accepted answers that are wrong (with their files), to see what the
+review rule misses. Single digits (``usps-train``) go to ``/predict`` and to ``/recognize``;
+strings to ``/recognize``. All with the service's default settings (no ``threshold``, no
 ``expected_length``). The real sets are for measuring only: nothing is fitted on them.
 
 Usage::
 
-    python -m benchmarks.bench_realworld --limit 300 --postal 300
+    python -m benchmarks.bench_realworld --limit 300 --postal 300 [--scan 300] [--show-errors]
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Answer:
     flagged: bool
     error: str | None = None
     ignored: int = 0
+    source: str = ""
+    """Where the item came from (its file), to look at it."""
+    reasons: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +117,20 @@ def read_predict(client: object, truth: str, png: bytes, threshold: float) -> An
     return Answer(truth, str(body["digit"]), float(body["confidence"]) < threshold)
 
 
-def read_recognize(client: object, truth: str, png: bytes) -> Answer:
+def read_recognize(client: object, truth: str, png: bytes, source: str = "") -> Answer:
     """One image through ``/recognize`` with the service's defaults."""
     response = client.post("/recognize", files={"file": ("x.png", png, "image/png")})  # type: ignore[attr-defined]
     body = response.json()
     if response.status_code != 200:
         return _refused(truth, body)
     return Answer(
-        truth, str(body["digits"]), bool(body["needs_review"]), None, len(body.get("ignored", []))
+        truth,
+        str(body["digits"]),
+        bool(body["needs_review"]),
+        None,
+        len(body.get("ignored", [])),
+        source,
+        tuple(body.get("review_reasons", [])),
     )
 
 
@@ -143,7 +154,7 @@ def measure_sets(
                 if endpoint == "/predict":
                     answers.append(read_predict(client, item.label, png, threshold))
                 else:
-                    answers.append(read_recognize(client, item.label, png))
+                    answers.append(read_recognize(client, item.label, png, str(item.path)))
             rows.append(Row(name, endpoint, answers, time.perf_counter() - started))
     return rows
 
@@ -164,6 +175,23 @@ def measure_postal(client: object, count: int, seed: int, data_dir: str | None) 
                time.perf_counter() - started)  # fmt: skip
 
 
+def measure_scan(client: object, count: int, seed: int, data_dir: str | None) -> Row | None:
+    """Synthetic scan-like codes (benchmarks/scan_codes.py) of MNIST test digits."""
+    from benchmarks.postal_codes import load_test_digits
+    from benchmarks.scan_codes import generate_scan_codes
+
+    try:
+        images, labels = load_test_digits(data_dir)
+    except Exception as exc:  # any failure to find MNIST: report it, keep the real sets
+        print(f"- skipped the scan-like codes: MNIST not available ({exc})", file=sys.stderr)
+        return None
+    codes = generate_scan_codes(images, labels, count, seed=seed)
+    started = time.perf_counter()
+    answers = [read_recognize(client, code.digits, code.png) for code in codes]
+    return Row(f"synthetic scan-like (MNIST test, seed {seed})", "/recognize", answers,
+               time.perf_counter() - started)  # fmt: skip
+
+
 def print_table(rows: list[Row]) -> None:
     """The measures as one markdown table."""
     print(
@@ -180,6 +208,17 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def print_errors(rows: list[Row]) -> None:
+    """The accepted answers that are wrong (unflagged and not the truth), one line each."""
+    for row in rows:
+        wrong = [a for a in row.unflagged if a.read != a.truth]
+        if not wrong:
+            continue
+        print(f"\n## Accepted but wrong: {row.name} {row.endpoint} ({len(wrong)})\n")
+        for answer in wrong:
+            print(f"- truth {answer.truth!r} read {answer.read!r} {answer.source}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its report as markdown."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -188,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N items of each set")
     parser.add_argument("--postal", type=int, default=500, help="synthetic codes (0: none)")
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic codes")
+    parser.add_argument(
+        "--scan", type=int, default=0, help="synthetic scan-like codes of test digits (0: none)"
+    )
     parser.add_argument("--mnist-dir", default=None, help="MNIST directory ($MNIST_DATA_DIR)")
     parser.add_argument("--models-dir", type=Path, default=Path("models/mnist"))
+    parser.add_argument(
+        "--show-errors", action="store_true", help="list the accepted answers that are wrong"
+    )
     args = parser.parse_args(argv)
 
     root = args.data_dir or realdigits_dir()
@@ -218,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
             postal = measure_postal(client, args.postal, args.seed, args.mnist_dir)
             if postal is not None:
                 rows.append(postal)
+        if args.scan > 0:
+            scan = measure_scan(client, args.scan, args.seed, args.mnist_dir)
+            if scan is not None:
+                rows.append(scan)
 
     import tensorflow as tf
 
@@ -229,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{threshold}.\n"
     )
     print_table(rows)
+    if args.show_errors:
+        print_errors(rows)
     return 0
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +30,23 @@ import numpy.typing as npt
 from PIL import Image
 
 from app.core.errors import ApiError
-from app.model_store import LoadedModel, load_version, versions_on_disk
+from app.model_store import load_version, versions_on_disk
+from app.review import (
+    EDGE_ROOM,
+    cut_by_the_edge,
+    joined_too_wide,
+    line_offsets,
+    off_the_line,
+    page_has_marks,
+    spans_the_image,
+)
 from app.segmentation import (
+    COUNT_MARGIN,
     FEATURES,
+    READING_MARGIN,
     READING_WEIGHTS,
     Lattice,
+    Reading,
     best_partition,
     choose_reading,
     find_candidates,
@@ -40,9 +54,19 @@ from app.segmentation import (
     reading_features,
 )
 from benchmarks.postal_codes import Box, PostalCode, generate_postal_codes
+from benchmarks.scan_codes import generate_scan_codes
+
+Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 
 # A candidate matches a true digit when their boxes overlap this much (intersection / union).
 MATCH_IOU = 0.5
+# The review rule is fitted to keep the error among accepted synthetic codes within half of the
+# service's promise (2%): synthetic codes are easier than real scans.
+TARGET_ERROR = 0.01
+# Geometric limits: what this share of the digits of correctly read scan-like codes stays within.
+LIMIT_QUANTILE = 0.99
+THRESHOLDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+MARGINS = (1.0, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,8 @@ class Example:
     probabilities: npt.NDArray[np.float32]
     features: npt.NDArray[np.float64]
     right: list[int] | None
+    size: tuple[int, int] = (0, 0)
+    """The image's (width, height), the boxes' coordinates."""
 
 
 def iou(a: Box, b: Box) -> float:
@@ -84,8 +110,11 @@ def right_reading(lattice: Lattice, truth: tuple[Box, ...]) -> list[int] | None:
     return done[1] if done else None
 
 
-def read_codes(codes: list[PostalCode], model: LoadedModel, max_digits: int) -> list[Example]:
-    """Segment and classify every code (one model call per code, as the service does)."""
+def read_codes(codes: list[PostalCode], predict: Predict, max_digits: int) -> list[Example]:
+    """Segment and classify every code (one model call per code, as the service does).
+
+    ``predict`` maps a batch of normalized digits (uint8 [N, 28, 28]) to probabilities.
+    """
     examples = []
     for code in codes:
         img = Image.open(io.BytesIO(code.png))
@@ -94,7 +123,7 @@ def read_codes(codes: list[PostalCode], model: LoadedModel, max_digits: int) -> 
             lattice = find_candidates(img, max_digits=max_digits)
         except ApiError:
             continue
-        probabilities, _ = model.predict(normalize_candidates(lattice))
+        probabilities = predict(normalize_candidates(lattice))
         examples.append(
             Example(
                 code.digits,
@@ -102,6 +131,7 @@ def read_codes(codes: list[PostalCode], model: LoadedModel, max_digits: int) -> 
                 probabilities,
                 reading_features(lattice, probabilities),
                 right_reading(lattice, code.boxes),
+                (code.width, code.height),
             )
         )
     return examples
@@ -170,6 +200,164 @@ def learn(examples: list[Example], epochs: int, seed: int) -> npt.NDArray[np.flo
     return averaged / scale if scale > 0 else averaged
 
 
+@dataclass(frozen=True)
+class Judged:
+    """One example read with given weights and margins: its reading and whether it is right."""
+
+    example: Example
+    reading: Reading
+    right: bool
+    top: list[float]
+
+
+def judge(
+    examples: list[Example], weights: dict[str, float], count_margin: float, reading_margin: float
+) -> list[Judged]:
+    """Read every example as the service would (weights and margins given)."""
+    out = []
+    for example in examples:
+        reading = choose_reading(
+            example.lattice,
+            example.probabilities,
+            weights=weights,
+            count_margin=count_margin,
+            reading_margin=reading_margin,
+        )
+        chosen = list(reading.candidates)
+        digits = "".join(str(int(np.argmax(example.probabilities[i]))) for i in chosen)
+        top = [float(example.probabilities[i].max()) for i in chosen]
+        out.append(Judged(example, reading, digits == example.truth, top))
+    return out
+
+
+def geometry_flagged(judged: Judged, limits: dict[str, float]) -> bool:
+    """Whether app.review's geometric signals send this reading to review."""
+    lattice, chosen = judged.example.lattice, list(judged.reading.candidates)
+    return (
+        any(joined_too_wide(lattice, chosen, limits["max_joined_width"]))
+        or any(off_the_line(lattice, chosen, limits["max_line_offset"]))
+        or any(cut_by_the_edge(lattice, chosen, judged.example.size, limits["edge_room"]))
+        or any(spans_the_image(lattice, chosen, judged.example.size))
+    )
+
+
+def accepted_error(
+    judged: list[Judged], threshold: float, limits: dict[str, float] | None = None
+) -> tuple[int, int]:
+    """(accepted, wrong among them) when a reading needs every digit at ``threshold``, a sure
+    count and cut, and (``limits``) no geometric signal."""
+    accepted = wrong = 0
+    for item in judged:
+        reading = item.reading
+        if reading.count_is_uncertain or reading.cut_is_uncertain or min(item.top) < threshold:
+            continue
+        if limits is not None and geometry_flagged(item, limits):
+            continue
+        accepted += 1
+        wrong += not item.right
+    return accepted, wrong
+
+
+def fit_review_rule(
+    scan: list[Example],
+    weights: dict[str, float],
+    count_margin: float,
+    reading_margin: float,
+    threshold: float,
+) -> dict[str, float]:
+    """The review rule's limits for a version, from scan-like codes of MNIST training digits.
+
+    The geometric limits are what :data:`LIMIT_QUANTILE` of the digits of correctly read codes
+    stay within; the marked-page threshold is the lowest of :data:`THRESHOLDS` (not below
+    ``threshold``) keeping the error among accepted marked codes within :data:`TARGET_ERROR`
+    (the highest when none does).
+    """
+    judged = judge(scan, weights, count_margin, reading_margin)
+    right = [j for j in judged if j.right]
+    widths = [
+        j.example.lattice.candidates[i].width_ratio
+        for j in right
+        for i in j.reading.candidates
+        if j.example.lattice.candidates[i].last - j.example.lattice.candidates[i].first >= 2
+    ]
+    offsets = [
+        offset
+        for j in right
+        if len(j.reading.candidates) > 1
+        for offset in line_offsets(j.example.lattice, list(j.reading.candidates))
+    ]
+    limits = {
+        "max_joined_width": round(float(np.quantile(widths, LIMIT_QUANTILE)), 3) if widths else 1.4,
+        "max_line_offset": round(float(np.quantile(offsets, LIMIT_QUANTILE)), 3)
+        if offsets
+        else 0.5,
+        "edge_room": EDGE_ROOM,
+    }
+    marked = [j for j in judged if page_has_marks(j.example.lattice)]
+    candidates = [t for t in THRESHOLDS if t >= threshold] or [threshold]
+    chosen = candidates[-1]
+    for candidate in candidates:
+        accepted, wrong = accepted_error(marked, candidate, limits)
+        if accepted and wrong / accepted <= TARGET_ERROR:
+            chosen = candidate
+            break
+    return {**limits, "marked_threshold": chosen}
+
+
+def fit_reader(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer],
+    predict: Predict,
+    *,
+    count: int = 400,
+    epochs: int = 8,
+    seed: int = 21,
+    weights: dict[str, float] | None = None,
+) -> dict[str, object]:
+    """Fit a version's whole reader calibration on synthetic codes of ``images`` (which must be
+    MNIST *training* digits) as ``predict`` reads them; a dict for ``reader.json``.
+
+    ``count`` postal codes train the weights (skipped when ``weights`` are given), ``count``
+    more choose the review threshold and the margins (the pair accepting the most codes with an
+    error within :data:`TARGET_ERROR`), and ``count`` scan-like codes fit the review rule.
+    """
+    started = time.perf_counter()
+    held = read_codes(generate_postal_codes(images, labels, count, seed=seed + 1), predict, 12)
+    if weights is None:
+        train = read_codes(generate_postal_codes(images, labels, count, seed=seed), predict, 12)
+        learned = learn(train, epochs, seed)
+        weights = {name: round(float(v), 4) for name, v in zip(FEATURES, learned, strict=True)}
+        best: tuple[int, float, float, float] | None = None
+        for margin in MARGINS:
+            judged = judge(held, weights, margin, margin)
+            for threshold in THRESHOLDS:
+                accepted, wrong = accepted_error(judged, threshold)
+                if accepted and wrong / accepted <= TARGET_ERROR:
+                    if best is None or accepted > best[0]:
+                        best = (accepted, margin, threshold, wrong / accepted)
+                    break
+        margin, threshold = (best[1], best[2]) if best else (MARGINS[-1], THRESHOLDS[-1])
+        fitted = "weights (structured perceptron), margins and review threshold"
+    else:
+        margin, threshold = COUNT_MARGIN, 0.98
+        fitted = "nothing but the review rule (weights given)"
+    scan = read_codes(generate_scan_codes(images, labels, count, seed=seed + 2), predict, 12)
+    rule = fit_review_rule(scan, weights, margin, margin, threshold)
+    return {
+        "reading_weights": weights,
+        "count_margin": margin,
+        "reading_margin": margin,
+        "review_threshold": threshold,
+        "review_rule": rule,
+        "reader_fitted_by": (
+            f"benchmarks/tune_reader.py fit_reader: {fitted} on {count} synthetic postal codes "
+            f"each (seed {seed}) and the review rule on {count} scan-like codes "
+            f"(benchmarks/scan_codes.py) of MNIST training digits, target error "
+            f"{TARGET_ERROR:.0%}, in {time.perf_counter() - started:.0f} s"
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Learn and print the reading weights."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -179,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--data-dir", default=None, help="MNIST directory ($MNIST_DATA_DIR)")
     parser.add_argument("--models-dir", type=Path, default=Path("models/mnist"))
+    parser.add_argument(
+        "--review-rule",
+        action="store_true",
+        help="fit only the review rule (app.review) for the current weights, on scan-like codes",
+    )
     args = parser.parse_args(argv)
 
     from training.data import load_mnist
@@ -192,8 +385,23 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = data.train_images, data.train_labels
     train_codes = generate_postal_codes(images, labels, args.count, seed=args.seed)
     held_codes = generate_postal_codes(images, labels, args.held_out, seed=args.seed + 1)
-    train = read_codes(train_codes, model, max_digits=12)
-    held = read_codes(held_codes, model, max_digits=12)
+
+    def predict(batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        return model.predict(batch)[0]
+
+    if args.review_rule:
+        scan_codes = generate_scan_codes(images, labels, args.count, seed=args.seed + 2)
+        rule = fit_review_rule(
+            read_codes(scan_codes, predict, 12),
+            dict(READING_WEIGHTS),
+            COUNT_MARGIN,
+            READING_MARGIN,
+            0.98,
+        )
+        print(rule)
+        return 0
+    train = read_codes(train_codes, predict, max_digits=12)
+    held = read_codes(held_codes, predict, max_digits=12)
     covered = sum(e.right is not None for e in train) / len(train_codes)
     print(f"model version {newest}; right reading among the candidates: {covered:.1%}")
 

@@ -12,19 +12,24 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
 * the ink mass range of each class (mean pixel value, the same central share of held-out
   digits), stored in the basis file as ``mass_low`` and ``mass_high`` [10]: a blob can lie
   near a class's subspace (a filled disc near the 0s) but has far more ink than its digits;
-* ``reader.json``: the threshold and how it was found, plus any reader settings given.
+* ``reader.json``: the threshold and how it was found, plus the reader settings: with
+  ``--reader-fit`` (the default) the reader's weights, count and reading margins, review
+  threshold and review rule (``app.review``) fitted for this version on synthetic codes of MNIST
+  training digits (:func:`fit_reader_settings`, which runs ``benchmarks/tune_reader.py``).
 
 Usage::
 
-    python -m training.calibrate models/mnist/1
+    python -m training.calibrate models/mnist/2 [--no-reader-fit] [--reader-codes 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,8 +41,10 @@ __all__ = [
     "HOLDOUT",
     "LIKENESS_QUANTILE",
     "RANK",
+    "READER_FIT_CODES",
     "calibrate_version",
     "fit_basis",
+    "fit_reader_settings",
     "holdout_size",
     "unlikeness",
 ]
@@ -57,6 +64,10 @@ def holdout_size(train_count: int) -> int:
     """How many of the last training digits set the threshold."""
     return max(1, min(HOLDOUT, train_count // 5))
 
+
+#: Synthetic codes per part of the reader fit (weights, margins and threshold, review rule):
+#: enough for stable weights, small enough that training stays a few minutes.
+READER_FIT_CODES: Final = 300
 
 BASIS_FILE: Final = "likeness.npz"
 READER_FILE: Final = "reader.json"
@@ -167,6 +178,31 @@ def calibrate_version(
     return document
 
 
+def fit_reader_settings(
+    train_images: npt.NDArray[np.uint8],
+    train_labels: npt.NDArray[np.integer[Any]],
+    predict: Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]],
+    *,
+    count: int = READER_FIT_CODES,
+) -> dict[str, object]:
+    """The reader settings of a version (for ``reader.json``), fitted on synthetic codes of
+    these MNIST training digits as ``predict`` (the version's model) reads them.
+
+    The fit reads codes with the service's own segmentation (``app``) and draws them with the
+    benchmark's generators (``benchmarks``); where those are not installed (the training
+    image) the settings say so and the version is served with the reader defaults.
+    """
+    started = time.perf_counter()
+    try:
+        # Imported by name: the benchmarks are not part of the typed, installed packages.
+        tune = importlib.import_module("benchmarks.tune_reader")
+    except ImportError as exc:
+        return {"reader_not_fitted": f"benchmarks.tune_reader is not available ({exc})"}
+    settings: dict[str, object] = tune.fit_reader(train_images, train_labels, predict, count=count)
+    settings["reader_fit_seconds"] = round(time.perf_counter() - started, 1)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Calibrate an existing version directory (its SavedModel reads the held-out digits)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -174,6 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="MNIST directory ($MNIST_DATA_DIR)")
     parser.add_argument(
         "--reader", type=Path, default=None, help="JSON of reader settings fitted elsewhere"
+    )
+    parser.add_argument(
+        "--reader-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the reader's weights, margins, review threshold and rule (default: on; "
+        "ignored with --reader)",
+    )
+    parser.add_argument(
+        "--reader-codes",
+        type=int,
+        default=READER_FIT_CODES,
+        help=f"synthetic codes per part of the reader fit (default {READER_FIT_CODES})",
     )
     args = parser.parse_args(argv)
 
@@ -183,8 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = load_mnist(args.data_dir, progress=False)
     held = holdout_size(len(data.train_images))
-    _, digits = predict(load_signature(args.version_dir), data.train_images[-held:])
+    signature = load_signature(args.version_dir)
+    _, digits = predict(signature, data.train_images[-held:])
     reader = json.loads(args.reader.read_text("utf-8")) if args.reader else None
+    if reader is None and args.reader_fit:
+        reader = fit_reader_settings(
+            data.train_images,
+            data.train_labels,
+            lambda batch: predict(signature, batch)[0],
+            count=args.reader_codes,
+        )
     document = calibrate_version(
         args.version_dir, data.train_images, data.train_labels, digits, reader=reader
     )

@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from training import preprocess as preprocessing_module
-from training.calibrate import calibrate_version, holdout_size
+from training.calibrate import (
+    READER_FIT_CODES,
+    calibrate_version,
+    fit_reader_settings,
+    holdout_size,
+)
 from training.data import MnistData, MnistError, load_mnist
 from training.environment import library_versions, machine_info
 from training.evaluate import Evaluation, evaluate_signature, predict
@@ -66,8 +71,14 @@ def run(
     report: bool = True,
     verbose: int | str = "auto",
     load_seconds: float = 0.0,
+    reader_codes: int = 0,
 ) -> TrainingRun:
-    """Train ``recipe`` on ``data`` and publish ``models_dir/<version>`` (next free if None)."""
+    """Train ``recipe`` on ``data`` and publish ``models_dir/<version>`` (next free if None).
+
+    ``reader_codes`` > 0 also fits the version's reader (weights, margins, review threshold and
+    rule) on that many synthetic codes of its training digits per part
+    (:func:`training.calibrate.fit_reader_settings`); 0 leaves the reader defaults.
+    """
     started = time.perf_counter()
 
     # 1. Data: a validation split carved from the end of the training set.
@@ -108,7 +119,17 @@ def run(
         tick = time.perf_counter()
         held = holdout_size(len(data.train_images))
         _, held_digits = predict(signature, data.train_images[-held:])
-        calibrate_version(directory, data.train_images, data.train_labels, held_digits)
+        reader = None
+        if reader_codes > 0:
+            reader = fit_reader_settings(
+                data.train_images,
+                data.train_labels,
+                lambda batch: predict(signature, batch)[0],
+                count=reader_codes,
+            )
+        calibrate_version(
+            directory, data.train_images, data.train_labels, held_digits, reader=reader
+        )
         calibrate_seconds = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -263,6 +284,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help=f"random seed {keep}")
     parser.add_argument("--validation-size", type=int, help=f"last training images held out {keep}")
     parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
+    parser.add_argument(
+        "--reader-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the version's reader calibration on synthetic codes (default: on)",
+    )
+    parser.add_argument(
+        "--reader-codes",
+        type=int,
+        default=READER_FIT_CODES,
+        help=f"synthetic codes per part of the reader fit (default {READER_FIT_CODES})",
+    )
     return parser.parse_args(argv)
 
 
@@ -296,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             report=not args.no_report,
             load_seconds=load_seconds,
+            reader_codes=args.reader_codes if args.reader_fit else 0,
         )
     except (MnistError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

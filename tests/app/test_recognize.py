@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+import app.api.routes.recognize
 import app.segmentation
+from app.calibration import ReaderCalibration
 from app.core.config import DEFAULT_REVIEW_THRESHOLD
 from app.inference import InferenceWorker
 from app.main import create_app
@@ -125,11 +127,17 @@ def test_a_wrong_length_needs_review(client: TestClient) -> None:
     assert body["needs_review"] is False
 
 
+def with_margins(monkeypatch: pytest.MonkeyPatch, *, count: float, cut: float) -> None:
+    """Serve with a calibration requiring these count and cut margins (defaults otherwise)."""
+    calibration = ReaderCalibration(count_margin=count, reading_margin=cut)
+    monkeypatch.setattr(app.api.routes.recognize, "calibration_for", lambda model: calibration)
+
+
 def test_an_uncertain_digit_count_needs_review(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Any reading is "uncertain" when the margin required is infinite.
-    monkeypatch.setattr(app.segmentation, "COUNT_MARGIN", float("inf"))
+    # Any reading is "uncertain" when the margin the version's calibration requires is infinite.
+    with_margins(monkeypatch, count=float("inf"), cut=app.segmentation.READING_MARGIN)
     body = post(client, three_digit_png(), threshold=0.9).json()
     assert body["needs_review"] is True
     assert len(body["review_reasons"]) == 1
@@ -140,8 +148,7 @@ def test_an_uncertain_digit_count_needs_review(
 def test_an_uncertain_cut_needs_review(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     # Two digits joined by a ligature can be cut several ways; with an infinite margin required
     # the chosen cut is never sure enough, while the count test is switched off.
-    monkeypatch.setattr(app.segmentation, "COUNT_MARGIN", float("-inf"))
-    monkeypatch.setattr(app.segmentation, "READING_MARGIN", float("inf"))
+    with_margins(monkeypatch, count=float("-inf"), cut=float("inf"))
     ink, _ = draw_string([one, zero, zero, seven], gap=12, joined=(1,))
     body = post(client, encode(as_photo(ink)), threshold=0.0).json()
     assert body["needs_review"] is True
@@ -149,7 +156,7 @@ def test_an_uncertain_cut_needs_review(client: TestClient, monkeypatch: pytest.M
         "where one digit ends and the next begins is uncertain: another way of cutting the ink "
         "into digits is almost as likely"
     ]
-    monkeypatch.setattr(app.segmentation, "READING_MARGIN", float("-inf"))
+    with_margins(monkeypatch, count=float("-inf"), cut=float("-inf"))
     body = post(client, encode(as_photo(ink)), threshold=0.0).json()
     assert body["needs_review"] is False
 

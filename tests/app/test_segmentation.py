@@ -322,6 +322,34 @@ def test_the_reading_is_the_best_partition_and_knows_its_margins() -> None:
     assert reading.cut_is_uncertain == (reading.margin < app.segmentation.READING_MARGIN)
 
 
+def test_the_margins_a_version_requires_decide_what_is_uncertain() -> None:
+    ink, _ = draw_string([zero, zero, one], gap=12, joined=(0,))
+    lattice = build_lattice(ink, max_digits=12)
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.full(10, 0.3), size=len(lattice.candidates))
+    found = choose_reading(lattice, probabilities)
+    assert np.isfinite(found.count_margin)
+    assert found.margin > 0
+    # Just above and just below the reading's own margins: the same reading, judged either way.
+    strict = choose_reading(
+        lattice,
+        probabilities,
+        count_margin=found.count_margin + 0.01,
+        reading_margin=found.margin + 0.01,
+    )
+    lenient = choose_reading(
+        lattice,
+        probabilities,
+        count_margin=found.count_margin - 0.01,
+        reading_margin=found.margin - 0.01,
+    )
+    assert strict.candidates == lenient.candidates == found.candidates
+    assert strict.count_is_uncertain
+    assert strict.cut_is_uncertain
+    assert not lenient.count_is_uncertain
+    assert not lenient.cut_is_uncertain
+
+
 def test_a_reading_with_only_one_possible_cut_has_an_infinite_margin() -> None:
     ink, _ = draw_string([one], gap=12)
     lattice = build_lattice(ink, max_digits=12)

@@ -318,3 +318,41 @@ def test_a_new_version_carries_its_reader_calibration(
     assert calibration.likeness_threshold is not None
     # The reader's weights are not refitted by training: defaults, and it says so.
     assert any(note.startswith("reading_weights not calibrated") for note in calibration.notes)
+
+
+# -- the reader's calibration, fitted per version -------------------------------------------
+
+
+def test_training_fits_the_versions_reader_and_the_service_loads_it(
+    tiny: MnistData, tmp_path: Path
+) -> None:
+    from app.calibration import load_calibration
+    from app.review import ReviewLimits
+    from app.segmentation import FEATURES
+
+    result = run(QUICK, tiny, models_dir=tmp_path / "models", report=False, verbose=0,
+                 reader_codes=6)  # fmt: skip
+    document = json.loads((result.path / "reader.json").read_text())
+    assert set(document["reading_weights"]) == set(FEATURES)
+    assert set(document["review_rule"]) == {
+        "max_joined_width", "max_line_offset", "edge_room", "marked_threshold"
+    }  # fmt: skip
+    assert document["reader_fit_seconds"] >= 0
+    assert "MNIST training digits" in document["reader_fitted_by"]
+    calibration = load_calibration(result.path)
+    # Everything the version needs is there and valid: no default stands in for anything.
+    assert calibration.notes == ()
+    assert calibration.count_margin == document["count_margin"]
+    assert calibration.review_threshold == document["review_threshold"]
+    assert calibration.review == ReviewLimits(**document["review_rule"])
+
+
+def test_training_without_the_reader_fit_leaves_the_reader_defaults(
+    exported: training.train.TrainingRun,
+) -> None:
+    from app.calibration import load_calibration
+
+    document = json.loads((exported.path / "reader.json").read_text())
+    assert "reading_weights" not in document
+    calibration = load_calibration(exported.path)
+    assert any("reading_weights not calibrated" in note for note in calibration.notes)

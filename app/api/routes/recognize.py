@@ -27,6 +27,14 @@ from app.core.tracing import child_span
 from app.imaging import load_image, open_image, run_in_large_image_slot
 from app.likeness import mass_outside, unlikeness
 from app.marks import is_hairline
+from app.review import (
+    ReviewLimits,
+    cut_by_the_edge,
+    joined_too_wide,
+    off_the_line,
+    page_has_marks,
+    spans_the_image,
+)
 from app.schemas import Probabilities, Probability, error_responses
 from app.segmentation import (
     MAX_WORK_PIXELS,
@@ -304,6 +312,8 @@ async def recognize(
                     choose_reading,
                     max_digits=settings.max_digits,
                     weights=calibration.reading_weights,
+                    count_margin=calibration.count_margin,
+                    reading_margin=calibration.reading_margin,
                 ),
                 lattice,
                 probabilities,
@@ -328,7 +338,14 @@ async def recognize(
     unlike = _not_digit_like(calibration, batch, probabilities, list(reading.candidates))
     unlike = _hairlines_on_a_form(lattice, list(reading.candidates), unlike)
     limit = review_threshold(threshold, settings, calibration)
+    marked = calibration.review.marked_threshold
+    if threshold is None and marked is not None and page_has_marks(lattice):
+        # A form or register: what was removed may have taken or left ink of the digits.
+        limit = max(limit, marked)
     reasons = review_reasons(confidences, limit, expected_length, reading, unlike)
+    reasons += geometry_reasons(
+        lattice, list(reading.candidates), (width, height), calibration.review
+    )
     telemetry = serving.telemetry
     for digit_char, confidence in zip(digits, confidences, strict=True):
         telemetry.observe_answer("/recognize", int(digit_char), confidence)
@@ -350,6 +367,39 @@ async def recognize(
             for m in (mark.box,)
         ],
     }
+
+
+def geometry_reasons(
+    lattice: Lattice, chosen: list[int], size: tuple[int, int], limits: ReviewLimits
+) -> list[str]:
+    """Reasons from the geometry of the chosen digits (see :mod:`app.review`)."""
+    reasons = []
+    total = len(chosen)
+    for i, flag in enumerate(joined_too_wide(lattice, chosen, limits.max_joined_width)):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {total} was joined from several pieces and is wider than a "
+                "digit (it may be two digits, or a digit and a mark)"
+            )
+    for i, flag in enumerate(off_the_line(lattice, chosen, limits.max_line_offset)):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {total} is above or below the line of the other digits (it "
+                "may be a mark or part of another line)"
+            )
+    for i, flag in enumerate(spans_the_image(lattice, chosen, size)):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {total} is drawn in hairlines across the whole image (it "
+                "may be ruled lines crossing the writing)"
+            )
+    for i, flag in enumerate(cut_by_the_edge(lattice, chosen, size, limits.edge_room)):
+        if flag:
+            reasons.append(
+                f"digit {i + 1} of {total} runs into the edge of the image (it may be part of a "
+                "neighbouring cell or a line)"
+            )
+    return reasons
 
 
 def _hairlines_on_a_form(
