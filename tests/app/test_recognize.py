@@ -17,10 +17,12 @@ from fastapi.testclient import TestClient
 
 import app.api.routes.recognize
 import app.segmentation
+from app.api.routes.recognize import review_reasons
 from app.calibration import ReaderCalibration
 from app.core.config import DEFAULT_REVIEW_THRESHOLD
 from app.inference import InferenceWorker
 from app.main import create_app
+from app.segmentation import Reading
 from benchmarks.postal_codes import Layout, PostalCode, generate_postal_codes
 from tests.app.conftest import ModelsDir, encode, make_settings
 from tests.app.test_segmentation import as_photo, draw_string, one, seven, zero
@@ -86,6 +88,12 @@ def test_low_confidence_digits_need_review_and_are_named(client: TestClient) -> 
         assert f"digit {position} of 3" in reason
         assert "0.94" in reason
         assert "0.95" in reason
+
+
+def test_a_review_reason_never_shows_a_confidence_equal_to_its_threshold() -> None:
+    reading = Reading(candidates=(0,), count_margin=99.0, runner_up=None)
+    (reason,) = review_reasons([0.99987], 0.9999, None, reading)
+    assert "confidence 0.99987, below the threshold 0.99990" in reason
 
 
 @pytest.mark.parametrize(

@@ -237,11 +237,21 @@ def review_reasons(
         )
     for i, confidence in enumerate(confidences):
         if confidence < threshold:
+            shown, limit = _distinct(confidence, threshold)
             reasons.append(
                 f"digit {i + 1} of {len(confidences)} was read with confidence "
-                f"{confidence:.2f}, below the threshold {threshold:.2f}"
+                f"{shown}, below the threshold {limit}"
             )
     return reasons
+
+
+def _distinct(value: float, threshold: float) -> tuple[str, str]:
+    """Both numbers with two decimals, or as many more as it takes to tell them apart."""
+    for decimals in range(2, 9):
+        shown, limit = f"{value:.{decimals}f}", f"{threshold:.{decimals}f}"
+        if shown != limit:
+            return shown, limit
+    return f"{value:.9f}", f"{threshold:.9f}"
 
 
 @router.post(
