@@ -7,6 +7,7 @@ tests/ops/test_connections.py; here, that the launcher hands uvicorn what the se
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.config import Settings
 from app.core.limits import DRAIN_FACTOR
-from app.serve import ARENA_MAX, ConnectionLimits, uvicorn_options
+from app.serve import (
+    ARENA_MAX,
+    ConnectionLimits,
+    LauncherConfig,
+    available_cores,
+    uvicorn_options,
+    worker_count,
+)
 from tests.support.servers import REPO
 
 
@@ -103,3 +111,27 @@ def _arenas(mode: str) -> int:
 def test_the_launcher_caps_malloc_arenas_when_the_environment_does_not() -> None:
     assert _arenas("plain") > ARENA_MAX, "without the cap each thread gets its own arena"
     assert _arenas("launcher") <= ARENA_MAX
+
+
+def test_workers_follow_web_concurrency_else_the_available_cores() -> None:
+    assert worker_count({"WEB_CONCURRENCY": "3"}) == 3
+    assert worker_count({"WEB_CONCURRENCY": " 1 "}) == 1
+    assert worker_count({}) == available_cores()
+    assert worker_count({"WEB_CONCURRENCY": ""}) == available_cores()
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(SystemExit, match="positive integer"):
+            worker_count({"WEB_CONCURRENCY": bad})
+
+
+def test_available_cores_never_exceed_the_affinity() -> None:
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_the_limits_travel_to_worker_processes() -> None:
+    """uvicorn pickles its Config for each spawned worker; the bounded protocol must survive."""
+    settings = Settings(max_connections=9, header_timeout_seconds=2.5, max_upload_bytes=500)
+    config = LauncherConfig(**uvicorn_options(settings, "127.0.0.1", 1234), workers=2)
+    copy = pickle.loads(pickle.dumps(config))
+    assert issubclass(copy.http, HttpToolsProtocol)
+    assert copy.http.limits == ConnectionLimits.from_settings(settings)
+    assert (copy.workers, copy.limit_concurrency) == (2, 9)
