@@ -135,7 +135,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 images = await run_in_threadpool(self._images, request)
         except ProtocolError as exc:
             await self._abort(context, exc)
-        result = await self._worker.predict(model, images)
+        # Counted with the HTTP requests: the worker batches a call only when others are in
+        # flight (app.inference).
+        self._telemetry.in_flight += 1
+        try:
+            result = await self._worker.predict(model, images)
+        finally:
+            self._telemetry.in_flight -= 1
         self._telemetry.count_images("grpc:ModelInfer", len(images))
         arrays = {
             "probabilities": (result.probabilities.astype("<f4", copy=False), "FP32"),
