@@ -6,6 +6,7 @@ tests/ops/test_connections.py; here, that the launcher hands uvicorn what the se
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import subprocess
@@ -20,6 +21,7 @@ from app.core.config import Settings
 from app.core.limits import DRAIN_FACTOR
 from app.serve import (
     ARENA_MAX,
+    CoalescingTransport,
     ConnectionLimits,
     LauncherConfig,
     available_cores,
@@ -135,3 +137,46 @@ def test_the_limits_travel_to_worker_processes() -> None:
     assert issubclass(copy.http, HttpToolsProtocol)
     assert copy.http.limits == ConnectionLimits.from_settings(settings)
     assert (copy.workers, copy.limit_concurrency) == (2, 9)
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_head_and_its_body_leave_in_one_write() -> None:
+    async def scenario() -> list[list[bytes]]:
+        raw = _RecordingTransport()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+        seen = []
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        seen.append(list(raw.writes))  # the head waits for what follows
+        transport.write(b"{}")
+        seen.append(list(raw.writes))
+        transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # a head with nothing after it
+        await asyncio.sleep(0)  # sent at the end of the loop step
+        seen.append(list(raw.writes))
+        transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        transport.close()  # what is held goes out before the connection closes
+        assert raw.closed
+        seen.append(list(raw.writes))
+        return seen
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    assert asyncio.run(scenario()) == [
+        [],
+        [head + b"{}"],
+        [head + b"{}", b"HTTP/1.1 204 No Content\r\n\r\n"],
+        [
+            head + b"{}",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 408 Request Timeout\r\n\r\n",
+        ],
+    ]
