@@ -30,11 +30,11 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,7 +148,7 @@ def run_wrk(
         wrk,
         "-t1",
         f"-c{concurrency}",
-        f"-d{seconds:g}s",
+        f"-d{max(1, round(seconds))}s",  # wrk takes whole seconds
         "--timeout",
         "10s",
         "-s",
@@ -190,25 +190,61 @@ def _inference_counts(server: Server) -> tuple[int, int] | None:
     return int(inference["model_calls"]), int(inference["requests"])
 
 
-def measure(
-    wrk: str,
-    server: Server,
-    path: str,
-    body: Body,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-) -> Cell:
-    """A warm-up run that is thrown away, then the measured run."""
-    if warmup > 0:
-        run_wrk(wrk, server, path, body, concurrency, warmup)
-    before = _inference_counts(server)
-    cell = run_wrk(wrk, server, path, body, concurrency, duration)
-    after = _inference_counts(server)
-    if before is None or after is None or after[0] == before[0]:
-        return cell  # the no-op endpoint makes no model call
-    per_call = (after[1] - before[1]) / (after[0] - before[0])
-    return dataclasses.replace(cell, requests_per_call=per_call)
+@dataclass(frozen=True)
+class Run:
+    """One cell of a group: a server, a path, a body and a concurrency."""
+
+    key: str
+    server: Server
+    path: str
+    body: Body
+    concurrency: int
+
+
+def measure_group(
+    wrk: str, runs: list[Run], warmup: float, duration: float, rounds: int
+) -> dict[str, Cell]:
+    """Measure cells whose figures are compared, interleaved on a shared machine.
+
+    Each cell gets a warm-up run that is thrown away, then ``rounds`` runs of
+    ``duration / rounds`` seconds, taken in turn with the other cells of the group, so a burst
+    of background load hits every side of a ratio. A cell's req/s, p50 and p99 are the medians
+    over its rounds; its requests, errors and CPU are summed.
+    """
+    for run in runs:
+        if warmup > 0:
+            run_wrk(wrk, run.server, run.path, run.body, run.concurrency, warmup)
+    parts: dict[str, list[Cell]] = {run.key: [] for run in runs}
+    calls: dict[str, list[tuple[int, int]]] = {run.key: [] for run in runs}
+    for _ in range(rounds):
+        for run in runs:
+            before = _inference_counts(run.server)
+            parts[run.key].append(
+                run_wrk(wrk, run.server, run.path, run.body, run.concurrency, duration / rounds)
+            )
+            after = _inference_counts(run.server)
+            if before is not None and after is not None:
+                calls[run.key].append((after[0] - before[0], after[1] - before[1]))
+    cells: dict[str, Cell] = {}
+    for run in runs:
+        done = parts[run.key]
+        model_calls = sum(c for c, _ in calls[run.key])
+        served = sum(r for _, r in calls[run.key])
+        rps = statistics.median(cell.rps for cell in done)
+        requests = sum(cell.requests for cell in done)
+        cells[run.key] = Cell(
+            path=run.path,
+            concurrency=run.concurrency,
+            requests=requests,
+            seconds=requests / rps if rps else sum(cell.seconds for cell in done),
+            p50_ms=statistics.median(cell.p50_ms for cell in done),
+            p99_ms=statistics.median(cell.p99_ms for cell in done),
+            errors=sum(cell.errors for cell in done),
+            server_cpu=statistics.median(cell.server_cpu for cell in done),
+            server_cpu_seconds=sum(cell.server_cpu_seconds for cell in done),
+            requests_per_call=served / model_calls if model_calls else None,
+        )
+    return cells
 
 
 def v1_body(images: np.ndarray) -> bytes:
@@ -313,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64", help="connections for /predict")
     parser.add_argument("--memory", action="store_true", help="also run the memory benchmark")
     parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per compared cell"
+    )
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated parts to run (predict,raw,workers); default all",
@@ -363,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(v2_one[0])} bytes of binary-tensor infer request; {BATCH_SIZE} images as "
         f"{len(batch[0]):,} / {len(v1_many):,} / {len(v2_many[0]):,} bytes"
     )
-    print(f"- Each cell: {warmup:g} s warm-up (not measured), then {duration:g} s\n")
+    print(
+        f"- Each cell: {warmup:g} s warm-up (not measured), then {args.rounds} rounds of "
+        f"{duration / args.rounds:g} s taken in turn with the cells it is compared with; req/s, "
+        "p50 and p99 are medians over the rounds\n"
+    )
     sys.stdout.flush()
 
     rows: dict[str, Cell] = {}
@@ -385,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         v2_batch = body("v2-batch", v2_many[0], "application/octet-stream", v2_many[1])
         expected: list[int] = []
 
-        def run(key: str, server: Server, path: str, payload: Body, c: int) -> None:
-            rows[key] = measure(wrk, server, path, payload, c, warmup, duration)
+        def group(*runs: Run) -> None:
+            rows.update(measure_group(wrk, list(runs), warmup, duration, args.rounds))
 
         servers: list[Server] = []
         try:
@@ -424,25 +467,26 @@ def main(argv: list[str] | None = None) -> int:
                     expected,
                 )
                 for c in concurrencies:
-                    # Interleaved, so a change in background load hits every side of a ratio.
-                    run(f"predict c{c}", public, "/predict", upload, c)
-                    run(f"noop c{c}", bench, NOOP_PATH, upload, c)
-                    run(f"typical c{c}", typical, "/predict", upload, c)
-                for server in servers[1:]:
+                    group(
+                        Run(f"predict c{c}", public, "/predict", upload, c),
+                        Run(f"noop c{c}", bench, NOOP_PATH, upload, c),
+                        Run(f"typical c{c}", typical, "/predict", upload, c),
+                    )
+                for server in (bench, typical):
                     server.stop()
-                servers[1:] = []
+                    servers.remove(server)
             if "raw" in parts:
                 for c in (1, 16):
-                    if "predict" not in parts or f"predict c{c}" not in rows:
-                        run(f"predict c{c}", public, "/predict", upload, c)
-                    run(f"v1 c{c}", public, V1_PATH, v1_single, c)
-                    run(f"v2 c{c}", public, V2_PATH, v2_single, c)
-                run("batch", public, "/predict/batch", uploads, 1)
-                run("v1 batch", public, V1_PATH, v1_batch, 1)
-                run("v2 batch", public, V2_PATH, v2_batch, 1)
-            rss["service, 1 worker"] = (idle, public.rss_mib())
-            exit_code = public.stop()
-            servers.remove(public)
+                    group(
+                        Run(f"png c{c}", public, "/predict", upload, c),
+                        Run(f"v1 c{c}", public, V1_PATH, v1_single, c),
+                        Run(f"v2 c{c}", public, V2_PATH, v2_single, c),
+                    )
+                group(
+                    Run("batch", public, "/predict/batch", uploads, 1),
+                    Run("v1 batch", public, V1_PATH, v1_batch, 1),
+                    Run("v2 batch", public, V2_PATH, v2_batch, 1),
+                )
             if "workers" in parts:
                 two = start_server(
                     PUBLIC_APP, models_dir, args.log_dir / "serving-workers.log", workers=2
@@ -453,8 +497,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(5.0)
                 idle_two = two.rss_mib()
                 for c in concurrencies:
-                    run(f"two c{c}", two, "/predict", upload, c)
+                    group(
+                        Run(f"one c{c}", public, "/predict", upload, c),
+                        Run(f"two c{c}", two, "/predict", upload, c),
+                    )
                 rss["service, 2 workers"] = (idle_two, two.rss_mib())
+            rss["service, 1 worker"] = (idle, public.rss_mib())
+            exit_code = public.stop()
+            servers.remove(public)
         finally:
             for server in servers:
                 server.stop()
@@ -473,10 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = [
         (name, rows[key])
         for key, name in (
-            ("predict c1", "PNG upload"),
+            ("png c1", "PNG upload"),
             ("v1 c1", "TF Serving JSON"),
             ("v2 c1", "OIP binary"),
-            ("predict c16", "PNG upload"),
+            ("png c16", "PNG upload"),
             ("v1 c16", "TF Serving JSON"),
             ("v2 c16", "OIP binary"),
         )
@@ -502,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling = [
         (name, rows[key])
         for c in concurrencies
-        for key, name in ((f"predict c{c}", "1 worker"), (f"two c{c}", "2 workers"))
+        for key, name in ((f"one c{c}", "1 worker"), (f"two c{c}", "2 workers"))
         if key in rows and f"two c{c}" in rows
     ]
     if scaling:
@@ -558,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in (1, 16):
         for key, name in ((f"v1 c{c}", "TF Serving JSON"), (f"v2 c{c}", "OIP binary")):
             if key in rows:
-                value = ratio(rps(key), rps(f"predict c{c}"))
+                value = ratio(rps(key), rps(f"png c{c}"))
                 goal(
                     f"c{c}: {name}, 1 image, faster than the PNG upload",
                     f"{value:.2f}×",
@@ -574,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     for c in concurrencies:
         if f"two c{c}" in rows:
-            value = ratio(rps(f"two c{c}"), rps(f"predict c{c}"))
+            value = ratio(rps(f"two c{c}"), rps(f"one c{c}"))
             goal(f"c{c}: 2 workers ÷ 1 worker", f"{value:.2f}×", None)
     if "predict c64" in rows:
         p99 = rows["predict c64"].p99_ms
