@@ -404,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"- Each cell: {warmup:g} s warm-up (not measured), then {args.rounds} rounds of "
-        f"{duration / args.rounds:g} s taken in turn with the cells it is compared with; req/s, "
-        "p50 and p99 are medians over the rounds\n"
+        f"{max(1, round(duration / args.rounds))} s taken in turn with the cells it is "
+        "compared with; req/s, p50 and p99 are medians over the rounds\n"
     )
     sys.stdout.flush()
 
