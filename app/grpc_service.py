@@ -5,7 +5,10 @@ ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfe
 in ``raw_output_contents``, as Triton answers). It runs in the app's process, on the app's event
 loop (``grpc.aio``), started and stopped by the lifespan when ``DIGITS_GRPC_PORT`` is set, and
 uses the same model store and inference worker as every other door, so requests arriving over
-gRPC and HTTP at the same moment share model calls.
+gRPC and HTTP at the same moment share model calls. With several worker processes
+(``WEB_CONCURRENCY``, :mod:`app.serve`) one port cannot be bound by all of them: the first
+worker to bind it serves gRPC, the others serve HTTP alone (the launcher has checked the port
+was free, so a failed bind there means a sibling has it).
 
 The message and service code is the protocol's own, as generated from Triton's
 ``grpc_service.proto`` and shipped in ``tritonclient.grpc`` (``service_pb2``,
@@ -17,6 +20,7 @@ the service (repository, shared memory, statistics, streaming) answer UNIMPLEMEN
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from typing import Any, Final, NoReturn
 
@@ -131,7 +135,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 images = await run_in_threadpool(self._images, request)
         except ProtocolError as exc:
             await self._abort(context, exc)
-        result = await self._worker.predict(model, images)
+        # Counted with the HTTP requests: the worker batches a call only when others are in
+        # flight (app.inference).
+        self._telemetry.in_flight += 1
+        try:
+            result = await self._worker.predict(model, images)
+        finally:
+            self._telemetry.in_flight -= 1
         self._telemetry.count_images("grpc:ModelInfer", len(images))
         arrays = {
             "probabilities": (result.probabilities.astype("<f4", copy=False), "FP32"),
@@ -223,6 +233,9 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
     try:
         server.add_insecure_port(address)
     except RuntimeError as exc:
+        if _several_workers():
+            logger.info("gRPC on %s is served by another worker process", address)
+            return None
         raise RuntimeError(
             f"the gRPC service cannot listen on {address}: is another process using the port? "
             "Set DIGITS_GRPC_PORT (and DIGITS_GRPC_HOST) to a free address."
@@ -230,6 +243,14 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
     await server.start()
     logger.info("Open Inference Protocol gRPC service listening on %s", address)
     return server
+
+
+def _several_workers() -> bool:
+    """Whether the launcher started more than one worker process (it sets WEB_CONCURRENCY)."""
+    try:
+        return int(os.environ.get("WEB_CONCURRENCY", "1")) > 1
+    except ValueError:
+        return False
 
 
 async def stop(server: grpc.aio.Server | None) -> None:

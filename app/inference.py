@@ -2,9 +2,16 @@
 
 A SavedModel call costs a few hundred microseconds of fixed overhead whatever the batch size,
 so the worker takes everything waiting in its queue and runs it as ONE call per model version
-(micro-batching). Requests wait on an asyncio future, so the event loop never blocks on
-TensorFlow; with no other request waiting, a request runs alone at once (no artificial delay,
-unless ``max_batch_delay_ms`` asks for one).
+(micro-batching). Requests wait on an asyncio future, so the event loop does not block on TensorFlow
+while other requests are being answered; with no other request waiting, a request runs alone at
+once (no artificial delay, unless ``max_batch_delay_ms`` asks for one).
+
+One exception, for speed: when the request is the only one the process is answering
+(``in_flight`` says 1), the worker is idle and no batching delay is set, there is nothing to
+batch it with, so its model call runs right on the event loop. Handing it to the worker thread
+and back costs two thread wake-ups and GIL hand-overs, more than the call itself; a request
+arriving meanwhile waits at most that one call. As soon as a second request is in flight every
+call goes through the worker again, so batching under load is unchanged.
 
 Each job carries the model (a :class:`~app.runtime.Servable`, such as
 :class:`~app.model_store.LoadedModel`) its request started with, so a
@@ -20,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,6 +78,8 @@ class InferenceWorker:
     """Runs model calls on a dedicated thread; see the module docstring.
 
     ``on_batch(images, requests, seconds)`` is called after every model call (for telemetry).
+    ``in_flight()`` tells how many requests the process is answering now (the doors count them,
+    :class:`app.core.telemetry.Telemetry`); without it every call goes through the thread.
     """
 
     def __init__(
@@ -78,10 +87,16 @@ class InferenceWorker:
         max_batch_delay_ms: float = 0.0,
         on_batch: BatchObserver | None = None,
         max_images_per_call: int = MAX_IMAGES_PER_CALL,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._delay = max(0.0, max_batch_delay_ms) / 1000.0
         self._on_batch = on_batch
         self._max_images = max_images_per_call
+        self._in_flight = in_flight if self._delay == 0 else None
+        # Set by the worker thread while it holds jobs; read by the loop without a lock: a
+        # stale value only sends one call the slower way, both ways give the same answer.
+        self._busy = False
+        self._running = False
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         # Jobs of the current event-loop iteration, per loop (tests run several loops).
         self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
@@ -97,12 +112,14 @@ class InferenceWorker:
         if self.running:
             return
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._running = True
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the jobs already queued, then stop the thread."""
         if self._thread is None:
             return
+        self._running = False
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
@@ -128,8 +145,17 @@ class InferenceWorker:
         # each would wake the worker on its own and cost a model call of its own (~0.3 ms of
         # CPU in the worker and TensorFlow's pool, plus GIL hand-offs with the loop). Queued
         # together, the worker takes them in one call. A lone request waits one iteration.
-        for job in self._pending.pop(loop, ()):
+        jobs = self._pending.pop(loop, ())
+        if len(jobs) == 1 and self._alone():
+            _resolve(self._call_model(jobs))
+            return
+        for job in jobs:
             self._queue.put(job)
+
+    def _alone(self) -> bool:
+        """Whether the only request in flight is the one handing over, with the worker idle."""
+        in_flight = self._in_flight
+        return in_flight is not None and in_flight() == 1 and not self._busy and self._queue.empty()
 
     def predict_blocking(self, model: Servable, images: npt.NDArray[np.uint8]) -> Prediction:
         """The same as :meth:`predict`, for code running in a thread rather than the loop."""
@@ -139,18 +165,26 @@ class InferenceWorker:
         return future.result()
 
     def _ensure_running(self) -> None:
-        if not self.running:
+        # A flag the thread clears when it ends: Thread.is_alive takes a lock, on every request.
+        if not self._running:
             raise RuntimeError("the inference worker is not running (app lifespan not started)")
 
     # --- worker thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._running = False
+
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
             if first is _STOP:
                 break
             assert isinstance(first, _Job)
+            self._busy = True
             jobs = [first]
             count = len(first.images)
             deadline = time.monotonic() + self._delay
@@ -173,6 +207,7 @@ class InferenceWorker:
                 jobs.append(nxt)
                 count += len(nxt.images)
             self._run_jobs(jobs)
+            self._busy = False
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         by_model: dict[int, list[_Job]] = {}
@@ -183,7 +218,7 @@ class InferenceWorker:
             outcomes.extend(self._call_model(group))
         self._deliver(outcomes)
 
-    def _call_model(self, jobs: list[_Job]) -> list[tuple[_Job, Prediction | BaseException]]:
+    def _call_model(self, jobs: Sequence[_Job]) -> list[tuple[_Job, Prediction | BaseException]]:
         model = jobs[0].model
         images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
         traced = [job.trace for job in jobs if job.trace is not None]
@@ -247,7 +282,7 @@ class InferenceWorker:
                 loop.call_soon_threadsafe(_resolve, items)
 
 
-def _resolve(items: list[tuple[_Job, Prediction | BaseException]]) -> None:
+def _resolve(items: Sequence[tuple[_Job, Prediction | BaseException]]) -> None:
     for job, outcome in items:
         fut = job.future
         if fut.done():

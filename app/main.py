@@ -154,7 +154,9 @@ def create_app(
         policy_file=settings.version_config,
     )
     app.state.worker = InferenceWorker(
-        max_batch_delay_ms=settings.max_batch_delay_ms, on_batch=telemetry.observe_batch
+        max_batch_delay_ms=settings.max_batch_delay_ms,
+        on_batch=telemetry.observe_batch,
+        in_flight=lambda: telemetry.in_flight,
     )
     _install_error_handlers(app, telemetry)
     _document_auth_only_when_enabled(app, settings)

@@ -241,13 +241,16 @@ def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any
         expected = signature(**{INPUT_KEY: tf.constant(probe)})
         graph = tf.Graph()
         # A TF1 session has its own thread pools; give it the counts configure_tensorflow set
-        # for eager calls (0 still means "let TensorFlow choose").
+        # for eager calls (0 still means "let TensorFlow choose"). One inter-op thread becomes
+        # the caller's own (TensorFlow's -1): the same one-op-at-a-time schedule, without
+        # waking a pool thread for every call, which cost more than this small graph's work.
         threading_config = tf.config.threading
+        inter_op = threading_config.get_inter_op_parallelism_threads()
         session = tf.compat.v1.Session(
             graph=graph,
             config=tf.compat.v1.ConfigProto(
                 intra_op_parallelism_threads=threading_config.get_intra_op_parallelism_threads(),
-                inter_op_parallelism_threads=threading_config.get_inter_op_parallelism_threads(),
+                inter_op_parallelism_threads=-1 if inter_op == 1 else inter_op,
             ),
         )
         tf_logger = tf.get_logger()
@@ -264,7 +267,7 @@ def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any
         signature_def = meta.signature_def[SIGNATURE]
         feed = graph.get_tensor_by_name(signature_def.inputs[INPUT_KEY].name)
         fetches = [graph.get_tensor_by_name(signature_def.outputs[key].name) for key in OUTPUTS]
-        call: Callable[[Images], list[Any]] = session.make_callable(fetches, feed_list=[feed])
+        call = _feed_callable(session, feed, fetches)
         answers = call(probe)
     except Exception as exc:  # the eager signature already works: keep it
         logger.info("model %s: no session fast path (%s)", path.name, first_line(exc))
@@ -278,3 +281,29 @@ def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any
         logger.info("model %s: no session fast path (answers differ from the signature)", path)
         return None
     return call
+
+
+def _feed_callable(session: Any, feed: Any, fetches: list[Any]) -> Callable[[Images], list[Any]]:
+    """``session``'s callable from ``feed`` to ``fetches``, by the shortest path TensorFlow has.
+
+    Why: ``Session.make_callable`` with a feed list runs the whole generic ``Session.run``
+    machinery in Python on every call (fetch handlers, feed conversion), several times the cost
+    of this graph's work. A callable made from ``CallableOptions`` hands the array straight to
+    the C++ session (what Keras's TF1 backend did); the same kernels run, so the answers are the
+    same. ``_make_callable_from_options`` is not public API: when a TensorFlow release lacks it,
+    the public ``make_callable`` is used (and the caller's probe check covers both).
+    """
+    make = getattr(session, "_make_callable_from_options", None)
+    if make is not None:
+        try:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions()
+            options.feed.append(feed.name)
+            options.fetch.extend(fetch.name for fetch in fetches)
+            direct: Callable[[Images], list[Any]] = make(options)
+            return direct
+        except Exception as exc:  # an older or newer TensorFlow: the public path works
+            logger.info("no direct session callable (%s); using make_callable", first_line(exc))
+    generic: Callable[[Images], list[Any]] = session.make_callable(fetches, feed_list=[feed])
+    return generic

@@ -28,6 +28,16 @@ flight (``timeout_graceful_shutdown``). What it leaves open is closed by
 
 Refusals use the service's error shape (``{"error": {"code", "message"}}``) and the security
 headers of :mod:`app.core.security_headers`.
+
+**Workers.** ``WEB_CONCURRENCY`` (uvicorn's convention) sets how many worker processes serve;
+without it, one per core the process may use (its CPU affinity, capped by a cgroup CPU quota
+such as ``docker run --cpus`` or a Kubernetes CPU limit). Each worker is a process of its own
+with its own model and event loop, started from the app's import string; the limits above apply
+in each worker to that worker's connections (``DIGITS_MAX_CONNECTIONS`` is per worker). The
+gRPC port (``DIGITS_GRPC_PORT``) can be bound by one process only: with several workers the
+first to bind it serves gRPC and the others serve HTTP alone (:mod:`app.grpc_service`); the
+launcher checks the port is free before starting them, so a port taken by another program
+still fails the start.
 """
 
 from __future__ import annotations
@@ -38,19 +48,22 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import math
 import os
 import resource
+import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
 
 from app.core.config import Settings, get_settings
 from app.core.limits import DRAIN_FACTOR
@@ -65,6 +78,11 @@ _M_ARENA_MAX: Final = -8
 ARENA_MAX: Final = 2
 #: Refusals are logged as a summary at most this often, so a flood cannot flood the log.
 REPORT_EVERY_SECONDS: Final = 10.0
+#: uvicorn's (and gunicorn's) name for the number of worker processes.
+WORKERS_ENV: Final = "WEB_CONCURRENCY"
+_CGROUP_V2_CPU_MAX: Final = "/sys/fs/cgroup/cpu.max"
+_CGROUP_V1_QUOTA: Final = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+_CGROUP_V1_PERIOD: Final = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -127,6 +145,74 @@ _REFUSALS: Final = {
 }
 
 
+class CoalescingTransport:
+    """The connection's transport, sending a response head together with the body after it.
+
+    uvicorn writes a response's head and its body in two calls, so each answer costs two
+    ``send`` system calls and two TCP segments, each waking the client. Here the head is held
+    until the next write (the body, normally in the same event-loop step) and both go out in
+    one; a head with no body following in that step is sent at the end of it. Order is kept:
+    anything held is always written before what comes after it.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        """Write ``data``; a response head waits for what follows it."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 "):
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send a held head now."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        """Send what is held, then close."""
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        """Whether the transport is closing or closed."""
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's extra information (peer and socket addresses, SSL)."""
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (flow control)."""
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the connection to another protocol (an upgrade)."""
+        self.flush()
+        self._transport.set_protocol(protocol)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes waiting to be sent, including a held head."""
+        held = len(self._held) if self._held is not None else 0
+        return self._transport.get_write_buffer_size() + held
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a connection cap, header timeout and size, bounded drain.
 
@@ -155,7 +241,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Accept the connection, or answer 503 and close it when too many are open."""
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         if len(self.connections) > self.limits.max_connections:
             self._refuse(503)
             return
@@ -302,10 +388,31 @@ def protocol_class(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
 
 
-def uvicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
+class LauncherConfig(Config):
+    """uvicorn's Config that can travel to a worker process with its bounded protocol.
+
+    uvicorn starts workers with multiprocessing's *spawn* and pickles the Config for each; the
+    protocol class made by :func:`protocol_class` exists only in this process, so the limits
+    travel instead and each worker makes its own class from them.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        http = state.get("http")
+        if isinstance(http, type) and issubclass(http, BoundedHttpToolsProtocol):
+            state["http"] = http.limits
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("http"), ConnectionLimits):
+            state["http"] = protocol_class(state["http"])
+        self.__dict__.update(state)
+
+
+def uvicorn_options(settings: Settings, host: str, port: int, app: str = APP) -> dict[str, Any]:
     """Keyword arguments of :func:`uvicorn.run` for the service with these settings."""
     return {
-        "app": APP,
+        "app": app,
         "factory": True,
         "host": host,
         "port": port,
@@ -326,6 +433,8 @@ def tame_allocator() -> None:
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return
+    # Worker processes are new interpreters: glibc reads the variable when they start.
+    os.environ["MALLOC_ARENA_MAX"] = str(ARENA_MAX)
     path = ctypes.util.find_library("c")
     if path is None:
         return
@@ -334,6 +443,76 @@ def tame_allocator() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     mallopt(_M_ARENA_MAX, ARENA_MAX)
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota if any."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores or 1, max(1, math.ceil(quota)))
+    return max(1, cores or 1)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The cgroup's CPU quota in cores (``docker --cpus``, a Kubernetes CPU limit), or None."""
+    try:
+        with open(_CGROUP_V2_CPU_MAX) as file:
+            quota, period = file.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(_CGROUP_V1_QUOTA) as quota_file, open(_CGROUP_V1_PERIOD) as period_file:
+            quota_us, period_us = int(quota_file.read()), int(period_file.read())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def worker_count(environ: dict[str, str] | os._Environ[str] | None = None) -> int:
+    """``WEB_CONCURRENCY`` when set, else :func:`available_cores`.
+
+    Raises:
+        SystemExit: when ``WEB_CONCURRENCY`` is not a positive integer.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(WORKERS_ENV, "").strip()
+    if not text:
+        return available_cores()
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise SystemExit(
+            f"{WORKERS_ENV}={text!r}: the number of worker processes must be a positive "
+            "integer (or unset for one per available core)."
+        )
+    return workers
+
+
+def ensure_grpc_port_free(host: str, port: int) -> None:
+    """Fail the start when the gRPC port is taken, before workers share the binding out.
+
+    With one worker the gRPC server's own bind fails the start; with several, a worker that
+    cannot bind leaves gRPC to the sibling that did, so a port held by another program must be
+    caught here.
+
+    Raises:
+        SystemExit: naming the address when it cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(
+                f"the gRPC service cannot listen on {host}:{port} ({exc.strerror}): is another "
+                "process using the port? Set DIGITS_GRPC_PORT (and DIGITS_GRPC_HOST) to a free "
+                "address."
+            ) from None
 
 
 def ensure_descriptors(max_connections: int) -> None:
@@ -354,34 +533,53 @@ def ensure_descriptors(max_connections: int) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse ``--host``/``--port``, apply the process-wide limits and run uvicorn."""
+def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
+    """Parse ``--host``/``--port``, apply the process-wide limits and run uvicorn's workers.
+
+    ``app`` is the factory's import string (the benchmarks serve a variant of the app).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m app.serve",
-        description="Serve the digit reader with its connection limits (settings: DIGITS_*).",
+        description="Serve the digit reader with its connection limits (settings: DIGITS_*; "
+        f"worker processes: {WORKERS_ENV}, default one per available core).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     args = parser.parse_args(argv)
     tame_allocator()
     settings = get_settings()
-    config = uvicorn.Config(**uvicorn_options(settings, args.host, args.port))  # sets up logging
+    workers = worker_count()
+    # The workers' gRPC service reads it to know it may share the work (app.grpc_service).
+    os.environ[WORKERS_ENV] = str(workers)
+    config = LauncherConfig(
+        **uvicorn_options(settings, args.host, args.port, app), workers=workers
+    )  # sets up logging
     # The service's format from the first line on (the app factory sets it again, harmlessly).
     configure_logging(settings.log_level, settings.log_format)
     ensure_descriptors(settings.max_connections)
     logger.info(
         "Connection limits: %d connections, keep-alive %d s, request head within %g s and "
-        "%d bytes, graceful shutdown %d s",
+        "%d bytes, graceful shutdown %d s; %d worker process%s",
         settings.max_connections,
         settings.keep_alive_seconds,
         settings.header_timeout_seconds,
         settings.max_header_bytes,
         settings.graceful_shutdown_seconds,
+        workers,
+        "" if workers == 1 else "es (limits per worker)",
     )
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
-        # What uvicorn.run does: a server that never started (port taken, app import failed).
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            # What uvicorn.run does: a server that never started (port taken, app import failed).
+            sys.exit(STARTUP_FAILURE)
+        return
+    if settings.grpc_port:
+        ensure_grpc_port_free(settings.grpc_host, settings.grpc_port)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         sys.exit(STARTUP_FAILURE)
 
 

@@ -1,12 +1,17 @@
 """Shared helpers for the serving benchmarks: a real uvicorn server, its memory, test images.
 
-A benchmark runs the service the way it ships (``uvicorn app.main:create_app --factory``, one
-worker, uvloop + httptools from ``uvicorn[standard]``) in its own process on loopback, so the
-figures include the HTTP server, the framework and the middleware, not just the handler.
+A benchmark runs the service the way it ships: the production launcher (``python -m app.serve
+--host --port``, the command of ``make serve``, the image and compose, with their
+``MALLOC_ARENA_MAX=2``; uvloop + httptools with the connection limits), ``WEB_CONCURRENCY``
+workers, in its own process on loopback, so the figures include the HTTP server, the framework
+and the middleware, not just the handler. The bench-only variant of the app (the no-op
+endpoint) is served by the same launcher; the typical-app baseline by plain ``uvicorn``, as its
+authors would run it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
@@ -28,6 +33,9 @@ REPO: Final = Path(__file__).resolve().parents[1]
 HOST: Final = "127.0.0.1"
 PUBLIC_APP: Final = "app.main:create_app"
 BENCH_APP: Final = "benchmarks.bench_app:create_bench_app"
+TYPICAL_APP: Final = "benchmarks.typical_app:app"
+#: What every start command (Makefile, Dockerfile, compose) sets.
+MALLOC_ARENA_MAX: Final = "2"
 # A bound on waiting for TensorFlow to load on a busy machine, not a speed claim.
 READY_TIMEOUT_SECONDS: Final = 180.0
 
@@ -56,6 +64,28 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the launcher's worker processes)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.extend(process_tree(int(child)))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and every process under it."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):  # ended in between
+            total += cpu_seconds(member)
+    return total
+
+
 @dataclass
 class Server:
     """A running uvicorn process and how long it took to become ready."""
@@ -64,6 +94,7 @@ class Server:
     port: int
     log_path: Path
     ready_seconds: float = 0.0
+    workers: int = 1
     _log: io.BufferedWriter | None = field(default=None, repr=False)
 
     @property
@@ -77,8 +108,8 @@ class Server:
         return self.process.pid
 
     def rss_mib(self) -> float:
-        """The server's resident memory now, in MiB."""
-        return rss_bytes(self.pid) / 1048576
+        """The server's resident memory now (all its processes), in MiB."""
+        return sum(rss_bytes(pid) for pid in process_tree(self.pid)) / 1048576
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log, for error messages."""
@@ -105,45 +136,51 @@ def start_server(
     models_dir: Path,
     log_path: Path,
     env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Server:
-    """Start ``uvicorn <app> --factory`` with one worker and wait until /health/ready says 200.
+    """Start ``app`` with ``workers`` processes and wait until it answers.
 
-    ``ready_seconds`` is measured from just before the process is spawned to the first 200.
+    The service's factories (``module:create_*``) run under the production launcher; any other
+    app (the typical-app baseline) under plain ``uvicorn``. Ready means /health/ready says 200
+    for the service, and the process listening for the baseline. ``ready_seconds`` is measured
+    from just before the process is spawned.
     """
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     environment.update(
         {
             "DIGITS_MODELS_DIR": str(models_dir),
+            "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "1",
+            "WEB_CONCURRENCY": str(workers),
         }
     )
     environment.update(env or {})
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--timeout-graceful-shutdown",
-        "20",
-    ]
+    service = app != TYPICAL_APP
+    if service:
+        command = [
+            sys.executable,
+            "-c",
+            "import sys; from app.serve import main; main(sys.argv[2:], app=sys.argv[1])",
+            app,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+        ]
+        if app == PUBLIC_APP:  # exactly the production command
+            command = [sys.executable, "-m", "app.serve", "--host", HOST, "--port", str(port)]
+    else:
+        command = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)]
+    ready_path = "/health/ready" if service else "/docs"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
     )
-    server = Server(process, port, log_path, _log=log)
+    server = Server(process, port, log_path, workers=workers, _log=log)
     deadline = started + READY_TIMEOUT_SECONDS
     with httpx.Client(timeout=2.0) as client:
         while True:
@@ -151,7 +188,7 @@ def start_server(
                 server.stop()
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
             try:
-                if client.get(f"{server.url}/health/ready").status_code == 200:
+                if client.get(f"{server.url}{ready_path}").status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -94,6 +94,10 @@ class Telemetry:
         self.in_progress = Gauge(
             "digits_http_requests_in_progress", "Requests being answered now.", registry=r
         )
+        #: Requests being answered now (HTTP and gRPC): a plain number kept by the event loop,
+        #: read by the gauge at scrape time and by the inference worker on every hand-over.
+        self.in_flight = 0
+        self.in_progress.set_function(lambda: self.in_flight)
         self.errors = Counter(
             "digits_errors",
             "Errors returned, by error code (batch items included).",
@@ -432,7 +436,7 @@ class RequestTelemetryMiddleware:
             await send(message)
 
         telemetry = self.telemetry
-        telemetry.in_progress.inc()
+        telemetry.in_flight += 1
         try:
             await self.app(scope, receive, observed_send)
         except Exception:
@@ -454,7 +458,7 @@ class RequestTelemetryMiddleware:
                 )
                 await send({"type": "http.response.body", "body": _INTERNAL_BODY})
         finally:
-            telemetry.in_progress.dec()
+            telemetry.in_flight -= 1
             seconds = time.perf_counter() - started
             endpoint = _route_template(scope, self.routes)
             method = scope.get("method", "")

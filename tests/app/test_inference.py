@@ -118,3 +118,55 @@ def test_stop_answers_what_is_already_queued() -> None:
     worker.stop()
     caller.join(10)
     assert list(outcome["result"].digits) == [3]
+
+
+class ThreadRecorder(GatedModel):
+    """Never blocks; records the thread of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+        self.threads: list[str] = []
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().predict(images)
+
+
+def _calls_with(in_flight: int, delay_ms: float = 0.0, requests: int = 1) -> ThreadRecorder:
+    model = ThreadRecorder()
+    batches: list[tuple[int, int]] = []
+    worker = InferenceWorker(
+        max_batch_delay_ms=delay_ms,
+        on_batch=lambda n, r, s: batches.append((n, r)),
+        in_flight=lambda: in_flight,
+    )
+    worker.start()
+
+    async def scenario() -> list[Prediction]:
+        return await asyncio.gather(*(worker.predict(model, image(d + 1)) for d in range(requests)))
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        worker.stop()
+    assert [list(r.digits) for r in results] == [[d + 1] for d in range(requests)]
+    assert sum(n for n, _ in batches) == requests, "every call is observed, whichever thread"
+    return model
+
+
+def test_a_request_alone_in_flight_runs_on_the_event_loop() -> None:
+    assert _calls_with(in_flight=1).threads == ["MainThread"]
+
+
+def test_with_other_requests_in_flight_the_worker_thread_batches() -> None:
+    assert _calls_with(in_flight=2).threads == ["inference"]
+    # Several requests handed over together share one call on the worker, even when the
+    # count of requests in flight is stale.
+    model = _calls_with(in_flight=1, requests=3)
+    assert model.threads == ["inference"]
+    assert model.calls == [3]
+
+
+def test_a_batching_delay_always_uses_the_worker() -> None:
+    assert _calls_with(in_flight=1, delay_ms=1.0).threads == ["inference"]

@@ -6,7 +6,9 @@ tests/ops/test_connections.py; here, that the launcher hands uvicorn what the se
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.config import Settings
 from app.core.limits import DRAIN_FACTOR
-from app.serve import ARENA_MAX, ConnectionLimits, uvicorn_options
+from app.serve import (
+    ARENA_MAX,
+    CoalescingTransport,
+    ConnectionLimits,
+    LauncherConfig,
+    available_cores,
+    uvicorn_options,
+    worker_count,
+)
 from tests.support.servers import REPO
 
 
@@ -103,3 +113,70 @@ def _arenas(mode: str) -> int:
 def test_the_launcher_caps_malloc_arenas_when_the_environment_does_not() -> None:
     assert _arenas("plain") > ARENA_MAX, "without the cap each thread gets its own arena"
     assert _arenas("launcher") <= ARENA_MAX
+
+
+def test_workers_follow_web_concurrency_else_the_available_cores() -> None:
+    assert worker_count({"WEB_CONCURRENCY": "3"}) == 3
+    assert worker_count({"WEB_CONCURRENCY": " 1 "}) == 1
+    assert worker_count({}) == available_cores()
+    assert worker_count({"WEB_CONCURRENCY": ""}) == available_cores()
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(SystemExit, match="positive integer"):
+            worker_count({"WEB_CONCURRENCY": bad})
+
+
+def test_available_cores_never_exceed_the_affinity() -> None:
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_the_limits_travel_to_worker_processes() -> None:
+    """uvicorn pickles its Config for each spawned worker; the bounded protocol must survive."""
+    settings = Settings(max_connections=9, header_timeout_seconds=2.5, max_upload_bytes=500)
+    config = LauncherConfig(**uvicorn_options(settings, "127.0.0.1", 1234), workers=2)
+    copy = pickle.loads(pickle.dumps(config))
+    assert issubclass(copy.http, HttpToolsProtocol)
+    assert copy.http.limits == ConnectionLimits.from_settings(settings)
+    assert (copy.workers, copy.limit_concurrency) == (2, 9)
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_head_and_its_body_leave_in_one_write() -> None:
+    async def scenario() -> list[list[bytes]]:
+        raw = _RecordingTransport()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+        seen = []
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        seen.append(list(raw.writes))  # the head waits for what follows
+        transport.write(b"{}")
+        seen.append(list(raw.writes))
+        transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # a head with nothing after it
+        await asyncio.sleep(0)  # sent at the end of the loop step
+        seen.append(list(raw.writes))
+        transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        transport.close()  # what is held goes out before the connection closes
+        assert raw.closed
+        seen.append(list(raw.writes))
+        return seen
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    assert asyncio.run(scenario()) == [
+        [],
+        [head + b"{}"],
+        [head + b"{}", b"HTTP/1.1 204 No Content\r\n\r\n"],
+        [
+            head + b"{}",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 408 Request Timeout\r\n\r\n",
+        ],
+    ]

@@ -7,6 +7,7 @@ import argparse
 import copy
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable
 from importlib import metadata, resources
@@ -256,6 +257,26 @@ def test_api_runs_the_launcher_with_connection_limits_and_the_allocator_capped(
         assert f"DIGITS_{name}" in api["environment"], f"DIGITS_{name} stated in compose"
     assert settings.keep_alive_seconds < settings.header_timeout_seconds
     assert settings.max_header_bytes <= 64 * 1024
+
+
+#: Resident memory of one worker process once ready (TensorFlow, the model) plus room for
+#: uploads being decoded: a sizing bound for the memory limit, not a measurement.
+MEMORY_PER_WORKER = 1024**3
+
+
+def test_api_runs_one_worker_per_core_with_memory_for_each(
+    services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    api = services["api"]
+    assert "WEB_CONCURRENCY" not in dockerfile.final.env()
+    assert api["environment"]["WEB_CONCURRENCY"] is None, (
+        "passed through from the host when set there; unset, one worker per core"
+    )
+    limits = api["deploy"]["resources"]["limits"]
+    # The launcher counts the cores the cgroup quota allows, so `cpus` sets the worker count.
+    workers = math.ceil(float(limits["cpus"]))
+    assert workers >= 2, "the image serves with several workers"
+    assert compose_bytes(limits["memory"]) >= workers * MEMORY_PER_WORKER
 
 
 def test_api_trusts_forwarded_addresses_only_from_private_networks_and_nginx_overwrites(

@@ -130,6 +130,9 @@ def test_start_command(dockerfile: Dockerfile) -> None:
         key.startswith("DIGITS_") and key != "DIGITS_MODELS_DIR" for key in dockerfile.final.env()
     ), "the limits' defaults live in one place: Settings"
     assert dockerfile.final.env()["MALLOC_ARENA_MAX"] == MALLOC_ARENA_MAX
+    assert "WEB_CONCURRENCY" not in dockerfile.final.env(), (
+        "unset, the launcher runs one worker per core the container may use"
+    )
     assert dockerfile.final.last("ENTRYPOINT") is None, "CMD alone, so `docker run IMG cmd` works"
     stop = dockerfile.final.last("STOPSIGNAL")
     assert stop is not None

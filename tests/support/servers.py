@@ -50,7 +50,9 @@ def server_environment(
     """This machine's environment without ``DIGITS_*``, serving ``models_dir``, then ``overrides``.
 
     Output is unbuffered so the log is complete when a test reads it, and TensorFlow's C++
-    chatter is kept out of it. The allocator is capped as the start commands cap it.
+    chatter is kept out of it. The allocator is capped as the start commands cap it. One worker
+    process (``WEB_CONCURRENCY``) unless ``overrides`` asks for more: the launcher's default of
+    one per core would double every test server's memory and start-up.
     """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
     environment.update(
@@ -59,6 +61,7 @@ def server_environment(
             "MALLOC_ARENA_MAX": MALLOC_ARENA_MAX,
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            "WEB_CONCURRENCY": "1",
         }
     )
     environment.update(overrides or {})
