@@ -32,6 +32,8 @@ from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
 
 K8S = REPO / "deploy" / "k8s"
+#: Environment variables the launcher reads besides the DIGITS_* settings.
+LAUNCHER_VARIABLES = {"WEB_CONCURRENCY"}
 OVERLAYS = sorted(
     p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
 )
@@ -318,6 +320,14 @@ def test_runs_as_the_images_non_root_user_with_nothing_extra(
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
+def test_one_worker_per_pod_so_pods_scale_out(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rendered = overlay
+    env = {v["name"]: v.get("value") for v in api_container(rendered).get("env", [])}
+    # Without it the launcher starts one worker per core of the CPU limit, each loading its own
+    # TensorFlow, and the pod's memory limit would have to grow with its CPU limit.
+    assert env.get("WEB_CONCURRENCY") == "1"
+
+
 def test_grace_period_outlasts_the_servers_graceful_shutdown(
     overlay: tuple[str, list[dict[str, Any]]], dockerfile: Dockerfile
 ) -> None:
@@ -376,6 +386,8 @@ def test_settings_come_from_a_configmap_of_real_settings(
         fields[field] = value
     Settings(**fields)  # every value parses as its field's type and bounds
     for variable in container.get("env", []):
+        if variable["name"] in LAUNCHER_VARIABLES:
+            continue
         assert variable["name"].removeprefix("DIGITS_").lower() in Settings.model_fields
     models_dir = data["DIGITS_MODELS_DIR"]
     assert models_dir == dockerfile.final.env()["DIGITS_MODELS_DIR"]
