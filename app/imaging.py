@@ -26,7 +26,7 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from app.core.deadline import check_deadline, current_deadline, deadline_exceeded
-from app.core.errors import ApiError
+from app.core.errors import DomainError, domain_error
 from app.framing import paper_margin
 
 __all__ = [
@@ -99,7 +99,7 @@ def decode_image(
     orientation is applied; animated images give their first frame.
 
     Raises:
-        ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
+        DomainError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
             413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
     """
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
@@ -115,15 +115,14 @@ def open_image(
     :func:`prepare_opened`, through :func:`run_in_image_slot`.
 
     Raises:
-        ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
+        DomainError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
             413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
     """
     img = _open(data, max_pixels)
     if img.format in ("JPEG", "MPO"):
         scans = data.count(_SOS)
         if scans > max_jpeg_scans:
-            raise ApiError(
-                422,
+            raise domain_error(
                 "too_many_jpeg_scans",
                 f"The JPEG holds {scans} scans; at most {max_jpeg_scans} are decoded (each scan "
                 "of a progressive JPEG is decoded in full). Save the image as a baseline "
@@ -144,7 +143,7 @@ def load_image(
     :func:`run_in_image_slot`.
 
     Raises:
-        ApiError: 413 ``image_too_large`` or 400 ``truncated_image``.
+        DomainError: 413 ``image_too_large`` or 400 ``truncated_image``.
     """
     width, height = img.size
     if work_pixels is not None and img.format in ("JPEG", "MPO") and width * height > work_pixels:
@@ -159,7 +158,7 @@ def load_image(
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Read and check the header only: format and declared size."""
     if not data:
-        raise ApiError(400, "empty_file", "The uploaded file is empty. Send an image file.")
+        raise domain_error("empty_file", "The uploaded file is empty. Send an image file.")
     try:
         img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -172,7 +171,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise _too_large((width, height), max_pixels)
     if width == 0 or height == 0:
-        raise ApiError(400, "not_an_image", "The image has no pixels (width or height is 0).")
+        raise domain_error("not_an_image", "The image has no pixels (width or height is 0).")
     return img
 
 
@@ -193,8 +192,7 @@ def _load(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
         raise _too_large(img.size, max_pixels) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
         # Pillow signals damaged pixel data with any of these depending on the codec.
-        raise ApiError(
-            400,
+        raise domain_error(
             "truncated_image",
             f"The {img.format} image is truncated or corrupt and cannot be decoded. "
             "Upload the complete file again.",
@@ -337,14 +335,13 @@ def center_digit(ink: FloatImage) -> ByteImage:
     puts the centre of mass at the centre of the 28×28 field.
 
     Raises:
-        ApiError: 422 ``no_digit_found`` when there is no ink.
+        DomainError: 422 ``no_digit_found`` when there is no ink.
     """
     arr = np.asarray(ink, dtype=np.float32)
     rows = np.flatnonzero(arr.max(axis=1) > 0)
     cols = np.flatnonzero(arr.max(axis=0) > 0)
     if rows.size == 0:
-        raise ApiError(
-            422,
+        raise domain_error(
             "no_digit_found",
             "No digit found: the image is blank or its contrast is too low. "
             "Write the digit darker or larger, on a plain background.",
@@ -360,7 +357,7 @@ def center_digit(ink: FloatImage) -> ByteImage:
         crop = np.clip(np.asarray(resized, dtype=np.float32), 0.0, None)
     peak = float(crop.max())
     if peak <= 0.0:
-        raise ApiError(422, "no_digit_found", "No digit found: the ink is too faint to read.")
+        raise domain_error("no_digit_found", "No digit found: the ink is too faint to read.")
     digit = np.clip(crop / peak, 0.0, 1.0)
     out = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
     mass = float(digit.sum())
@@ -396,7 +393,7 @@ def prepare_digit(
     ``always`` normalizes every image. ``never`` only converts to grey levels, and needs 28×28.
 
     Raises:
-        ApiError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
+        DomainError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
             ``wrong_size`` when ``never`` gets an image that is not 28×28.
     """
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
@@ -425,8 +422,7 @@ def _prepare_loaded(img: Image.Image, normalize: Normalize) -> tuple[ByteImage, 
     if normalize == "never":
         if img.size != (MNIST_SIZE, MNIST_SIZE):
             width, height = img.size
-            raise ApiError(
-                422,
+            raise domain_error(
                 "wrong_size",
                 f"With normalize=never the image must be 28×28 pixels, got {width}×{height}. "
                 "Use normalize=auto to have it resized and centred.",
@@ -458,10 +454,9 @@ def _is_mnist_style(pixels: ByteImage) -> bool:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _too_large(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
+def _too_large(size: tuple[int, int] | None, max_pixels: int) -> DomainError:
     declared = f" ({size[0]}×{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
-    return ApiError(
-        413,
+    return domain_error(
         "image_too_large",
         f"The image is too large{declared}; at most {max_pixels:,} pixels (width × height) "
         "are accepted. Resize it and try again.",
@@ -472,19 +467,17 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
     )
 
 
-def _unsupported(fmt: str | None) -> ApiError:
-    return ApiError(
-        415,
+def _unsupported(fmt: str | None) -> DomainError:
+    return domain_error(
         "unsupported_format",
         f"{fmt or 'This'} images are not supported. Send a {_ACCEPTED_TEXT} file.",
         details={"format": fmt, "accepted": sorted(ACCEPTED_FORMATS - {"MPO"})},
     )
 
 
-def _unreadable(data: bytes) -> ApiError:
+def _unreadable(data: bytes) -> DomainError:
     if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-        return ApiError(
-            400,
+        return domain_error(
             "truncated_image",
             "The image is truncated or corrupt: its header could not be read. "
             "Upload the complete file again.",
@@ -499,8 +492,7 @@ def _unreadable(data: bytes) -> ApiError:
         fmt = None
     if fmt is not None:
         return _unsupported(fmt)
-    return ApiError(
-        400,
+    return domain_error(
         "not_an_image",
         f"The uploaded file is not an image. Send a {_ACCEPTED_TEXT} file.",
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.core.errors import ErrorResponse
+from app.core.errors import ErrorResponse, domain_codes
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Probabilities = Annotated[
@@ -377,18 +377,31 @@ class ReadyResponse(BaseModel):
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses, all in the one error shape."""
-    descriptions = {
-        400: "The upload is empty, not an image, or truncated.",
-        401: "The API key (header X-API-Key) is missing or wrong.",
-        404: "The model version or label asked for (?version=, ?label=) is not served.",
-        413: "The body, the image's pixel count, the request's pixels in all or the number of "
-        "files is over the limit.",
-        415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",
-        422: "A form field or query parameter is missing or invalid, no digit was found, or the "
-        "JPEG has more scans than are decoded.",
-        503: "No model is loaded yet, the model's answer was invalid, or the work ran past the "
-        "request's deadline.",
-    }
     return {
-        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
+        status: {"model": ErrorResponse, "description": _error_description(status)}
+        for status in statuses
     }
+
+
+#: Errors of the HTTP layer (routes, dependencies, limits), listed beside the domain's codes.
+_HTTP_ERRORS: dict[int, str] = {
+    401: "The API key (header X-API-Key) is missing or wrong.",
+    413: "The body, the request's pixels in all or the number of files is over the limit.",
+    422: "A form field or query parameter is missing or invalid.",
+    503: "No model is loaded yet.",
+}
+
+
+def _error_description(status: int) -> str:
+    """The OpenAPI description of one error status, with the domain codes answered with it.
+
+    The codes come from the one table in :mod:`app.core.errors`; the HTTP layer's own errors
+    (key, limits, form fields) are said in words beside them.
+    """
+    parts: list[str] = []
+    if status in _HTTP_ERRORS:
+        parts.append(_HTTP_ERRORS[status])
+    codes = domain_codes(status)
+    if codes:
+        parts.append("Error codes: " + ", ".join(f"`{code}`" for code in codes) + ".")
+    return " ".join(parts) or "An error, in the service's error shape."

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from app.core.deadline import check_deadline
-from app.core.errors import ApiError
+from app.core.errors import DomainError, domain_error
 from app.imaging import center_digit, ink_map, reduce_image, to_grayscale
 
 if TYPE_CHECKING:
@@ -386,15 +386,14 @@ def _merge_fragments(parts: list[_Part], digit_height: float) -> list[_Part]:
     return parts
 
 
-def too_many_digits(found: int, max_digits: int, *, at_least: bool = False) -> ApiError:
+def too_many_digits(found: int, max_digits: int, *, at_least: bool = False) -> DomainError:
     """The 422 answered when an image holds more digits than the service reads.
 
     ``at_least`` when the image was refused before it was read: ``found`` is then the fewest
     digits any reading of its marks could have.
     """
     counted = f"at least {found}" if at_least else str(found)
-    return ApiError(
-        422,
+    return domain_error(
         "too_many_digits",
         f"Found {counted} digits, more than the {max_digits} this service reads in one image. "
         "Send a single line of at most that many digits, or crop the image to the number.",
@@ -402,15 +401,14 @@ def too_many_digits(found: int, max_digits: int, *, at_least: bool = False) -> A
     )
 
 
-def invalid_model_output() -> ApiError:
+def invalid_model_output() -> DomainError:
     """The 503 answered when the model's scores are not probabilities: nothing can be read."""
-    return ApiError(
-        503,
+    return domain_error(
         "model_output_invalid",
         "The served model returned scores that are not probabilities (not finite, negative, "
         "above 1, or not one per digit 0-9), so no reading can be trusted and none is given. "
         "Try again later; the operator should check the served version (GET /model).",
-        headers={"Retry-After": "30"},
+        retry_after=30,
     )
 
 
@@ -421,7 +419,7 @@ def check_probabilities(probabilities: npt.ArrayLike, count: int) -> npt.NDArray
     [0, 1]; a model that answers NaN or negative values is refused here, before any of them.
 
     Raises:
-        ApiError: 503 ``model_output_invalid`` when they are not.
+        DomainError: 503 ``model_output_invalid`` when they are not.
     """
     scores = np.asarray(probabilities, dtype=np.float64)
     if (
@@ -435,9 +433,8 @@ def check_probabilities(probabilities: npt.ArrayLike, count: int) -> npt.NDArray
     return scores
 
 
-def _no_digits() -> ApiError:
-    return ApiError(
-        422,
+def _no_digits() -> DomainError:
+    return domain_error(
         "no_digits_found",
         "No digits found: the image is blank or its contrast is too low. "
         "Photograph the number larger, in focus, with dark ink on plain light paper "
@@ -579,7 +576,7 @@ def _atoms(
     """Cut wide parts at their candidate columns: atoms left to right, and the boundaries.
 
     Raises:
-        ApiError: 422 ``too_many_digits`` as soon as the cuts make more atoms than
+        DomainError: 422 ``too_many_digits`` as soon as the cuts make more atoms than
             ``max_digits`` digits can hold (a long bar would otherwise be cut at nearly every
             column, and every run of those pieces become a candidate).
     """
@@ -654,7 +651,7 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
     Boxes are in the ink map's pixel coordinates.
 
     Raises:
-        ApiError: 422 ``no_digits_found`` when there is no ink, 422 ``too_many_digits`` when
+        DomainError: 422 ``no_digits_found`` when there is no ink, 422 ``too_many_digits`` when
             even the most economical reading has more than ``max_digits`` digits.
     """
     arr = np.asarray(ink, dtype=np.float32)
@@ -722,7 +719,7 @@ def reading_features(
     from geometry alone (the two probability features are then 0).
 
     Raises:
-        ApiError: 503 ``model_output_invalid`` when ``probabilities`` are not probabilities
+        DomainError: 503 ``model_output_invalid`` when ``probabilities`` are not probabilities
             (:func:`check_probabilities`).
     """
     if probabilities is not None:
@@ -879,7 +876,7 @@ def choose_reading(
     the cut are uncertain (a model version's calibration; by default the code's).
 
     Raises:
-        ApiError: 422 ``too_many_digits`` when the reading has more than ``max_digits``; 503
+        DomainError: 422 ``too_many_digits`` when the reading has more than ``max_digits``; 503
             ``model_output_invalid`` when ``probabilities`` are not probabilities.
     """
     vector = np.array([weights[name] for name in FEATURES], np.float64)
@@ -920,7 +917,7 @@ def find_candidates(
     scale); by default the image's own.
 
     Raises:
-        ApiError: 422 ``no_digits_found`` or 422 ``too_many_digits``.
+        DomainError: 422 ``no_digits_found`` or 422 ``too_many_digits``.
     """
     width, height = size or img.size
     scale = _work_scale(*img.size)

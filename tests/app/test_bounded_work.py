@@ -20,7 +20,7 @@ import app.imaging
 import app.segmentation
 from app.api.routes import predict as predict_module
 from app.core.deadline import check_deadline, current_deadline, request_deadline
-from app.core.errors import ApiError
+from app.core.errors import DOMAIN_STATUS, DomainError
 from app.imaging import (
     center_digit,
     open_image,
@@ -49,9 +49,9 @@ from tests.support.attacks import (
 
 def test_a_jpeg_with_too_many_scans_is_refused_from_its_bytes() -> None:
     data = progressive_jpeg_with_repeated_scan(64, 100)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         open_image(data, max_pixels=10**6, max_jpeg_scans=32)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_jpeg_scans"
     assert caught.value.details is not None
     assert caught.value.details["scans"] > 100
@@ -154,9 +154,9 @@ def test_a_long_bar_is_refused_before_any_candidate_is_built(
 
     monkeypatch.setattr(app.segmentation, "_group_ink", spy)
     img = Image.open(io.BytesIO(bar_png(20_000, 50, 4)))
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         find_candidates(img, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_digits"
     assert "at least" in caught.value.message
     assert caught.value.details is not None
@@ -185,7 +185,7 @@ def test_a_page_of_marks_is_refused_from_counts_alone(monkeypatch: pytest.Monkey
     for top in range(20, 980, 40):
         for left in range(20, 980, 20):
             ink[top : top + 25, left : left + 5] = 1.0
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         build_lattice(ink, max_digits=12)
     assert caught.value.code == "too_many_digits"
     assert caught.value.details == {"found": 24 * 48, "max_digits": 12}
@@ -221,16 +221,16 @@ def test_the_reader_refuses_scores_that_are_not_probabilities(corrupt: Any) -> N
     good = np.full((len(lattice.candidates), 10), 0.01, np.float32)
     good[:, 1] = 0.91
     assert len(choose_reading(lattice, good).candidates) == 3
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         choose_reading(lattice, corrupt(good), max_digits=12)
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "model_output_invalid"
 
 
 @pytest.mark.timeout(30)
 def test_the_best_reading_search_ends_on_scores_that_are_nan() -> None:
     lattice = _lattice()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         best_partition(lattice, np.full(len(lattice.candidates), np.nan))
     assert caught.value.code == "model_output_invalid"
 
@@ -240,9 +240,9 @@ def test_the_best_reading_search_ends_on_scores_that_are_nan() -> None:
 
 def test_the_deadline_stops_work_with_a_clear_error() -> None:
     check_deadline()  # outside any request: no deadline
-    with request_deadline(0.0), pytest.raises(ApiError) as caught:
+    with request_deadline(0.0), pytest.raises(DomainError) as caught:
         check_deadline()
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "deadline_exceeded"
     assert caught.value.details == {"deadline_seconds": 0.0}
     assert current_deadline() is None
@@ -270,7 +270,7 @@ def test_waiting_for_a_large_image_thread_ends_at_the_deadline() -> None:
         thread.start()
     try:
         started.wait(10)
-        with request_deadline(0.2), pytest.raises(ApiError) as caught:
+        with request_deadline(0.2), pytest.raises(DomainError) as caught:
             run_in_large_image_slot(lambda: None)
         assert caught.value.code == "deadline_exceeded"
     finally:
@@ -372,7 +372,7 @@ def test_a_jpeg_with_too_many_scans_is_refused_by_every_endpoint(model_one: Mode
 def test_predict_refuses_a_model_answer_that_is_not_a_digit(
     probabilities: np.ndarray, digit: int
 ) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         predict_module._digit(probabilities, digit, True)
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "model_output_invalid"

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 import app.imaging
 import app.segmentation
-from app.core.errors import ApiError
+from app.core.errors import DOMAIN_STATUS, DomainError
 from app.segmentation import (
     Box,
     build_lattice,
@@ -366,9 +366,9 @@ def test_a_reading_with_only_one_possible_cut_has_an_infinite_margin() -> None:
 @pytest.mark.parametrize("level", [0, 128, 255], ids=["black", "grey", "white"])
 def test_a_blank_image_has_no_digits(level: int) -> None:
     img = Image.new("L", (300, 100), level)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         find_candidates(img, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "no_digits_found"
     assert "No digits found" in caught.value.message
 
@@ -377,9 +377,9 @@ def test_more_digits_than_allowed_is_refused() -> None:
     ink, _ = draw_string([one, zero, seven] * 5)
     lattice = build_lattice(ink, max_digits=12)
     assert len(choose_reading(lattice, None).candidates) == 15
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         choose_reading(lattice, None, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_digits"
     assert caught.value.details == {"found": 15, "max_digits": 12}
 
@@ -387,6 +387,6 @@ def test_more_digits_than_allowed_is_refused() -> None:
 def test_a_page_of_separate_marks_is_refused_before_reading() -> None:
     # Far more separate marks than max_digits could ever group into: refused at once.
     ink, _ = draw_string([one] * 40, width=10, gap=20)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         build_lattice(ink, max_digits=5)
     assert caught.value.code == "too_many_digits"
