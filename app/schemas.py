@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.core.errors import ErrorResponse, domain_codes
+from app.core.errors import ErrorResponse, error_codes
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Probabilities = Annotated[
@@ -383,25 +384,15 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-#: Errors of the HTTP layer (routes, dependencies, limits), listed beside the domain's codes.
-_HTTP_ERRORS: dict[int, str] = {
-    401: "The API key (header X-API-Key) is missing or wrong.",
-    413: "The body, the request's pixels in all or the number of files is over the limit.",
-    422: "A form field or query parameter is missing or invalid.",
-    503: "No model is loaded yet.",
-}
-
-
 def _error_description(status: int) -> str:
-    """The OpenAPI description of one error status, with the domain codes answered with it.
+    """The OpenAPI description of one error status: the codes answered with it.
 
-    The codes come from the one table in :mod:`app.core.errors`; the HTTP layer's own errors
-    (key, limits, form fields) are said in words beside them.
+    The codes come from the tables in :mod:`app.core.errors`, so the docs cannot drift from
+    what the service answers.
     """
-    parts: list[str] = []
-    if status in _HTTP_ERRORS:
-        parts.append(_HTTP_ERRORS[status])
-    codes = domain_codes(status)
-    if codes:
-        parts.append("Error codes: " + ", ".join(f"`{code}`" for code in codes) + ".")
-    return " ".join(parts) or "An error, in the service's error shape."
+    codes = ", ".join(f"`{code}`" for code in error_codes(status))
+    return (
+        f"{HTTPStatus(status).phrase}. Error codes: {codes}."
+        if codes
+        else HTTPStatus(status).phrase
+    )

@@ -1,4 +1,4 @@
-"""Learn the reading weights of app/segmentation.py (READING_WEIGHTS) from synthetic codes.
+"""Learn the reading weights of app/segmentation/reader.py (READING_WEIGHTS) from synthetic codes.
 
 The reader picks, among all ways of cutting the ink into digits, the one with the highest score,
 a linear function of named features (``app.segmentation.FEATURES``). This script learns the

@@ -118,9 +118,25 @@ def api_error(exc: DomainError) -> ApiError:
     return ApiError(spec.status, exc.code, exc.message, details=exc.details, headers=headers)
 
 
-def domain_codes(status: int) -> list[str]:
-    """The domain error codes answered with ``status``, in the table's order."""
-    return [code for code, spec in DOMAIN_ERRORS.items() if spec.status == status]
+#: The codes the HTTP layer itself answers with (routes, dependencies, limits), listed beside
+#: the domain's in the OpenAPI docs; a test checks them against the ``ApiError`` calls in app/.
+HTTP_ERRORS: dict[str, int] = {
+    "missing_api_key": 401,
+    "invalid_api_key": 401,
+    "payload_too_large": 413,
+    "too_many_pixels": 413,
+    "too_many_files": 413,
+    "invalid_request": 422,
+    "model_not_ready": 503,
+}
+
+
+def error_codes(status: int) -> list[str]:
+    """Every code answered with ``status``: the domain's (in the table's order), then the HTTP
+    layer's."""
+    codes = [code for code, spec in DOMAIN_ERRORS.items() if spec.status == status]
+    codes += [code for code, got in HTTP_ERRORS.items() if got == status and code not in codes]
+    return codes
 
 
 def domain_error(

@@ -17,7 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 import app.imaging
+import app.imaging.normalize
 import app.segmentation
+import app.segmentation.lattice
 from app.api.routes import predict as predict_module
 from app.core.deadline import check_deadline, current_deadline, request_deadline
 from app.core.errors import DOMAIN_STATUS, DomainError
@@ -79,13 +81,13 @@ def test_thickening_never_works_on_more_than_the_working_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shapes: list[tuple[int, ...]] = []
-    real = app.imaging._thicken
+    real = app.imaging.normalize._thicken
 
     def spy(crop: np.ndarray) -> np.ndarray:
         shapes.append(crop.shape)
         return real(crop)
 
-    monkeypatch.setattr(app.imaging, "_thicken", spy)
+    monkeypatch.setattr(app.imaging.normalize, "_thicken", spy)
     stroke = np.zeros((20_000, 3), np.float32)
     stroke[:, 1] = 1.0
     digit = center_digit(stroke)
@@ -97,13 +99,13 @@ def test_thickening_never_works_on_more_than_the_working_size(
 
 def _record_grayscale(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
-    real = app.segmentation.to_grayscale
+    real = app.segmentation.lattice.to_grayscale
 
     def spy(img: Image.Image) -> Any:
         sizes.append(img.size)
         return real(img)
 
-    monkeypatch.setattr(app.segmentation, "to_grayscale", spy)
+    monkeypatch.setattr(app.segmentation.lattice, "to_grayscale", spy)
     return sizes
 
 
@@ -146,13 +148,13 @@ def test_a_long_bar_is_refused_before_any_candidate_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     groups: list[int] = []
-    real_group = app.segmentation._group_ink
+    real_group = app.segmentation.lattice._group_ink
 
     def spy(atoms: list[Any], *args: Any) -> Any:
         groups.append(len(atoms))
         return real_group(atoms, *args)
 
-    monkeypatch.setattr(app.segmentation, "_group_ink", spy)
+    monkeypatch.setattr(app.segmentation.lattice, "_group_ink", spy)
     img = Image.open(io.BytesIO(bar_png(20_000, 50, 4)))
     with pytest.raises(DomainError) as caught:
         find_candidates(img, max_digits=12)
@@ -166,12 +168,12 @@ def test_a_long_bar_is_refused_before_any_candidate_is_built(
 
 def test_cut_search_stops_at_its_limit() -> None:
     flat = np.ones(20_000, np.float64)
-    cuts = app.segmentation._cut_columns(flat, 4.0, limit=60)
+    cuts = app.segmentation.lattice._cut_columns(flat, 4.0, limit=60)
     assert len(cuts) == 61
     assert cuts == sorted(cuts)
     # Without a limit: the same greedy choice, sorted, as before the limit existed.
     profile = np.abs(np.sin(np.arange(400) / 9.0)) * 10
-    unlimited = app.segmentation._cut_columns(profile, 40.0)
+    unlimited = app.segmentation.lattice._cut_columns(profile, 40.0)
     assert unlimited == sorted(unlimited)
     assert all(b - a >= 0.12 * 40.0 for a, b in itertools.pairwise(unlimited))
 
@@ -179,7 +181,9 @@ def test_cut_search_stops_at_its_limit() -> None:
 def test_a_page_of_marks_is_refused_from_counts_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     merged: list[int] = []
     monkeypatch.setattr(
-        app.segmentation, "_merge_fragments", lambda parts, height: merged.append(len(parts))
+        app.segmentation.lattice,
+        "_merge_fragments",
+        lambda parts, height: merged.append(len(parts)),
     )
     ink = np.zeros((1_000, 1_000), np.float32)
     for top in range(20, 980, 40):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.errors import DOMAIN_ERRORS, DomainError, api_error, domain_error
+from app.core.errors import DOMAIN_ERRORS, HTTP_ERRORS, DomainError, api_error, domain_error
 from app.schemas import error_responses
 
 APP = Path(__file__).resolve().parents[2] / "app"
@@ -23,6 +23,18 @@ def test_every_raised_domain_code_is_in_the_table() -> None:
     }
     assert {"empty_file", "no_digits_found", "deadline_exceeded"} <= raised
     assert raised - DOMAIN_ERRORS.keys() == set()
+
+
+def test_http_layer_codes_are_listed_with_their_status() -> None:
+    """Each ``ApiError(<status>, "<code>", ...)`` answered with a documented status is listed."""
+    answered = {
+        (code, int(status))
+        for path in APP.rglob("*.py")
+        for status, code in re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', path.read_text())
+        if int(status) < 499 or int(status) == 503
+    }
+    assert ("invalid_api_key", 401) in answered
+    assert answered == set(HTTP_ERRORS.items())
 
 
 def test_domain_code_knows_no_http() -> None:
@@ -60,10 +72,12 @@ def test_unknown_code_is_a_500() -> None:
 
 
 def test_openapi_descriptions_list_the_codes_of_each_status() -> None:
-    responses = error_responses(400, 413, 415, 422, 503)
+    responses = error_responses(400, 401, 413, 415, 422, 503)
     for code, spec in DOMAIN_ERRORS.items():
         if spec.status in responses:
             assert f"`{code}`" in responses[spec.status]["description"], code
+    for code, status in HTTP_ERRORS.items():
+        assert f"`{code}`" in responses[status]["description"], code
     assert "`empty_file`" not in responses[422]["description"]
 
 

@@ -314,7 +314,7 @@ def test_large_images_of_every_kind_normalize_like_the_digit(mnist_test: MNIST, 
 
 
 def test_fast_mnist_check_agrees_with_the_general_polarity_rule(mnist_test: MNIST) -> None:
-    from app.imaging import _ink_is_dark, _is_mnist_style
+    from app.imaging.normalize import _ink_is_dark, _is_mnist_style
 
     images, _ = mnist_test
     rng = np.random.default_rng(5)

@@ -1,4 +1,4 @@
-"""Segmentation of digit strings (app/segmentation.py), on images drawn here with Pillow.
+"""Segmentation of digit strings (app/segmentation/), on images drawn here with Pillow.
 
 These tests read with geometry alone (``choose_reading(lattice, None)``): the shapes drawn are
 clear enough that the count, order and boxes are right without asking a model. Readings that
@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 import app.imaging
 import app.segmentation
+import app.segmentation.lattice
 from app.core.errors import DOMAIN_STATUS, DomainError
 from app.segmentation import (
     Box,
@@ -267,9 +268,9 @@ def test_candidates_are_normalized_by_the_single_digit_code(
         calls.append(ink.shape)
         return original(ink)
 
-    # The segmentation module must call imaging's function, not a copy of it.
-    assert app.segmentation.center_digit is app.imaging.center_digit
-    monkeypatch.setattr(app.segmentation, "center_digit", spy)
+    # The lattice stage must call imaging's function, not a copy of it.
+    assert app.segmentation.lattice.center_digit is app.imaging.center_digit
+    monkeypatch.setattr(app.segmentation.lattice, "center_digit", spy)
     ink, _ = draw_string([one, zero])
     lattice = build_lattice(ink, max_digits=12)
     batch = normalize_candidates(lattice)
