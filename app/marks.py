@@ -22,7 +22,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from app.segmentation import Box, connected_components
+from app.segmentation.components import Box, connected_components
 
 __all__ = ["Mark", "MarkKind", "is_hairline", "remove_marks", "strip_margins"]
 

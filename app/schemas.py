@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from app.core.errors import ErrorResponse
+from app.core.errors import ErrorResponse, error_codes
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Probabilities = Annotated[
@@ -377,18 +378,21 @@ class ReadyResponse(BaseModel):
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses, all in the one error shape."""
-    descriptions = {
-        400: "The upload is empty, not an image, or truncated.",
-        401: "The API key (header X-API-Key) is missing or wrong.",
-        404: "The model version or label asked for (?version=, ?label=) is not served.",
-        413: "The body, the image's pixel count, the request's pixels in all or the number of "
-        "files is over the limit.",
-        415: "The image format is not one of PNG, JPEG, BMP, GIF, WebP.",
-        422: "A form field or query parameter is missing or invalid, no digit was found, or the "
-        "JPEG has more scans than are decoded.",
-        503: "No model is loaded yet, the model's answer was invalid, or the work ran past the "
-        "request's deadline.",
-    }
     return {
-        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
+        status: {"model": ErrorResponse, "description": _error_description(status)}
+        for status in statuses
     }
+
+
+def _error_description(status: int) -> str:
+    """The OpenAPI description of one error status: the codes answered with it.
+
+    The codes come from the tables in :mod:`app.core.errors`, so the docs cannot drift from
+    what the service answers.
+    """
+    codes = ", ".join(f"`{code}`" for code in error_codes(status))
+    return (
+        f"{HTTPStatus(status).phrase}. Error codes: {codes}."
+        if codes
+        else HTTPStatus(status).phrase
+    )

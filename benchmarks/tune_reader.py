@@ -1,4 +1,4 @@
-"""Learn the reading weights of app/segmentation.py (READING_WEIGHTS) from synthetic codes.
+"""Learn the reading weights of app/segmentation/reader.py (READING_WEIGHTS) from synthetic codes.
 
 The reader picks, among all ways of cutting the ink into digits, the one with the highest score,
 a linear function of named features (``app.segmentation.FEATURES``). This script learns the
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.model_store import load_version, versions_on_disk
 from app.review import (
     EDGE_ROOM,
@@ -121,7 +121,7 @@ def read_codes(codes: list[PostalCode], predict: Predict, max_digits: int) -> li
         img.load()
         try:
             lattice = find_candidates(img, max_digits=max_digits)
-        except ApiError:
+        except DomainError:
             continue
         probabilities = predict(normalize_candidates(lattice))
         examples.append(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from app.core.errors import ApiError
+from app.core.errors import DomainError, domain_error
 
 __all__ = [
     "Deadline",
@@ -50,16 +50,14 @@ class Deadline:
 _current: ContextVar[Deadline | None] = ContextVar("request_deadline", default=None)
 
 
-def deadline_exceeded(seconds: float) -> ApiError:
+def deadline_exceeded(seconds: float) -> DomainError:
     """The 503 answered when a request's work runs past its deadline."""
-    return ApiError(
-        503,
+    return domain_error(
         "deadline_exceeded",
         f"The request could not be completed within the {seconds:g} s limit on work per "
         "request, so it was stopped. Send a smaller or simpler image (or fewer images per "
         "request); if the service is busy, try again shortly.",
         details={"deadline_seconds": seconds},
-        headers={"Retry-After": "1"},
     )
 
 

@@ -6,6 +6,7 @@ needs one parser, and ``message`` always tells a person what to do about it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -30,24 +31,58 @@ class ErrorResponse(BaseModel):
 class DomainError(Exception):
     """An error of the service's own domain, which knows no HTTP: a code and a message.
 
-    Subclasses set ``code``; :data:`DOMAIN_STATUS` maps the code to the HTTP status and
-    :func:`api_error` turns one into an :class:`ApiError`.
+    Subclasses set ``code`` (or pass ``code=``); :data:`DOMAIN_ERRORS` maps the code to the HTTP
+    status and :func:`api_error` turns one into an :class:`ApiError`. ``retry_after`` (seconds)
+    overrides the table's hint for this one error.
     """
 
     code: str = "domain_error"
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
+        if code is not None:
+            self.code = code
         self.message = message
         self.details = details
+        self.retry_after = retry_after
 
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """How the service answers one domain error code: its status and, if any, a retry hint."""
+
+    status: int
+    retry_after: int | None = None
+
+
+#: Every domain error code (raised by imaging, segmentation, the model store and the deadline),
+#: with its HTTP status. The one place that knows; the OpenAPI docs are built from it.
+DOMAIN_ERRORS: dict[str, ErrorSpec] = {
+    "empty_file": ErrorSpec(400),
+    "not_an_image": ErrorSpec(400),
+    "truncated_image": ErrorSpec(400),
+    "version_not_found": ErrorSpec(404),
+    "image_too_large": ErrorSpec(413),
+    "unsupported_format": ErrorSpec(415),
+    "too_many_jpeg_scans": ErrorSpec(422),
+    "no_digit_found": ErrorSpec(422),
+    "wrong_size": ErrorSpec(422),
+    "no_digits_found": ErrorSpec(422),
+    "too_many_digits": ErrorSpec(422),
+    "model_not_ready": ErrorSpec(503, retry_after=5),
+    "model_output_invalid": ErrorSpec(503, retry_after=5),
+    "deadline_exceeded": ErrorSpec(503, retry_after=1),
+}
 
 #: The HTTP status of each domain error code.
-DOMAIN_STATUS: dict[str, int] = {
-    "version_not_found": 404,
-    "model_not_ready": 503,
-    "model_output_invalid": 503,
-}
+DOMAIN_STATUS: dict[str, int] = {code: spec.status for code, spec in DOMAIN_ERRORS.items()}
 
 
 class ApiError(Exception):
@@ -77,6 +112,39 @@ class ApiError(Exception):
 
 def api_error(exc: DomainError) -> ApiError:
     """The HTTP answer for a domain error (500 for a code missing from the table)."""
-    status = DOMAIN_STATUS.get(exc.code, 500)
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return ApiError(status, exc.code, exc.message, details=exc.details, headers=headers)
+    spec = DOMAIN_ERRORS.get(exc.code, ErrorSpec(500))
+    retry_after = exc.retry_after if exc.retry_after is not None else spec.retry_after
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return ApiError(spec.status, exc.code, exc.message, details=exc.details, headers=headers)
+
+
+#: The codes the HTTP layer itself answers with (routes, dependencies, limits), listed beside
+#: the domain's in the OpenAPI docs; a test checks them against the ``ApiError`` calls in app/.
+HTTP_ERRORS: dict[str, int] = {
+    "missing_api_key": 401,
+    "invalid_api_key": 401,
+    "payload_too_large": 413,
+    "too_many_pixels": 413,
+    "too_many_files": 413,
+    "invalid_request": 422,
+    "model_not_ready": 503,
+}
+
+
+def error_codes(status: int) -> list[str]:
+    """Every code answered with ``status``: the domain's (in the table's order), then the HTTP
+    layer's."""
+    codes = [code for code, spec in DOMAIN_ERRORS.items() if spec.status == status]
+    codes += [code for code, got in HTTP_ERRORS.items() if got == status and code not in codes]
+    return codes
+
+
+def domain_error(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    retry_after: int | None = None,
+) -> DomainError:
+    """A :class:`DomainError` with the given code (listed in :data:`DOMAIN_ERRORS`)."""
+    return DomainError(message, details, code=code, retry_after=retry_after)

@@ -17,10 +17,12 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 import app.imaging
+import app.imaging.normalize
 import app.segmentation
+import app.segmentation.lattice
 from app.api.routes import predict as predict_module
 from app.core.deadline import check_deadline, current_deadline, request_deadline
-from app.core.errors import ApiError
+from app.core.errors import DOMAIN_STATUS, DomainError
 from app.imaging import (
     center_digit,
     open_image,
@@ -49,9 +51,9 @@ from tests.support.attacks import (
 
 def test_a_jpeg_with_too_many_scans_is_refused_from_its_bytes() -> None:
     data = progressive_jpeg_with_repeated_scan(64, 100)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         open_image(data, max_pixels=10**6, max_jpeg_scans=32)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_jpeg_scans"
     assert caught.value.details is not None
     assert caught.value.details["scans"] > 100
@@ -79,13 +81,13 @@ def test_thickening_never_works_on_more_than_the_working_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shapes: list[tuple[int, ...]] = []
-    real = app.imaging._thicken
+    real = app.imaging.normalize._thicken
 
     def spy(crop: np.ndarray) -> np.ndarray:
         shapes.append(crop.shape)
         return real(crop)
 
-    monkeypatch.setattr(app.imaging, "_thicken", spy)
+    monkeypatch.setattr(app.imaging.normalize, "_thicken", spy)
     stroke = np.zeros((20_000, 3), np.float32)
     stroke[:, 1] = 1.0
     digit = center_digit(stroke)
@@ -97,13 +99,13 @@ def test_thickening_never_works_on_more_than_the_working_size(
 
 def _record_grayscale(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
-    real = app.segmentation.to_grayscale
+    real = app.segmentation.lattice.to_grayscale
 
     def spy(img: Image.Image) -> Any:
         sizes.append(img.size)
         return real(img)
 
-    monkeypatch.setattr(app.segmentation, "to_grayscale", spy)
+    monkeypatch.setattr(app.segmentation.lattice, "to_grayscale", spy)
     return sizes
 
 
@@ -146,17 +148,17 @@ def test_a_long_bar_is_refused_before_any_candidate_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     groups: list[int] = []
-    real_group = app.segmentation._group_ink
+    real_group = app.segmentation.lattice._group_ink
 
     def spy(atoms: list[Any], *args: Any) -> Any:
         groups.append(len(atoms))
         return real_group(atoms, *args)
 
-    monkeypatch.setattr(app.segmentation, "_group_ink", spy)
+    monkeypatch.setattr(app.segmentation.lattice, "_group_ink", spy)
     img = Image.open(io.BytesIO(bar_png(20_000, 50, 4)))
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         find_candidates(img, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_digits"
     assert "at least" in caught.value.message
     assert caught.value.details is not None
@@ -166,12 +168,12 @@ def test_a_long_bar_is_refused_before_any_candidate_is_built(
 
 def test_cut_search_stops_at_its_limit() -> None:
     flat = np.ones(20_000, np.float64)
-    cuts = app.segmentation._cut_columns(flat, 4.0, limit=60)
+    cuts = app.segmentation.lattice._cut_columns(flat, 4.0, limit=60)
     assert len(cuts) == 61
     assert cuts == sorted(cuts)
     # Without a limit: the same greedy choice, sorted, as before the limit existed.
     profile = np.abs(np.sin(np.arange(400) / 9.0)) * 10
-    unlimited = app.segmentation._cut_columns(profile, 40.0)
+    unlimited = app.segmentation.lattice._cut_columns(profile, 40.0)
     assert unlimited == sorted(unlimited)
     assert all(b - a >= 0.12 * 40.0 for a, b in itertools.pairwise(unlimited))
 
@@ -179,13 +181,15 @@ def test_cut_search_stops_at_its_limit() -> None:
 def test_a_page_of_marks_is_refused_from_counts_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     merged: list[int] = []
     monkeypatch.setattr(
-        app.segmentation, "_merge_fragments", lambda parts, height: merged.append(len(parts))
+        app.segmentation.lattice,
+        "_merge_fragments",
+        lambda parts, height: merged.append(len(parts)),
     )
     ink = np.zeros((1_000, 1_000), np.float32)
     for top in range(20, 980, 40):
         for left in range(20, 980, 20):
             ink[top : top + 25, left : left + 5] = 1.0
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         build_lattice(ink, max_digits=12)
     assert caught.value.code == "too_many_digits"
     assert caught.value.details == {"found": 24 * 48, "max_digits": 12}
@@ -221,16 +225,16 @@ def test_the_reader_refuses_scores_that_are_not_probabilities(corrupt: Any) -> N
     good = np.full((len(lattice.candidates), 10), 0.01, np.float32)
     good[:, 1] = 0.91
     assert len(choose_reading(lattice, good).candidates) == 3
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         choose_reading(lattice, corrupt(good), max_digits=12)
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "model_output_invalid"
 
 
 @pytest.mark.timeout(30)
 def test_the_best_reading_search_ends_on_scores_that_are_nan() -> None:
     lattice = _lattice()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         best_partition(lattice, np.full(len(lattice.candidates), np.nan))
     assert caught.value.code == "model_output_invalid"
 
@@ -240,9 +244,9 @@ def test_the_best_reading_search_ends_on_scores_that_are_nan() -> None:
 
 def test_the_deadline_stops_work_with_a_clear_error() -> None:
     check_deadline()  # outside any request: no deadline
-    with request_deadline(0.0), pytest.raises(ApiError) as caught:
+    with request_deadline(0.0), pytest.raises(DomainError) as caught:
         check_deadline()
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "deadline_exceeded"
     assert caught.value.details == {"deadline_seconds": 0.0}
     assert current_deadline() is None
@@ -270,7 +274,7 @@ def test_waiting_for_a_large_image_thread_ends_at_the_deadline() -> None:
         thread.start()
     try:
         started.wait(10)
-        with request_deadline(0.2), pytest.raises(ApiError) as caught:
+        with request_deadline(0.2), pytest.raises(DomainError) as caught:
             run_in_large_image_slot(lambda: None)
         assert caught.value.code == "deadline_exceeded"
     finally:
@@ -372,7 +376,7 @@ def test_a_jpeg_with_too_many_scans_is_refused_by_every_endpoint(model_one: Mode
 def test_predict_refuses_a_model_answer_that_is_not_a_digit(
     probabilities: np.ndarray, digit: int
 ) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         predict_module._digit(probabilities, digit, True)
-    assert caught.value.status_code == 503
+    assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "model_output_invalid"

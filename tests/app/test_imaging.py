@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from app.core.errors import ApiError
+from app.core.errors import DOMAIN_STATUS, DomainError
 from app.imaging import (
     center_digit,
     decode_image,
@@ -27,8 +27,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
 
 
-def _error(data: bytes, max_pixels: int = MAX) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def _error(data: bytes, max_pixels: int = MAX) -> DomainError:
+    with pytest.raises(DomainError) as info:
         decode_image(data, max_pixels=max_pixels)
     return info.value
 
@@ -38,19 +38,19 @@ def _error(data: bytes, max_pixels: int = MAX) -> ApiError:
 
 def test_empty_file_is_refused() -> None:
     err = _error(b"")
-    assert (err.status_code, err.code) == (400, "empty_file")
+    assert (DOMAIN_STATUS[err.code], err.code) == (400, "empty_file")
 
 
 def test_bytes_that_are_no_image_are_refused() -> None:
     err = _error(b"hello, this is a text file\n" * 20)
-    assert (err.status_code, err.code) == (400, "not_an_image")
+    assert (DOMAIN_STATUS[err.code], err.code) == (400, "not_an_image")
     assert "PNG" in err.message
 
 
 def test_unsupported_format_names_the_accepted_ones() -> None:
     tiff = encode(Image.new("L", (28, 28)), "TIFF")
     err = _error(tiff)
-    assert (err.status_code, err.code) == (415, "unsupported_format")
+    assert (DOMAIN_STATUS[err.code], err.code) == (415, "unsupported_format")
     assert "TIFF" in err.message
     for fmt in ("PNG", "JPEG", "BMP", "GIF", "WebP"):
         assert fmt in err.message
@@ -60,7 +60,7 @@ def test_unsupported_format_names_the_accepted_ones() -> None:
 def test_declared_size_over_the_limit_is_refused_before_decoding(size: tuple[int, int]) -> None:
     # A header alone: were the pixels decoded, this would fail as truncated, not as too large.
     err = _error(png_header(*size))
-    assert (err.status_code, err.code) == (413, "image_too_large")
+    assert (DOMAIN_STATUS[err.code], err.code) == (413, "image_too_large")
     assert "25,000,000" in err.message
 
 
@@ -77,7 +77,7 @@ def test_truncated_image_is_refused(fmt: str) -> None:
     noise = Image.fromarray(rng.integers(0, 255, (200, 200), dtype=np.uint8))
     data = encode(noise, fmt)
     err = _error(data[: len(data) // 2])
-    assert (err.status_code, err.code) == (400, "truncated_image")
+    assert (DOMAIN_STATUS[err.code], err.code) == (400, "truncated_image")
 
 
 def test_cut_inside_the_header_is_called_truncated() -> None:
@@ -136,7 +136,7 @@ def test_canvas_strokes_on_transparent_background_become_ink(
 
 def test_fully_transparent_image_has_no_ink() -> None:
     ink = ink_map(to_grayscale(Image.new("RGBA", (50, 50), (0, 0, 0, 0))))
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         center_digit(ink)
     assert info.value.code == "no_digit_found"
 
@@ -181,9 +181,9 @@ def test_uneven_lighting_is_not_taken_for_ink() -> None:
 
 def test_blank_or_uniform_image_has_no_digit() -> None:
     for value in (0, 128, 255):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(DomainError) as info:
             center_digit(ink_map(np.full((60, 60), value, np.float32)))
-        assert (info.value.status_code, info.value.code) == (422, "no_digit_found")
+        assert (DOMAIN_STATUS[info.value.code], info.value.code) == (422, "no_digit_found")
 
 
 def test_noise_alone_is_not_a_digit() -> None:
@@ -236,9 +236,9 @@ def test_never_only_converts_to_gray(mnist_test: MNIST) -> None:
 
 
 def test_never_needs_28_by_28() -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         prepare_digit(encode(Image.new("L", (56, 56))), normalize="never", max_pixels=MAX)
-    assert (info.value.status_code, info.value.code) == (422, "wrong_size")
+    assert (DOMAIN_STATUS[info.value.code], info.value.code) == (422, "wrong_size")
     assert "56×56" in info.value.message
 
 
@@ -314,7 +314,7 @@ def test_large_images_of_every_kind_normalize_like_the_digit(mnist_test: MNIST, 
 
 
 def test_fast_mnist_check_agrees_with_the_general_polarity_rule(mnist_test: MNIST) -> None:
-    from app.imaging import _ink_is_dark, _is_mnist_style
+    from app.imaging.normalize import _ink_is_dark, _is_mnist_style
 
     images, _ = mnist_test
     rng = np.random.default_rng(5)

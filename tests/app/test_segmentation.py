@@ -1,4 +1,4 @@
-"""Segmentation of digit strings (app/segmentation.py), on images drawn here with Pillow.
+"""Segmentation of digit strings (app/segmentation/), on images drawn here with Pillow.
 
 These tests read with geometry alone (``choose_reading(lattice, None)``): the shapes drawn are
 clear enough that the count, order and boxes are right without asking a model. Readings that
@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 import app.imaging
 import app.segmentation
-from app.core.errors import ApiError
+import app.segmentation.lattice
+from app.core.errors import DOMAIN_STATUS, DomainError
 from app.segmentation import (
     Box,
     build_lattice,
@@ -267,9 +268,9 @@ def test_candidates_are_normalized_by_the_single_digit_code(
         calls.append(ink.shape)
         return original(ink)
 
-    # The segmentation module must call imaging's function, not a copy of it.
-    assert app.segmentation.center_digit is app.imaging.center_digit
-    monkeypatch.setattr(app.segmentation, "center_digit", spy)
+    # The lattice stage must call imaging's function, not a copy of it.
+    assert app.segmentation.lattice.center_digit is app.imaging.center_digit
+    monkeypatch.setattr(app.segmentation.lattice, "center_digit", spy)
     ink, _ = draw_string([one, zero])
     lattice = build_lattice(ink, max_digits=12)
     batch = normalize_candidates(lattice)
@@ -366,9 +367,9 @@ def test_a_reading_with_only_one_possible_cut_has_an_infinite_margin() -> None:
 @pytest.mark.parametrize("level", [0, 128, 255], ids=["black", "grey", "white"])
 def test_a_blank_image_has_no_digits(level: int) -> None:
     img = Image.new("L", (300, 100), level)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         find_candidates(img, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "no_digits_found"
     assert "No digits found" in caught.value.message
 
@@ -377,9 +378,9 @@ def test_more_digits_than_allowed_is_refused() -> None:
     ink, _ = draw_string([one, zero, seven] * 5)
     lattice = build_lattice(ink, max_digits=12)
     assert len(choose_reading(lattice, None).candidates) == 15
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         choose_reading(lattice, None, max_digits=12)
-    assert caught.value.status_code == 422
+    assert DOMAIN_STATUS[caught.value.code] == 422
     assert caught.value.code == "too_many_digits"
     assert caught.value.details == {"found": 15, "max_digits": 12}
 
@@ -387,6 +388,6 @@ def test_more_digits_than_allowed_is_refused() -> None:
 def test_a_page_of_separate_marks_is_refused_before_reading() -> None:
     # Far more separate marks than max_digits could ever group into: refused at once.
     ink, _ = draw_string([one] * 40, width=10, gap=20)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(DomainError) as caught:
         build_lattice(ink, max_digits=5)
     assert caught.value.code == "too_many_digits"

@@ -26,7 +26,7 @@ from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
 from app.core.config import Settings
 from app.core.deadline import check_deadline, request_deadline
-from app.core.errors import ApiError
+from app.core.errors import ApiError, DomainError
 from app.core.tracing import child_span
 from app.imaging import Normalize, open_image, prepare_digit, prepare_opened
 from app.schemas import BatchResponse, PredictResponse, error_responses
@@ -87,7 +87,7 @@ async def _prepare(
                 max_pixels=min(max_pixels, INLINE_MAX_PIXELS),
                 max_jpeg_scans=scans,
             )
-        except ApiError as exc:
+        except DomainError as exc:
             if exc.code != "image_too_large" or max_pixels <= INLINE_MAX_PIXELS:
                 raise
     with request_deadline(settings.request_deadline_seconds):
@@ -139,7 +139,7 @@ def _json(content: dict[str, object]) -> bytes:
     ).encode("utf-8")
 
 
-Prepared = tuple[np.ndarray, bool] | ApiError
+Prepared = tuple[np.ndarray, bool] | DomainError
 
 
 class _BatchWork:
@@ -153,7 +153,7 @@ class _BatchWork:
         self._items = items
         self._normalize = normalize
         self._settings = settings
-        self._opened: list[Image.Image | ApiError] | None = None
+        self._opened: list[Image.Image | DomainError] | None = None
         self.prepared: list[Prepared] = []
 
     @property
@@ -169,23 +169,23 @@ class _BatchWork:
         while not self.done:
             check_deadline()
             item = opened[len(self.prepared)]
-            if isinstance(item, ApiError):
+            if isinstance(item, DomainError):
                 self.prepared.append(item)
                 continue
             try:
                 self.prepared.append(
                     prepare_opened(item, normalize=self._normalize, max_pixels=max_pixels)
                 )
-            except ApiError as exc:
+            except DomainError as exc:
                 if exc.code == "deadline_exceeded":
                     raise
                 self.prepared.append(exc)
             if time.monotonic() - started > BATCH_SLICE_SECONDS:
                 return
 
-    def _open_all(self) -> list[Image.Image | ApiError]:
+    def _open_all(self) -> list[Image.Image | DomainError]:
         settings = self._settings
-        opened: list[Image.Image | ApiError] = []
+        opened: list[Image.Image | DomainError] = []
         for data in self._items:
             try:
                 opened.append(
@@ -195,9 +195,9 @@ class _BatchWork:
                         max_jpeg_scans=settings.max_jpeg_scans,
                     )
                 )
-            except ApiError as exc:
+            except DomainError as exc:
                 opened.append(exc)
-        declared = sum(img.width * img.height for img in opened if not isinstance(img, ApiError))
+        declared = sum(img.width * img.height for img in opened if not isinstance(img, DomainError))
         if declared > settings.max_request_pixels:
             raise too_many_pixels(declared, settings.max_request_pixels, len(self._items))
         self._opened = opened
@@ -251,7 +251,7 @@ async def predict_batch(
     items = [await f.read() for f in files]
     with child_span("decode_normalize", {"digits.images": len(items)}):
         prepared = await _prepare_batch(request, items, normalize, settings)
-    valid = [p for p in prepared if not isinstance(p, ApiError)]
+    valid = [p for p in prepared if not isinstance(p, DomainError)]
     predictions = None
     if valid:
         predictions = await worker.predict(model, np.stack([image for image, _ in valid]))
@@ -260,7 +260,7 @@ async def predict_batch(
     row = 0
     for index, (upload, item) in enumerate(zip(files, prepared, strict=True)):
         entry: dict[str, object] = {"index": index, "filename": upload.filename}
-        if isinstance(item, ApiError):
+        if isinstance(item, DomainError):
             telemetry.count_error(item.code)
             entry["prediction"] = None
             entry["error"] = {"code": item.code, "message": item.message}

@@ -1,7 +1,4 @@
-"""Turn uploaded image bytes into what an MNIST digit looks like.
-
-This is the only place that decodes images and normalizes them; ``/predict``, ``/predict/batch``
-and ``/recognize`` all go through it, so the model always sees the same kind of input.
+"""Normalize a decoded image into what an MNIST digit looks like.
 
 MNIST digits are white ink on black, cropped to the ink, scaled to fit a 20×20 box keeping the
 aspect ratio (antialiased), and placed in 28×28 with the centre of mass at the centre. The
@@ -14,36 +11,25 @@ and :func:`prepare_digit` runs it (or skips it for images that already are MNIST
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
-import functools
-import io
-from collections.abc import Callable
-from typing import Final, Literal, ParamSpec, TypeVar
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
-from app.core.deadline import check_deadline, current_deadline, deadline_exceeded
-from app.core.errors import ApiError
+from app.core.deadline import check_deadline
+from app.core.errors import domain_error
 from app.framing import paper_margin
+from app.imaging.decode import MAX_JPEG_SCANS, _load, open_image, run_in_image_slot
 
 __all__ = [
-    "ACCEPTED_FORMATS",
-    "MAX_JPEG_SCANS",
     "Normalize",
     "center_digit",
-    "decode_image",
     "ink_map",
-    "load_image",
     "normalize_image",
-    "open_image",
     "prepare_digit",
     "prepare_opened",
     "reduce_image",
-    "run_in_image_slot",
-    "run_in_large_image_slot",
     "to_grayscale",
 ]
 
@@ -51,196 +37,24 @@ FloatImage = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]
 Normalize = Literal["auto", "always", "never"]
 _Pixel = TypeVar("_Pixel", bound=np.generic)
-_Params = ParamSpec("_Params")
-_Result = TypeVar("_Result")
-
-#: Formats accepted from clients, as Pillow names them (MPO is how Pillow names camera JPEGs).
-ACCEPTED_FORMATS: Final = frozenset({"PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP"})
-_ACCEPTED_TEXT: Final = "PNG, JPEG, BMP, GIF or WebP"
-_PILLOW_FORMATS: Final = ["PNG", "JPEG", "BMP", "GIF", "WEBP"]
-# Signatures of accepted formats: bytes that start like one of these but do not open are a
-# damaged image, not "something else", and deserve the more precise message.
-_SIGNATURES: Final = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
-
 MNIST_SIZE: Final = 28
 _BOX: Final = 20
+
 # MNIST's mean centre of mass, measured on the test set, in (row, column) index coordinates.
 _CENTRE: Final = 14.0
+
 # Stroke width as a share of the digit's longer side, measured on the MNIST test set with
 # width = 2 * area / perimeter of the pixels above 0.5: 5th percentile 0.061, median 0.092.
 # Only strokes clearly thinner than nearly all of MNIST's are thickened, to a typical width.
 _THIN_STROKE: Final = 0.05
 _MNIST_STROKE: Final = 0.085
+
 # Large photos are reduced before the ink is analysed: the result is 28×28 anyway, and this bounds
 # the cost of the per-pixel work below whatever the upload's size.
 _WORK_SIDE: Final = 512
-# Images from this many pixels up are decoded and normalized at most two at a time (one per
-# core), from the decode to the last float array, on threads of their own.
-_LARGE_IMAGE_PIXELS: Final = 2_000_000
-_large_image_threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="large-image")
-#: Default cap on the scans of a JPEG: a progressive JPEG is decoded once per scan, so the
-#: scans, not the pixels, bound its cost; ordinary encoders write at most a dozen.
-MAX_JPEG_SCANS: Final = 32
-# The start-of-scan marker. In entropy-coded data a 0xFF byte is always followed by 0x00 or a
-# restart marker, so every occurrence of these two bytes starts a scan (an embedded thumbnail's
-# scans are counted too, a few at most).
-_SOS: Final = b"\xff\xda"
+
 # Below this contrast (grey levels, out of 255) between ink and paper there is no digit.
 _MIN_CONTRAST: Final = 24.0
-
-
-def decode_image(
-    data: bytes, *, max_pixels: int, max_jpeg_scans: int = MAX_JPEG_SCANS
-) -> Image.Image:
-    """Decode uploaded bytes into a Pillow image, refusing anything unsafe or unusable.
-
-    The declared width × height is checked against ``max_pixels`` and a JPEG's scans against
-    ``max_jpeg_scans`` before any pixel is decoded, so decompression bombs cost nothing. EXIF
-    orientation is applied; animated images give their first frame.
-
-    Raises:
-        ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
-            413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
-    """
-    img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
-    return run_in_image_slot(img, lambda: _load(img, max_pixels)[0])
-
-
-def open_image(
-    data: bytes, *, max_pixels: int, max_jpeg_scans: int = MAX_JPEG_SCANS
-) -> Image.Image:
-    """Read and check an upload's header only (format, declared size, JPEG scans): no pixels.
-
-    Cheap whatever the image: what it returns is decoded later by :func:`load_image` or
-    :func:`prepare_opened`, through :func:`run_in_image_slot`.
-
-    Raises:
-        ApiError: 400 ``empty_file``, 400 ``not_an_image``, 415 ``unsupported_format``,
-            413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
-    """
-    img = _open(data, max_pixels)
-    if img.format in ("JPEG", "MPO"):
-        scans = data.count(_SOS)
-        if scans > max_jpeg_scans:
-            raise ApiError(
-                422,
-                "too_many_jpeg_scans",
-                f"The JPEG holds {scans} scans; at most {max_jpeg_scans} are decoded (each scan "
-                "of a progressive JPEG is decoded in full). Save the image as a baseline "
-                "(non-progressive) JPEG or as PNG and try again.",
-                details={"scans": scans, "max_scans": max_jpeg_scans},
-            )
-    return img
-
-
-def load_image(
-    img: Image.Image, *, max_pixels: int, work_pixels: int | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode an opened image upright; return it and its full upright size (width, height).
-
-    With ``work_pixels``, a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale when that still
-    leaves at least that many pixels (the caller reduces to that size anyway), so the decoded
-    image may be smaller than the full size returned beside it. Call through
-    :func:`run_in_image_slot`.
-
-    Raises:
-        ApiError: 413 ``image_too_large`` or 400 ``truncated_image``.
-    """
-    width, height = img.size
-    if work_pixels is not None and img.format in ("JPEG", "MPO") and width * height > work_pixels:
-        scale = float(np.sqrt(work_pixels / (width * height)))
-        img.draft(
-            img.mode, (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
-        )
-    loaded, transposed = _load(img, max_pixels)
-    return loaded, ((height, width) if transposed else (width, height))
-
-
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Read and check the header only: format and declared size."""
-    if not data:
-        raise ApiError(400, "empty_file", "The uploaded file is empty. Send an image file.")
-    try:
-        img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise _too_large(None, max_pixels) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise _unreadable(data) from exc
-    if img.format not in ACCEPTED_FORMATS:
-        raise _unsupported(img.format)
-    width, height = img.size
-    if width * height > max_pixels:
-        raise _too_large((width, height), max_pixels)
-    if width == 0 or height == 0:
-        raise ApiError(400, "not_an_image", "The image has no pixels (width or height is 0).")
-    return img
-
-
-def _load(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
-    """Decode the pixels of an opened image and turn it upright (EXIF orientation).
-
-    Returns the image and whether turning it upright swapped its width and height.
-    """
-    check_deadline()
-    transposed = False
-    try:
-        img.load()
-        orientation = img.getexif().get(0x0112, 1)
-        if orientation in range(2, 9):
-            img = ImageOps.exif_transpose(img)
-            transposed = orientation in range(5, 9)
-    except Image.DecompressionBombError as exc:
-        raise _too_large(img.size, max_pixels) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
-        # Pillow signals damaged pixel data with any of these depending on the codec.
-        raise ApiError(
-            400,
-            "truncated_image",
-            f"The {img.format} image is truncated or corrupt and cannot be decoded. "
-            "Upload the complete file again.",
-        ) from exc
-    return img, transposed
-
-
-def run_in_image_slot(
-    img: Image.Image,
-    work: Callable[_Params, _Result],
-    *args: _Params.args,
-    **kwargs: _Params.kwargs,
-) -> _Result:
-    """Run ``work(*args, **kwargs)``, the work on an opened image's pixels, within the limit.
-
-    A large image costs its width × height in memory (four times that in colour) while it is
-    decoded, reduced and turned into floats. Its whole pipeline runs on one of two threads kept
-    for large images while the calling thread waits, which bounds the peak whatever the number
-    of concurrent uploads; and because the same two threads allocate and free that memory, the
-    C allocator's per-thread caches of freed memory stay two, not one per thread of the pool.
-    Small images run here at once. Waiting ends at the request's deadline (503
-    ``deadline_exceeded``); work already started stops at its next deadline check.
-    """
-    width, height = img.size
-    if width * height < _LARGE_IMAGE_PIXELS:
-        return work(*args, **kwargs)
-    return run_in_large_image_slot(work, *args, **kwargs)
-
-
-def run_in_large_image_slot(
-    work: Callable[_Params, _Result], *args: _Params.args, **kwargs: _Params.kwargs
-) -> _Result:
-    """Run ``work(*args, **kwargs)`` on one of the two large-image threads, waiting for it.
-
-    For work known to be large whatever the image's size (see :func:`run_in_image_slot`).
-    """
-    deadline = current_deadline()
-    # The request's context (its deadline) goes with the work to the other thread.
-    call = functools.partial(work, *args, **kwargs)
-    future = _large_image_threads.submit(contextvars.copy_context().run, call)
-    try:
-        return future.result(timeout=None if deadline is None else max(0.0, deadline.remaining()))
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        assert deadline is not None  # without a timeout, result() only returns or raises
-        raise deadline_exceeded(deadline.seconds) from None
 
 
 def to_grayscale(img: Image.Image) -> FloatImage:
@@ -337,14 +151,13 @@ def center_digit(ink: FloatImage) -> ByteImage:
     puts the centre of mass at the centre of the 28×28 field.
 
     Raises:
-        ApiError: 422 ``no_digit_found`` when there is no ink.
+        DomainError: 422 ``no_digit_found`` when there is no ink.
     """
     arr = np.asarray(ink, dtype=np.float32)
     rows = np.flatnonzero(arr.max(axis=1) > 0)
     cols = np.flatnonzero(arr.max(axis=0) > 0)
     if rows.size == 0:
-        raise ApiError(
-            422,
+        raise domain_error(
             "no_digit_found",
             "No digit found: the image is blank or its contrast is too low. "
             "Write the digit darker or larger, on a plain background.",
@@ -360,7 +173,7 @@ def center_digit(ink: FloatImage) -> ByteImage:
         crop = np.clip(np.asarray(resized, dtype=np.float32), 0.0, None)
     peak = float(crop.max())
     if peak <= 0.0:
-        raise ApiError(422, "no_digit_found", "No digit found: the ink is too faint to read.")
+        raise domain_error("no_digit_found", "No digit found: the ink is too faint to read.")
     digit = np.clip(crop / peak, 0.0, 1.0)
     out = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
     mass = float(digit.sum())
@@ -396,7 +209,7 @@ def prepare_digit(
     ``always`` normalizes every image. ``never`` only converts to grey levels, and needs 28×28.
 
     Raises:
-        ApiError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
+        DomainError: any error of :func:`decode_image`, 422 ``no_digit_found``, or 422
             ``wrong_size`` when ``never`` gets an image that is not 28×28.
     """
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
@@ -425,8 +238,7 @@ def _prepare_loaded(img: Image.Image, normalize: Normalize) -> tuple[ByteImage, 
     if normalize == "never":
         if img.size != (MNIST_SIZE, MNIST_SIZE):
             width, height = img.size
-            raise ApiError(
-                422,
+            raise domain_error(
                 "wrong_size",
                 f"With normalize=never the image must be 28×28 pixels, got {width}×{height}. "
                 "Use normalize=auto to have it resized and centred.",
@@ -453,57 +265,6 @@ def _is_mnist_style(pixels: ByteImage) -> bool:
     border = np.sort(pixels.ravel()[_MNIST_BORDER])
     background = int(border[int(0.5 * (border.size - 1))])
     return not background - darkest > brightest - background
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def _too_large(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
-    declared = f" ({size[0]}×{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
-    return ApiError(
-        413,
-        "image_too_large",
-        f"The image is too large{declared}; at most {max_pixels:,} pixels (width × height) "
-        "are accepted. Resize it and try again.",
-        details={
-            "max_pixels": max_pixels,
-            **({"width": size[0], "height": size[1]} if size else {}),
-        },
-    )
-
-
-def _unsupported(fmt: str | None) -> ApiError:
-    return ApiError(
-        415,
-        "unsupported_format",
-        f"{fmt or 'This'} images are not supported. Send a {_ACCEPTED_TEXT} file.",
-        details={"format": fmt, "accepted": sorted(ACCEPTED_FORMATS - {"MPO"})},
-    )
-
-
-def _unreadable(data: bytes) -> ApiError:
-    if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-        return ApiError(
-            400,
-            "truncated_image",
-            "The image is truncated or corrupt: its header could not be read. "
-            "Upload the complete file again.",
-        )
-    try:
-        # Only to name the format in the message: the header is parsed, pixels never are.
-        with Image.open(io.BytesIO(data)) as other:
-            fmt = other.format
-    except Image.DecompressionBombError:
-        fmt = "This"
-    except Exception:  # any failure here just means "not an image we know"
-        fmt = None
-    if fmt is not None:
-        return _unsupported(fmt)
-    return ApiError(
-        400,
-        "not_an_image",
-        f"The uploaded file is not an image. Send a {_ACCEPTED_TEXT} file.",
-    )
 
 
 def _has_alpha(img: Image.Image) -> bool:
