@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,25 @@ def _synthetic_digits(count: int) -> np.ndarray:
     return images
 
 
-def _build_tiny_model(path: Path) -> None:
-    """A 784→10 softmax SavedModel with the service's signature and fixed random weights."""
+def softmax_outputs(x: Any, w: Any) -> dict[str, Any]:
+    """What a well-behaved model answers: softmax probabilities and their argmax."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(3)
+    probabilities = tf.nn.softmax(tf.matmul(x, w))
+    return {"probabilities": probabilities, "digit": tf.argmax(probabilities, axis=1)}
+
+
+def build_model(
+    path: Path,
+    outputs: Callable[[Any, Any], dict[str, Any]] = softmax_outputs,
+    *,
+    seed: int = 3,
+) -> None:
+    """A 784→10 SavedModel with the service's signature and fixed random weights, whose outputs
+    ``outputs(pixels / 255 [N, 784], weights)`` computes."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
     weights = rng.normal(0.0, 0.05, (784, 10)).astype(np.float32)
 
     class Tiny(tf.Module):  # type: ignore[misc]
@@ -69,8 +83,7 @@ def _build_tiny_model(path: Path) -> None:
         )
         def serve(self, images: Any) -> dict[str, Any]:
             x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, 784])
-            probabilities = tf.nn.softmax(tf.matmul(x, self.w))
-            return {"probabilities": probabilities, "digit": tf.argmax(probabilities, axis=1)}
+            return outputs(x, self.w)
 
     module = Tiny()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
@@ -101,7 +114,7 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
         version_dir, source = versions[-1], f"bundled model {versions[-1]}"
     else:
         version_dir = tmp_path_factory.mktemp("tiny-model") / "1"
-        _build_tiny_model(version_dir)
+        build_model(version_dir)
         source = "tiny fixture model"
     directory = mnist_dir()
     images = (

@@ -22,35 +22,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.ops.conftest import ServedModel, ServerFactory, install_version
+from tests.ops.conftest import ServedModel, ServerFactory, build_model, install_version
 
 pytestmark = pytest.mark.slow
 
 WAIT_SECONDS = 60.0  # bound on waiting for the poller, not a speed check
 CHECKED_DIGITS = 16
-
-
-def _build(path: Path, outputs: Callable[[Any, Any], dict[str, Any]]) -> None:
-    """A SavedModel with the service's exact signature whose outputs ``outputs`` computes."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(5)
-    weights = rng.normal(0.0, 0.05, (784, 10)).astype(np.float32)
-
-    class Bad(tf.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(weights)
-
-        @tf.function(  # type: ignore[untyped-decorator]  # tensorflow ships no type hints
-            input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")]
-        )
-        def serve(self, images: Any) -> dict[str, Any]:
-            x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, 784])
-            return outputs(x, self.w)
-
-    module = Bad()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
 def _digit_12(x: Any, w: Any) -> dict[str, Any]:
@@ -100,7 +77,7 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("bad-models")
     built = {}
     for version, (_, outputs, _) in BAD_MODELS.items():
-        _build(root / str(version), outputs)
+        build_model(root / str(version), outputs, seed=5)
         built[version] = root / str(version)
     return built
 
