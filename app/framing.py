@@ -28,20 +28,6 @@ _MARGIN: Final = 0.25
 _MIN_CONTRAST: Final = 24.0
 
 
-def _otsu_level(values: npt.NDArray[np.float32]) -> float:
-    """Otsu's threshold of grey levels 0..255."""
-    hist, edges = np.histogram(values, bins=64, range=(0.0, 256.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight0 = np.cumsum(hist)
-    weight1 = weight0[-1] - weight0
-    mass0 = np.cumsum(hist * centres)
-    mean0 = mass0 / np.maximum(weight0, 1e-12)
-    mean1 = (mass0[-1] - mass0) / np.maximum(weight1, 1e-12)
-    between = weight0 * weight1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
-
-
 def paper_margin(gray: FloatImage, ink_is_dark: bool) -> tuple[FloatImage, int] | None:
     """The image with a paper-coloured margin added, and the margin's width; None if not needed.
 
@@ -51,7 +37,11 @@ def paper_margin(gray: FloatImage, ink_is_dark: bool) -> tuple[FloatImage, int] 
     g = np.asarray(gray, dtype=np.float32)
     if g.ndim != 2 or min(g.shape) >= _SMALL_SIDE or min(g.shape) < 2:
         return None
-    level = _otsu_level(g)
+    # Imported here: app.segmentation imports app.imaging, which imports this module.
+    from app.segmentation.components import otsu_threshold
+
+    # Otsu on 64 bins of 0..256 grey levels (the division by 256 is exact in binary floats).
+    level = otsu_threshold(g / 256.0, bins=64) * 256.0
     ink = g < level if ink_is_dark else g >= level
     if ink.all() or not ink.any():
         return None
