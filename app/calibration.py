@@ -6,9 +6,8 @@ reads and validates it; what is missing or invalid falls back to the code's defa
 values fitted for version 1), with a warning logged and kept in :attr:`ReaderCalibration.notes`
 so ``/model`` can say so.
 
-The model store should call :func:`load_calibration` when it loads a version and keep the
-result with the model (attribute ``calibration``), so it is swapped together with the
-SavedModel; until then :func:`calibration_for` loads it once per version directory.
+The model store calls :func:`load_calibration` when it loads a version and keeps the result
+with the model (``LoadedModel.calibration``), so it is swapped together with the SavedModel.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -165,20 +163,9 @@ def _review_limits(section: object, notes: list[str]) -> ReviewLimits:
     return ReviewLimits(**limits)
 
 
-_cache: dict[Path, ReaderCalibration] = {}
-_cache_lock = threading.Lock()
-
-
 def calibration_for(model: object) -> ReaderCalibration:
-    """The calibration of a loaded model: its ``calibration`` attribute, else loaded once."""
+    """The calibration a loaded model carries; the defaults, saying so, for one without any."""
     attached = getattr(model, "calibration", None)
     if isinstance(attached, ReaderCalibration):
         return attached
-    path = getattr(model, "path", None)
-    if not isinstance(path, Path):
-        return ReaderCalibration(notes=("the model has no version directory",))
-    with _cache_lock:
-        found = _cache.get(path)
-        if found is None:
-            found = _cache[path] = load_calibration(path)
-        return found
+    return ReaderCalibration(notes=("the model carries no reader calibration",))
