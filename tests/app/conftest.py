@@ -209,6 +209,14 @@ def models(tmp_path: Path, constant_models: dict[int, Path]) -> ModelsDir:
     return ModelsDir(path, constant_models)
 
 
+#: The environment form of make_settings' floors, for tests that start the service in a process
+#: of its own with the fixture models (which answer one digit for everything).
+FIXTURE_MODEL_ENV: dict[str, str] = {
+    "DIGITS_PROBE_MIN_ACCURACY": "0",
+    "DIGITS_PROMOTION_MIN_ACCURACY": "0",
+}
+
+
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test app: this models directory, no polling unless asked.
 

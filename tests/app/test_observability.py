@@ -26,7 +26,7 @@ from app.core.logging import (
 )
 from app.core.request_id import MAX_LENGTH, accepted_request_id
 from app.main import create_app
-from tests.app.conftest import ModelsDir, make_settings
+from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, make_settings
 from tests.support.servers import (
     HOST,
     LAUNCHER,
@@ -224,15 +224,7 @@ def _start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A real uvicorn server, started WITHOUT TF_CPP_MIN_LOG_LEVEL (the service's default)."""
     models.add(1, digit=1)
-    # The fixture model answers 1 for everything: it passes the probe only without its floor.
-    env = server_environment(
-        models.path,
-        {
-            "DIGITS_LOG_FORMAT": fmt,
-            "DIGITS_PROBE_MIN_ACCURACY": "0",
-            "DIGITS_PROMOTION_MIN_ACCURACY": "0",
-        },
-    )
+    env = server_environment(models.path, {"DIGITS_LOG_FORMAT": fmt, **FIXTURE_MODEL_ENV})
     del env["TF_CPP_MIN_LOG_LEVEL"]
     port = free_port()
     command = [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(port)]

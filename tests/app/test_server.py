@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.app.conftest import REPO, ModelsDir
+from tests.app.conftest import FIXTURE_MODEL_ENV, REPO, ModelsDir
 
 LIMIT = 100_000
 
@@ -26,8 +26,7 @@ def server(models: ModelsDir) -> Iterator[str]:
         "DIGITS_MODELS_DIR": str(models.path),
         "DIGITS_MAX_UPLOAD_BYTES": str(LIMIT),
         "DIGITS_LOG_FORMAT": "json",
-        # The fixture model answers 1 for everything: it passes the probe only without its floor.
-        "DIGITS_PROBE_MIN_ACCURACY": "0",
+        **FIXTURE_MODEL_ENV,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", "0"],

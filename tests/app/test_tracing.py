@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from app.core import tracing
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.main import create_app
-from tests.app.conftest import ModelsDir, encode, make_settings
+from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, encode, make_settings
 from tests.app.test_recognize import three_digit_png
 from tests.app.test_segmentation import as_photo, draw_string, seven
 from tests.support.servers import REPO, server_environment
@@ -257,10 +257,7 @@ def test_the_console_exporter_receives_the_requests_spans(models: ModelsDir) -> 
         {
             "OTEL_TRACES_EXPORTER": "console",
             "OTEL_SERVICE_NAME": "digits-under-test",
-            # The fixture model answers 1 for everything: it passes the probe only without its
-            # floor.
-            "DIGITS_PROBE_MIN_ACCURACY": "0",
-            "DIGITS_PROMOTION_MIN_ACCURACY": "0",
+            **FIXTURE_MODEL_ENV,
         },
     )
     done = subprocess.run(
