@@ -164,11 +164,14 @@ def _digit_height(parts: list[_Component]) -> float | None:
     Line-like components (a ruled line's pieces, but also a 1 in a fine pen) count only when
     there is nothing else: a line's length says nothing of the digits' height.
     """
-    parts = [p for p in parts if not _line_like(p)] or parts
     if not parts:
         return None
+    # Substantial against every component, line-like or not: a dot beside a string of 1s is
+    # not the height of the writing.
     biggest = max(p.area for p in parts)
-    return float(np.median([p.height for p in parts if p.area >= 0.2 * biggest]))
+    substantial = [p for p in parts if p.area >= 0.2 * biggest]
+    chosen = [p for p in substantial if not _line_like(p)] or substantial
+    return float(np.median([p.height for p in chosen]))
 
 
 def _margins(found: BoolImage, marks: list[Mark]) -> BoolImage:

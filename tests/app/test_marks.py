@@ -54,6 +54,23 @@ def test_a_ruled_line_through_the_digits_is_dropped_and_listed() -> None:
     assert any(b.width >= 0.9 * ink.shape[1] and abs(b.y - row) <= 3 for b in lines)
 
 
+def test_an_underline_touching_the_digits_is_a_ruled_line_not_a_margin() -> None:
+    # An underline across the page that the digits rest on, and a dot: the line touches the
+    # left and right edges but lies along neither, and the 1s must not become "lines" because
+    # the dot is the only component apart from them and the line.
+    ink, boxes = draw_string([seven, one, zero, one])
+    bottom = max(y + h for _, y, _, h in boxes)
+    ink[bottom - 1 : bottom + 2, :] = 1.0
+    dot_x = boxes[1][0] + boxes[1][2] + 10
+    ink[bottom - 12 : bottom - 4, dot_x : dot_x + 8] = 1.0
+    found, ignored = read(as_photo(ink))
+    assert_digits_kept(found, boxes)
+    assert not kinds(ignored, "margin"), ignored
+    lines = kinds(ignored, "ruled_line")
+    assert len(lines) == 1, ignored
+    assert lines[0].width >= 0.9 * ink.shape[1]
+
+
 def test_a_vertical_ruled_line_beside_the_digits_is_not_read() -> None:
     # A register's cell: the rule runs the whole height, several digit heights.
     ink, boxes = draw_string([seven, zero, one], margin=100)
