@@ -237,7 +237,8 @@ def format_summary(result: TrainingRun) -> str:
             "hyperparameters",
             f"{hp['preprocessing']}, {hp['optimizer']} lr={hp['learning_rate']:g} "
             f"({hp['lr_schedule']}), batch {hp['batch_size']}, {hp['epochs']} epochs, "
-            f"l2={hp['l2']:g}, seed {hp['seed']}",
+            f"l2={hp['l2']:g}, seed {hp['seed']}, "
+            f"augmentation {'+'.join(hp.get('augmentation') or ['none'])}",
         ),
         ("test accuracy", f"{m['test']['accuracy']:.4f}  ({m['test']['num_examples']} images)"),
         ("test loss", f"{m['test']['loss']:.4f}"),
