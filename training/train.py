@@ -12,8 +12,9 @@ The story of a run, in the order of :func:`run`:
 
 1. data: the verified MNIST arrays; the last ``validation_size`` training images are held out
    for learning curves (the test set is only ever used for the final evaluation);
-2. preprocess: :func:`training.preprocess.preprocess_array` turns every image into 784 floats
-   once, with the same TF function the export will contain;
+2. augment and preprocess: the recipe's augmentation (:mod:`training.augment`) adds copies of
+   the fit split's digits; :func:`training.preprocess.preprocess_array` turns every image into
+   784 floats once, with the same TF function the export will contain;
 3. model and fit: one dense softmax layer, fitted by Keras with the recipe's optimizer;
 4. export: the kernel and bias, with the preprocessing, become a SavedModel in a temporary
    directory beside the target;
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from training import preprocess as preprocessing_module
+from training.augment import AUGMENTATIONS, augment_split
 from training.calibrate import (
     READER_FIT_CODES,
     calibrate_version,
@@ -91,15 +93,19 @@ def run(
     fit_images, fit_labels = data.train_images[:n_fit], data.train_labels[:n_fit]
     val_images, val_labels = data.train_images[n_fit:], data.train_labels[n_fit:]
 
-    # 2. Preprocess once, with the function the SavedModel will run.
+    # 2. Augment the fit split only (validation, test and the reader's calibration keep the
+    # original digits), then preprocess once, with the function the SavedModel will run.
     tick = time.perf_counter()
-    fit_features = preprocess_array(fit_images, recipe.preprocessing)
+    augmented_images, augmented_labels = augment_split(
+        fit_images, fit_labels, recipe.augmentation, recipe.seed
+    )
+    fit_features = preprocess_array(augmented_images, recipe.preprocessing)
     val_features = preprocess_array(val_images, recipe.preprocessing) if n_val else None
     preprocess_seconds = time.perf_counter() - tick
 
     # 3. Model and fit.
     validation = None if val_features is None else (val_features, val_labels)
-    fit = fit_classifier(recipe, fit_features, fit_labels, validation, verbose=verbose)
+    fit = fit_classifier(recipe, fit_features, augmented_labels, validation, verbose=verbose)
 
     # 4-6. Export, evaluate the export, write metrics and report, publish atomically.
     def build(directory: Path, chosen_version: int) -> None:
@@ -231,7 +237,8 @@ def format_summary(result: TrainingRun) -> str:
             "hyperparameters",
             f"{hp['preprocessing']}, {hp['optimizer']} lr={hp['learning_rate']:g} "
             f"({hp['lr_schedule']}), batch {hp['batch_size']}, {hp['epochs']} epochs, "
-            f"l2={hp['l2']:g}, seed {hp['seed']}",
+            f"l2={hp['l2']:g}, seed {hp['seed']}, "
+            f"augmentation {'+'.join(hp.get('augmentation') or ['none'])}",
         ),
         ("test accuracy", f"{m['test']['accuracy']:.4f}  ({m['test']['num_examples']} images)"),
         ("test loss", f"{m['test']['loss']:.4f}"),
@@ -283,6 +290,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, help=f"initial learning rate {keep}")
     parser.add_argument("--seed", type=int, help=f"random seed {keep}")
     parser.add_argument("--validation-size", type=int, help=f"last training images held out {keep}")
+    parser.add_argument(
+        "--augmentation",
+        choices=["none", *sorted(AUGMENTATIONS)],
+        help=f"copies of the training digits added before preprocessing {keep}",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
     parser.add_argument(
         "--reader-fit",
@@ -297,6 +309,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"synthetic codes per part of the reader fit (default {READER_FIT_CODES})",
     )
     return parser.parse_args(argv)
+
+
+def _augmentation(choice: str | None) -> tuple[str, ...] | None:
+    """``--augmentation``: None keeps the recipe's, ``none`` turns it off."""
+    if choice is None:
+        return None
+    return () if choice == "none" else (choice,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         validation_size=args.validation_size,
+        augmentation=_augmentation(args.augmentation),
     )
     try:
         tick = time.perf_counter()

@@ -69,6 +69,9 @@ def test_http_answers_reproduce_offline_accuracy_exactly(
 
     answers = asyncio.run(post_all())
     assert all(a["normalized"] is False for a in answers)
+    # The policy serves the newest committed version (the promotion gate let it through), so
+    # the answers are compared with that version's own evaluation.
+    assert {a["model_version"] for a in answers} == {int(bundled_model_dir.name)}
     served = np.array([a["digit"] for a in answers])
     # Requests are batched differently from the offline call, so float sums run in another
     # order (differences ~1e-6). Only a near-tie could flip an answer; none is allowed to

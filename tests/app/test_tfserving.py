@@ -162,11 +162,14 @@ def test_row_format_answers_the_signatures_output(
 
 
 def test_row_format_with_named_instances(
-    bundled_client: TestClient, signature_answers: tuple[np.ndarray, np.ndarray, np.ndarray]
+    bundled_client: TestClient,
+    bundled_model_dir: Path,
+    signature_answers: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     images, probabilities, digits = signature_answers
     body = {"instances": [{"images": image.tolist()} for image in images[:8]]}
-    response = bundled_client.post("/v1/models/mnist/versions/1:predict", json=body)
+    served = bundled_model_dir.name  # the newest committed version, the one `latest` serves
+    response = bundled_client.post(f"/v1/models/mnist/versions/{served}:predict", json=body)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     got = np.asarray([p["probabilities"] for p in predictions], np.float32)
