@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.core.errors import ApiError, DomainError, api_error
@@ -152,6 +153,40 @@ async def require_api_key(
         raise ApiError(
             401, "invalid_api_key", f"The API key in the {API_KEY_HEADER} header is not valid."
         )
+
+
+def passes_default_checks(request: Request) -> bool:
+    """Whether ``request`` passes :func:`require_api_key` and :func:`get_serving` as it is.
+
+    True only for a request with no query string (``version`` and ``label`` at their defaults),
+    the configured API key in its header (or none configured) and a model loaded: the case in
+    which those dependencies would let it through and answer with the current version. Anything
+    else is for them to judge, with their own errors (see ``app.api.routes.predict``).
+    """
+    if request.scope.get("query_string"):
+        return False
+    state = request.app.state
+    if state.store.current is None:
+        return False
+    expected: SecretStr | None = state.settings.api_key
+    if expected is None:
+        return True
+    # What APIKeyHeader reads: the header's first value; an empty one counts as missing.
+    given = request.headers.get(API_KEY_HEADER)
+    if not given:
+        return False
+    return secrets.compare_digest(
+        given.encode("utf-8"), expected.get_secret_value().encode("utf-8")
+    )
+
+
+def current_serving(request: Request) -> Serving:
+    """What :func:`get_serving` gives without ``version`` or ``label``; 503 with no model."""
+    state = request.app.state
+    model = state.store.current
+    if model is None:
+        raise not_ready(state.store, state.settings)
+    return Serving(model, state.worker, state.settings, state.telemetry)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Final
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Final
 
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi.routing import APIRoute, _effective_route_context_var
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep, ServingDep
+from app.api.deps import (
+    ApiKeyDep,
+    Serving,
+    ServingDep,
+    current_serving,
+    get_serving,
+    passes_default_checks,
+    require_api_key,
+)
 from app.api.disconnect import stop_if_client_gone
 from app.core.config import Settings
 from app.core.deadline import check_deadline, request_deadline
@@ -96,8 +106,73 @@ async def _prepare(
         )
 
 
-@router.post(
+class _PredictRoute(APIRoute):
+    """``POST /predict``'s route: a plain request skips the per-request dependency machinery.
+
+    FastAPI resolves the route's dependencies (API key, then model version and label) and its
+    query parameter on every request, a noticeable share of the event loop's time per upload.
+    A request with no query string, the right API key (or none needed) and a model loaded
+    (:func:`~app.api.deps.passes_default_checks`, which reads nothing of the body) gets exactly
+    what they would give it: the current version and ``normalize=auto``. It is answered by a
+    twin route that has only the ``file`` field to resolve, parsed and validated by FastAPI as
+    before. Every other request goes through the full route, which answers its errors, so no
+    check is skipped and no error changes; the OpenAPI document is built from this route.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The full handler, and before it the twin's for requests that pass as they are."""
+        full = super().get_route_handler()
+        # The dependencies of the route as included (a router or app may add its own): the
+        # short cut stands in for these two only.
+        context = _effective_route_context_var.get()
+        route = context if context is not None else self
+        dependant = route.dependant
+        calls = {sub.call for sub in dependant.dependencies}
+        if not calls <= {require_api_key, get_serving} or dependant.header_params:
+            return full
+        twin = APIRoute(
+            self.path,
+            _predict_plain,
+            methods=self.methods,
+            dependency_overrides_provider=route.dependency_overrides_provider,
+            form_limits=self.form_limits or None,
+            max_body_size=self.max_body_size,
+        ).get_route_handler()
+
+        provider = route.dependency_overrides_provider
+
+        async def handler(request: Request) -> Response:
+            # Overridden dependencies (tests do it) are FastAPI's to call: the full route.
+            overridden = provider is not None and getattr(provider, "dependency_overrides", None)
+            if not overridden and passes_default_checks(request):
+                return await twin(request)
+            return await full(request)
+
+        return handler
+
+
+async def _predict_plain(
+    request: Request, file: Annotated[UploadFile, File(description="The image of one digit.")]
+) -> Response:
+    """``predict`` for a request that passed :func:`~app.api.deps.passes_default_checks`."""
+    return await _predict_one(file, "auto", current_serving(request))
+
+
+async def predict(
+    file: Annotated[UploadFile, File(description="The image of one digit.")],
+    normalize: NormalizeQuery = "auto",
+    *,
+    serving: ServingDep,
+) -> Response:
+    """Classify one uploaded digit image."""
+    return await _predict_one(file, normalize, serving)
+
+
+router.add_api_route(
     "",
+    predict,
+    methods=["POST"],
+    route_class_override=_PredictRoute,
     summary="Read one handwritten digit",
     description=(
         "Upload one image of a single digit as multipart/form-data field `file` (PNG, JPEG, "
@@ -109,13 +184,9 @@ async def _prepare(
     response_model=PredictResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
-async def predict(
-    file: Annotated[UploadFile, File(description="The image of one digit.")],
-    normalize: NormalizeQuery = "auto",
-    *,
-    serving: ServingDep,
-) -> Response:
-    """Classify one uploaded digit image."""
+
+
+async def _predict_one(file: UploadFile, normalize: Normalize, serving: Serving) -> Response:
     data = await file.read()
     # One span: app.imaging decodes and normalizes in one call (decoding JPEGs at reduced size).
     with child_span("decode_normalize", {"digits.images": 1}):
