@@ -161,8 +161,9 @@ def _line_like(part: _Component) -> bool:
 def _digit_height(parts: list[_Component]) -> float | None:
     """The median height of the substantial components (None when there are none).
 
-    Line-like components (a ruled line's pieces, but also a 1 in a fine pen) count only when
-    there is nothing else: a line's length says nothing of the digits' height.
+    Substantial: at least a fifth of the biggest component's area. Line-like components (a
+    ruled line's pieces, but also a 1 in a fine pen) count only when no substantial component
+    is anything else: a line's length says nothing of the digits' height.
     """
     if not parts:
         return None

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Final
 
+import fastapi.routing
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
-from fastapi.routing import APIRoute, _effective_route_context_var
+from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -106,6 +107,13 @@ async def _prepare(
         )
 
 
+# FastAPI's private record of the route as included (with a router's or app's own
+# dependencies), looked up rather than imported so that a FastAPI without it still starts;
+# the route's own dependant stands in then, and tests/app/test_predict_plain.py checks that
+# the short cut still answers exactly as the full route.
+_EFFECTIVE_ROUTE: Any = getattr(fastapi.routing, "_effective_route_context_var", None)
+
+
 class _PredictRoute(APIRoute):
     """``POST /predict``'s route: a plain request skips the per-request dependency machinery.
 
@@ -124,7 +132,7 @@ class _PredictRoute(APIRoute):
         full = super().get_route_handler()
         # The dependencies of the route as included (a router or app may add its own): the
         # short cut stands in for these two only.
-        context = _effective_route_context_var.get()
+        context = _EFFECTIVE_ROUTE.get() if _EFFECTIVE_ROUTE is not None else None
         route = context if context is not None else self
         dependant = route.dependant
         calls = {sub.call for sub in dependant.dependencies}
