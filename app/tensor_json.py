@@ -73,7 +73,8 @@ def uint8_images(text: bytes) -> npt.NDArray[np.uint8] | None:
         return None
     chars = np.frombuffer(compact, dtype=np.uint8)
     # ',' '[' ']' wrap round below zero and land far above 9.
-    digit = np.less(chars - _ZERO, 10)
+    shifted = chars - _ZERO
+    digit = shifted < 10
     before = np.zeros_like(digit)
     before[1:] = digit[:-1]
     after = np.zeros_like(digit)
@@ -100,7 +101,7 @@ def uint8_images(text: bytes) -> npt.NDArray[np.uint8] | None:
         return None
     if spaced and _runs(np.frombuffer(text, dtype=np.uint8)) != ends.size:
         return None  # whitespace split a number ("1 2"), which JSON does not allow
-    values = ((chars - _ZERO) * digit).astype(np.uint16)
+    values = (shifted * digit).astype(np.uint16)
     numbers = values.copy()
     numbers[1:] += 10 * values[:-1]
     numbers[2:] += 100 * (values[:-2] * digit[1:-1])
