@@ -4,10 +4,12 @@ A batch of 256 images sent as TF Serving ``instances`` is half a megabyte of JSO
 small integers. The standard library parses it into as many Python objects and NumPy then walks
 them again, which caps that door far below the binary one. Two things here avoid that:
 
-- :func:`loads` parses with ``orjson`` (a maintained Rust JSON library, several times faster
+- :func:`loads` parses with ``orjson`` (a maintained Rust JSON library, much faster
   than :mod:`json` on such bodies) and hands anything it refuses to :mod:`json`, so every body
   the service accepted before it still accepts with the same values (``NaN``, ``Infinity``, a
-  UTF-8 byte-order mark), and a malformed one gets the same message as before.
+  UTF-8 byte-order mark), and a malformed one gets the same message as before. One difference:
+  orjson reads an integer beyond 64 bits as a float, which no field of these protocols accepts
+  either way (such a request is still a 400; its message names the number as a float).
 - :func:`uint8_images` reads the one array shape bulk clients send, ``[N, 28, 28]`` plain
   integers 0-255, straight from the bytes with NumPy, without building Python objects. It is a
   recognizer, not a second parser: it answers only when the text is exactly such an array (JSON's
@@ -39,7 +41,9 @@ _OPEN, _CLOSE, _ZERO = ord("["), ord("]"), ord("0")
 
 
 def loads(body: bytes) -> Any:
-    """The value of a JSON document, exactly as :func:`json.loads` reads it.
+    """The value of a JSON document, as :func:`json.loads` reads it.
+
+    Integers beyond 64 bits come back as floats (orjson's reading), the one difference.
 
     Raises:
         ValueError: the body is not JSON (the standard library's message).
@@ -48,8 +52,8 @@ def loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson is stricter (no NaN/Infinity, no byte-order mark, no lone surrogates, nothing
-        # past 64-bit integers): the standard library decides, with its own value or message.
+        # orjson is stricter (no NaN/Infinity, no byte-order mark, no lone surrogates): the
+        # standard library decides, with its own value or message.
         return json.loads(body)
 
 
