@@ -285,6 +285,39 @@ def test_bad_json_requests_are_400_with_a_message(
     assert_v2_error(client.post("/v2/models/mnist/infer", json=request_body), 400, *words)
 
 
+ONE_JSON = json.dumps({"inputs": [images_input(ONE)]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (ONE_JSON.replace(b"0", b"NaN", 1), ["integers"]),
+        (ONE_JSON.replace(b"0", b"Infinity", 1), ["integers"]),
+        (ONE_JSON.replace(b"0", b"07", 1), ["not valid JSON"]),
+        (b"[" * 100_000 + b"]" * 100_000, ["not valid JSON"]),
+    ],
+    ids=["nan", "infinity", "leading-zero", "deep-nesting"],
+)
+def test_odd_json_bodies_are_400_as_before(
+    client: TestClient, body: bytes, words: list[str]
+) -> None:
+    response = client.post(
+        "/v2/models/mnist/infer", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_v2_error(response, 400, *words)
+
+
+def test_a_byte_order_mark_is_accepted_as_before(client: TestClient) -> None:
+    response = client.post(
+        "/v2/models/mnist/infer",
+        content=b"\xef\xbb\xbf" + ONE_JSON,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    digit = next(o for o in response.json()["outputs"] if o["name"] == "digit")
+    assert digit["data"] == [1]
+
+
 @pytest.mark.parametrize(
     ("cut", "header", "words"),
     [

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.routes.tfserving import _bulk_images
 from app.main import create_app
 from tests.app.conftest import ModelsDir, make_settings
 
@@ -252,6 +253,98 @@ def test_more_images_than_the_batch_limit_are_refused_before_any_work(models: Mo
     assert_protocol_error(rows, 400, "at most 4")
     assert_protocol_error(columns, 400, "at most 4")
     assert figures["service"]["images_by_endpoint"] == {"tfserving:predict": 4}
+
+
+# --- bulk bodies: read without a JSON parser, answered as the general path answers -----------
+
+
+def post_raw(client: TestClient, body: bytes) -> Any:
+    return client.post(
+        "/v1/models/mnist:predict", content=body, headers={"Content-Type": "application/json"}
+    )
+
+
+def test_bulk_bodies_answer_as_the_general_path(
+    bundled_client: TestClient, signature_answers: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """Every form the fast reader takes gives the answer of a body only the general path reads.
+
+    A key written with an escape (``"\\u0069nstances"``) is the same key to any JSON parser but
+    not to the fast reader's envelope, so it pins the general path.
+    """
+    images, probabilities, digits = signature_answers
+    pixels = images.tolist()
+    general_rows = post_raw(
+        bundled_client, json.dumps({"instances": pixels}).replace('"i', '"\\u0069', 1).encode()
+    )
+    general_columns = post_raw(
+        bundled_client,
+        json.dumps({"inputs": {"images": pixels}}).replace('"i', '"\\u0069', 1).encode(),
+    )
+    assert general_rows.status_code == general_columns.status_code == 200
+    assert _bulk_images(general_rows.request.content, len(images)) is None
+    rows = [
+        json.dumps({"instances": pixels}, separators=(",", ":")),
+        json.dumps({"signature_name": "serving_default", "instances": pixels}, indent=2),
+        json.dumps({"instances": pixels, "signature_name": "serving_default"}),
+    ]
+    columns = [
+        json.dumps({"inputs": pixels}, separators=(",", ":")),
+        json.dumps({"inputs": {"images": pixels}}, indent="\t"),
+        json.dumps({"signature_name": "serving_default", "inputs": {"images": pixels}}),
+    ]
+    cases = [(b, general_rows) for b in rows] + [(b, general_columns) for b in columns]
+    for body, general in cases:
+        assert _bulk_images(body.encode(), len(images)) is not None, "the fast reader declined"
+        response = post_raw(bundled_client, body.encode())
+        assert response.status_code == 200, response.text
+        assert response.json() == general.json()
+    answer = general_columns.json()["outputs"]
+    assert_same_answers(answer["probabilities"], answer["digit"], probabilities, digits)
+
+
+PIXELS = json.dumps({"instances": [EMPTY]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (PIXELS.replace(b"0", b"NaN", 1), ["integers"]),
+        (PIXELS.replace(b"0", b"Infinity", 1), ["integers"]),
+        (PIXELS.replace(b"0", str(2**70).encode(), 1), ["integers"]),
+        (json.dumps({"instances": [[[True] * 28] * 28]}).encode(), ["integers"]),
+        (PIXELS.replace(b"0", b"07", 1), ["JSON"]),
+        (PIXELS.replace(b"0", b"1 2", 1), ["JSON"]),
+        (PIXELS.replace(b"]]]}", b"]],]}", 1), ["JSON"]),
+        (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", ["JSON"]),
+        (PIXELS[:-1] + b', "signature_name": "classify"}', ["classify"]),
+        (json.dumps({"instances": {"images": [EMPTY]}}).encode(), ["non-empty"]),
+        (json.dumps({"inputs": [EMPTY, EMPTY[:27]]}).encode(), ["integers"]),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "huge-int",
+        "booleans",
+        "leading-zero",
+        "split-number",
+        "trailing-comma",
+        "deep-nesting",
+        "signature-last",
+        "instances-object",
+        "ragged",
+    ],
+)
+def test_odd_bulk_bodies_are_400_as_before(
+    client: TestClient, body: bytes, words: list[str]
+) -> None:
+    assert_protocol_error(post_raw(client, body), 400, *words)
+
+
+def test_a_byte_order_mark_is_accepted_as_before(client: TestClient) -> None:
+    response = post_raw(client, b"\xef\xbb\xbf" + PIXELS)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["digit"] == 1
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ way. Errors are ``{"error": "<message>"}``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -39,6 +38,7 @@ from app.protocols import (
     served_models,
     v2_model_metadata,
 )
+from app.tensor_json import dumps, loads
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"], route_class=ProtocolRoute)
 
@@ -203,8 +203,7 @@ _INFER_DESCRIPTION: Final = (
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    body = json.dumps(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(dumps(content), status_code=status, media_type="application/json")
 
 
 def _store(request: Request) -> ModelStore:
@@ -350,7 +349,7 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
             )
         body, binary = body[:length], body[length:]
     try:
-        request = json.loads(body)
+        request = loads(body)
     except (ValueError, RecursionError) as exc:
         raise invalid(
             f"The inference request is not valid JSON ({exc}). With binary tensor data, give "
@@ -492,7 +491,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     result = await worker.predict(model, parsed.images)
     state.telemetry.count_images("v2:infer", len(parsed.images))
     answer, binary = infer_response(result, parsed.id, parsed.outputs)
-    content = json.dumps(answer, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    content = dumps(answer)
     if not binary:
         return Response(content, media_type="application/json")
     return Response(

@@ -12,7 +12,7 @@ Starlette matches ``/v1/models/{model_name}:predict`` as written: a path paramet
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Annotated, Any, Final
 
 import numpy as np
@@ -29,6 +29,7 @@ from app.model_store import INPUT_KEY, SIGNATURE, LoadedModel, ModelStore, Tenso
 from app.protocols import (
     MODEL_NAME,
     TF_DATATYPES,
+    check_image_shape,
     images_from_values,
     invalid,
     not_found,
@@ -36,6 +37,7 @@ from app.protocols import (
     protocol_shape,
     resolve_model,
 )
+from app.tensor_json import dumps, loads, uint8_images
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], route_class=ProtocolRoute)
 
@@ -157,8 +159,7 @@ _PREDICT_DESCRIPTION: Final = (
 
 
 def _json(content: Any) -> Response:
-    body = json.dumps(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    return Response(body, media_type="application/json")
+    return Response(dumps(content), media_type="application/json")
 
 
 def _store(request: Request) -> ModelStore:
@@ -304,8 +305,11 @@ def parse_predict(body: bytes, max_images: int) -> tuple[npt.NDArray[np.uint8], 
     Raises:
         ProtocolError: ``invalid_argument`` with what is wrong, in TF Serving's terms.
     """
+    fast = _bulk_images(body, max_images)
+    if fast is not None:
+        return fast
     try:
-        request = json.loads(body)
+        request = loads(body)
     except (ValueError, RecursionError) as exc:
         raise invalid(f"JSON Parse error: {exc}. Send a JSON object.") from None
     if not isinstance(request, dict):
@@ -337,11 +341,7 @@ def parse_predict(body: bytes, max_images: int) -> tuple[npt.NDArray[np.uint8], 
 def _row_images(instances: Any, max_images: int) -> npt.NDArray[np.uint8]:
     if not isinstance(instances, list) or not instances:
         raise invalid("'instances' must be a non-empty list, one 28×28 image per instance.")
-    if len(instances) > max_images:
-        raise invalid(
-            f"{len(instances)} instances were sent; at most {max_images} are accepted in one "
-            "request (DIGITS_MAX_BATCH_SIZE). Split them over several requests."
-        )
+    _check_instance_count(len(instances), max_images)
     named = [isinstance(item, dict) for item in instances]
     if any(named):
         if not all(named):
@@ -350,6 +350,63 @@ def _row_images(instances: Any, max_images: int) -> npt.NDArray[np.uint8]:
             raise invalid(f"Each named instance must have exactly one key, '{INPUT_KEY}'.")
         instances = [item[INPUT_KEY] for item in instances]
     return images_from_values(instances, max_images)
+
+
+def _check_instance_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise invalid(
+            f"{count} instances were sent; at most {max_images} are accepted in one "
+            "request (DIGITS_MAX_BATCH_SIZE). Split them over several requests."
+        )
+
+
+# The bodies bulk clients send: '{"instances": [...]}', '{"inputs": [...]}' or
+# '{"inputs": {"images": [...]}}', with '"signature_name": "..."' first or last, any JSON
+# whitespace. A string value here holds no quote, backslash or control character (JSON's rules,
+# without escapes): anything else is left to the general parser.
+_WS: Final = rb"[ \t\n\r]*"  # JSON's whitespace
+_SIGNATURE_MEMBER: Final = _WS.join([rb'"signature_name"', b":", rb'"([^"\\\x00-\x1f]*)"'])
+_HEAD: Final = re.compile(
+    rb"\A" + _WS + rb"\{" + _WS
+    + rb"(?:" + _SIGNATURE_MEMBER + _WS + b"," + _WS + rb")?"
+    + _WS.join([rb'"(instances|inputs)"', b":", rb'(\{' + _WS + rb'"images"' + _WS + b":)?"])
+    + _WS + rb"(?=\[)"
+)  # fmt: skip
+_TAIL: Final = re.compile(
+    rb"\](" + _WS + rb"\})?(?:" + _WS + b"," + _WS + _SIGNATURE_MEMBER + rb")?"
+    + _WS + rb"\}" + _WS + rb"\Z"
+)  # fmt: skip
+#: How far from the end of the body the end of its array is looked for.
+_TAIL_BYTES: Final = 512
+
+
+def _bulk_images(body: bytes, max_images: int) -> tuple[npt.NDArray[np.uint8], bool] | None:
+    """:func:`parse_predict`'s answer for a bulk body read without a JSON parser, or ``None``.
+
+    ``None`` for any body not in the form above (the general path reads it); the images and
+    their count are checked as that path checks them, with the same messages.
+    """
+    head = _HEAD.match(body)
+    if head is None:
+        return None
+    tail = _TAIL.search(body, max(head.end(), len(body) - _TAIL_BYTES))
+    if tail is None:
+        return None
+    signatures = {head.group(1), tail.group(2)} - {None}
+    row, named = head.group(2) == b"instances", head.group(3) is not None
+    if (
+        any(s != SIGNATURE.encode() for s in signatures)
+        or named != (tail.group(1) is not None)
+        or (row and named)
+    ):
+        return None
+    images = uint8_images(body[head.end() : tail.start() + 1])
+    if images is None:
+        return None
+    if row:
+        _check_instance_count(len(images), max_images)
+    check_image_shape(images.shape, max_images)
+    return images, row
 
 
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
