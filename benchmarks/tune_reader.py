@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from app.core.config import DEFAULT_REVIEW_THRESHOLD
 from app.core.errors import DomainError
 from app.model_store import load_version, versions_on_disk
 from app.review import (
@@ -358,6 +359,52 @@ def fit_reader(
     }
 
 
+def fit_default_reader(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer],
+    predict: Predict,
+    *,
+    count: int = 1500,
+    seed: int = 95,
+) -> dict[str, object]:
+    """A version's reader calibration with the service's default reading weights, margins and
+    review threshold, and the review rule fitted for this version; a dict for ``reader.json``.
+
+    The rule is fitted on ``count`` scan-like codes (seed ``seed + 2``) of ``images`` (MNIST
+    *training* digits) as ``predict`` reads them. ``--review-rule`` runs exactly this, so
+    ``--review-rule --count N --seed S`` and the training pipeline's default reader step with
+    the same count and seed give the same rule.
+    """
+    weights = dict(READING_WEIGHTS)
+    scan = read_codes(generate_scan_codes(images, labels, count, seed=seed + 2), predict, 12)
+    rule = fit_review_rule(scan, weights, COUNT_MARGIN, READING_MARGIN, DEFAULT_REVIEW_THRESHOLD)
+    return {
+        "reading_weights": weights,
+        "count_margin": COUNT_MARGIN,
+        "reading_margin": READING_MARGIN,
+        "review_threshold": DEFAULT_REVIEW_THRESHOLD,
+        "reader_fitted_by": (
+            "the service's defaults (app.segmentation READING_WEIGHTS, COUNT_MARGIN and "
+            "READING_MARGIN, app.core.config DEFAULT_REVIEW_THRESHOLD): the weights by "
+            "benchmarks/tune_reader.py (structured perceptron on synthetic postal codes of MNIST "
+            "training digits, read by version 1), review threshold and margins chosen with "
+            "benchmarks/bench_postal.py on MNIST training digits (seed 31) and test digits "
+            "(seed 7); kept for this version, whose review rule alone is fitted (the reader "
+            "step's default; its full refit chooses margins and threshold on a few hundred codes "
+            'and proved noisy, see README "Real scans")'
+        ),
+        "review_rule": rule,
+        "review_rule_fitted_by": (
+            f"benchmarks/tune_reader.py --review-rule --count {count} --seed {seed}: {count:,} "
+            f"scan-like codes (benchmarks/scan_codes.py, seed {seed + 2}) of MNIST training "
+            "digits read by this version with the weights, margins and review threshold above; "
+            f"limits: the {LIMIT_QUANTILE:.0%} quantile over correctly read codes; "
+            "marked_threshold: the lowest keeping the error among accepted marked codes within "
+            f"{TARGET_ERROR:.0%}"
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Learn and print the reading weights."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -390,15 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         return model.predict(batch)[0]
 
     if args.review_rule:
-        scan_codes = generate_scan_codes(images, labels, args.count, seed=args.seed + 2)
-        rule = fit_review_rule(
-            read_codes(scan_codes, predict, 12),
-            dict(READING_WEIGHTS),
-            COUNT_MARGIN,
-            READING_MARGIN,
-            0.98,
-        )
-        print(rule)
+        settings = fit_default_reader(images, labels, predict, count=args.count, seed=args.seed)
+        print(settings["review_rule"])
         return 0
     train = read_codes(train_codes, predict, max_digits=12)
     held = read_codes(held_codes, predict, max_digits=12)

@@ -39,7 +39,8 @@ from typing import Any, Final
 from training import preprocess as preprocessing_module
 from training.augment import AUGMENTATIONS, augment_split
 from training.calibrate import (
-    READER_FIT_CODES,
+    READER_FIT_MODES,
+    add_reader_fit_arguments,
     calibrate_version,
     fit_reader_settings,
     holdout_size,
@@ -73,15 +74,22 @@ def run(
     report: bool = True,
     verbose: int | str = "auto",
     load_seconds: float = 0.0,
-    reader_codes: int = 0,
+    reader_fit: str = "none",
+    reader_codes: int | None = None,
 ) -> TrainingRun:
     """Train ``recipe`` on ``data`` and publish ``models_dir/<version>`` (next free if None).
 
-    ``reader_codes`` > 0 also fits the version's reader (weights, margins, review threshold and
-    rule) on that many synthetic codes of its training digits per part
-    (:func:`training.calibrate.fit_reader_settings`); 0 leaves the reader defaults.
+    ``reader_fit`` chooses the version's reader settings
+    (:func:`training.calibrate.fit_reader_settings`, on ``reader_codes`` synthetic codes of its
+    training digits, None for that step's default): ``rule`` (the command line's default) keeps
+    the service's reading weights, margins and review threshold and fits the review rule,
+    ``full`` fits them all, ``none`` (here the default) leaves the reader defaults.
     """
     started = time.perf_counter()
+    if reader_fit not in READER_FIT_MODES:  # before the fit, not after it
+        raise ValueError(
+            f"reader fit {reader_fit!r}: expected one of {', '.join(READER_FIT_MODES)}"
+        )
 
     # 1. Data: a validation split carved from the end of the training set.
     n_val = recipe.validation_size
@@ -125,14 +133,13 @@ def run(
         tick = time.perf_counter()
         held = holdout_size(len(data.train_images))
         _, held_digits = predict(signature, data.train_images[-held:])
-        reader = None
-        if reader_codes > 0:
-            reader = fit_reader_settings(
-                data.train_images,
-                data.train_labels,
-                lambda batch: predict(signature, batch)[0],
-                count=reader_codes,
-            )
+        reader = fit_reader_settings(
+            data.train_images,
+            data.train_labels,
+            lambda batch: predict(signature, batch)[0],
+            mode=reader_fit,
+            count=reader_codes,
+        )
         calibrate_version(
             directory, data.train_images, data.train_labels, held_digits, reader=reader
         )
@@ -296,18 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"copies of the training digits added before preprocessing {keep}",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
-    parser.add_argument(
-        "--reader-fit",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fit the version's reader calibration on synthetic codes (default: on)",
-    )
-    parser.add_argument(
-        "--reader-codes",
-        type=int,
-        default=READER_FIT_CODES,
-        help=f"synthetic codes per part of the reader fit (default {READER_FIT_CODES})",
-    )
+    add_reader_fit_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -349,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             report=not args.no_report,
             load_seconds=load_seconds,
-            reader_codes=args.reader_codes if args.reader_fit else 0,
+            reader_fit=args.reader_fit,
+            reader_codes=args.reader_codes,
         )
     except (MnistError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

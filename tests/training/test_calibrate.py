@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.calibration import load_calibration
 from app.likeness import unlikeness as served_unlikeness
@@ -56,3 +57,16 @@ def test_the_written_calibration_is_what_the_service_loads(tmp_path: Path) -> No
     threshold = calibration.likeness_threshold
     assert threshold is not None
     assert 0.97 <= (scores <= threshold + 1e-4).mean() <= 1.0
+
+
+def test_the_reader_step_by_mode() -> None:
+    from training.calibrate import fit_reader_settings
+
+    images, labels = synthetic_digits(100)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), 10), 0.1, np.float32)
+
+    assert fit_reader_settings(images, labels, predict, mode="none") is None
+    with pytest.raises(ValueError, match="rule, full, none"):
+        fit_reader_settings(images, labels, predict, mode="weights")

@@ -256,7 +256,8 @@ def test_cli_trains_and_prints_a_summary(
     models = tmp_path / "models"
     argv = ["--recipe", "seed", "--data-dir", "somewhere", "--models-dir", str(models),
             "--epochs", "1", "--batch-size", "50", "--learning-rate", "0.05", "--seed", "3",
-            "--version", "5", "--validation-size", "20", "--no-report"]  # fmt: skip
+            "--version", "5", "--validation-size", "20", "--no-report",
+            "--reader-fit", "none"]  # fmt: skip
     assert main(argv) == 0
 
     assert seen["data_dir"] == "somewhere"
@@ -331,9 +332,12 @@ def test_training_fits_the_versions_reader_and_the_service_loads_it(
     from app.segmentation import FEATURES
 
     result = run(QUICK, tiny, models_dir=tmp_path / "models", report=False, verbose=0,
-                 reader_codes=6)  # fmt: skip
+                 reader_fit="full", reader_codes=6)  # fmt: skip
     document = json.loads((result.path / "reader.json").read_text())
     assert set(document["reading_weights"]) == set(FEATURES)
+    assert (
+        "structured perceptron), margins and review threshold on 6" in document["reader_fitted_by"]
+    )
     assert set(document["review_rule"]) == {
         "max_joined_width", "max_line_offset", "edge_room", "marked_threshold"
     }  # fmt: skip
@@ -356,3 +360,91 @@ def test_training_without_the_reader_fit_leaves_the_reader_defaults(
     assert "reading_weights" not in document
     calibration = load_calibration(exported.path)
     assert any("reading_weights not calibrated" in note for note in calibration.notes)
+
+
+def test_the_default_reader_step_keeps_the_service_reader_and_fits_the_review_rule(
+    tiny: MnistData, tmp_path: Path
+) -> None:
+    from app.calibration import load_calibration
+    from app.core.config import DEFAULT_REVIEW_THRESHOLD
+    from app.review import ReviewLimits
+    from app.segmentation import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
+    from benchmarks.tune_reader import fit_default_reader
+    from training.evaluate import predict
+
+    result = run(QUICK, tiny, models_dir=tmp_path / "models", report=False, verbose=0,
+                 reader_fit="rule", reader_codes=8)  # fmt: skip
+    document = json.loads((result.path / "reader.json").read_text())
+    assert document["reading_weights"] == dict(READING_WEIGHTS)
+    assert (document["count_margin"], document["reading_margin"]) == (COUNT_MARGIN, READING_MARGIN)
+    assert document["review_threshold"] == DEFAULT_REVIEW_THRESHOLD
+    assert document["reader_fitted_by"].startswith("the service's defaults")
+    assert "--review-rule --count 8 --seed 95" in document["review_rule_fitted_by"]
+    calibration = load_calibration(result.path)
+    assert calibration.notes == ()
+    assert calibration.review == ReviewLimits(**document["review_rule"])
+    # The very rule `tune_reader --review-rule --count 8 --seed 95` fits for this model.
+    signature = load_signature(result.path)
+    again = fit_default_reader(
+        tiny.train_images,
+        tiny.train_labels,
+        lambda batch: predict(signature, batch)[0],
+        count=8,
+        seed=95,
+    )
+    assert document["review_rule"] == again["review_rule"]
+
+
+def test_the_default_reader_step_fits_as_the_bundled_rules_were() -> None:
+    from training.calibrate import REVIEW_RULE_CODES, REVIEW_RULE_SEED
+
+    bundled = Path(__file__).parents[2] / "models" / "mnist"
+    for version in ("1", "2"):
+        document = json.loads((bundled / version / "reader.json").read_text())
+        assert (
+            f"--review-rule --count {REVIEW_RULE_CODES} --seed {REVIEW_RULE_SEED}"
+            in document["review_rule_fitted_by"]
+        ), version
+
+
+def test_an_unknown_reader_fit_stops_before_training(tiny: MnistData, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rule, full, none"):
+        run(QUICK, tiny, models_dir=tmp_path / "models", report=False, reader_fit="all")
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_reader_fit_choices() -> None:
+    parse = training.train.parse_args
+    assert (parse([]).reader_fit, parse([]).reader_codes) == ("rule", None)
+    assert parse(["--reader-fit", "full", "--reader-codes", "300"]).reader_fit == "full"
+    assert parse(["--reader-fit", "full", "--reader-codes", "300"]).reader_codes == 300
+    assert parse(["--reader-fit", "none"]).reader_fit == "none"
+    assert parse(["--no-reader-fit"]).reader_fit == "none"  # the former flag still works
+    with pytest.raises(SystemExit):
+        parse(["--reader-fit", "everything"])
+
+
+def test_calibrate_cli_rewrites_a_versions_reader_by_mode(
+    exported: training.train.TrainingRun,
+    tiny: MnistData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    import training.calibrate
+    import training.data
+    from app.segmentation import READING_WEIGHTS
+
+    version = tmp_path / "1"
+    shutil.copytree(exported.path, version)
+    monkeypatch.setattr(training.data, "load_mnist", lambda *a, **k: tiny)
+    assert training.calibrate.main([str(version), "--reader-codes", "4"]) == 0
+    document = json.loads((version / "reader.json").read_text())
+    assert document["reading_weights"] == dict(READING_WEIGHTS)
+    assert "--count 4 --seed 95" in document["review_rule_fitted_by"]
+    assert training.calibrate.main([str(version), "--reader-fit", "none"]) == 0
+    document = json.loads((version / "reader.json").read_text())
+    assert "reading_weights" not in document
+    assert "review_rule" not in document
+    assert "threshold" in document["likeness"]
