@@ -215,8 +215,8 @@ def fit_reader_settings(
     ``count`` codes per part, default :data:`READER_FIT_CODES`) or ``none`` (None: no settings).
 
     The fit reads codes with the service's own segmentation (``app``) and draws them with the
-    benchmark's generators (``benchmarks``); where those are not installed (the training
-    image) the settings say so and the version is served with the reader defaults.
+    benchmark's generators (``benchmarks``, which the training image copies too); where those
+    cannot be imported the settings say so and the version is served with the reader defaults.
     """
     if mode not in READER_FIT_MODES:
         raise ValueError(f"reader fit {mode!r}: expected one of {', '.join(READER_FIT_MODES)}")
