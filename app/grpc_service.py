@@ -36,7 +36,9 @@ from app.core.telemetry import Telemetry
 from app.inference import InferenceWorker
 from app.model_store import INPUT_KEY, OUTPUTS, ModelStore
 from app.protocols import (
+    EXTENSIONS,
     MODEL_NAME,
+    SERVER_NAME,
     ProtocolError,
     images_from_bytes,
     images_from_flat,
@@ -49,8 +51,6 @@ from app.protocols import (
 
 logger = logging.getLogger(__name__)
 
-SERVER_NAME: Final = "mnist-digits"
-EXTENSIONS: Final = ["binary_tensor_data"]
 #: How long in-flight calls may take to finish at shutdown.
 STOP_GRACE_SECONDS: Final = 5.0
 

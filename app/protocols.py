@@ -30,6 +30,10 @@ from app.model_store import (
 MODEL_NAME: Final = "mnist"
 """The one model name every protocol serves (the models directory's TF Serving name)."""
 PLATFORM: Final = "tensorflow_savedmodel"
+#: The server as the Open Inference Protocol names it (REST and gRPC server metadata).
+SERVER_NAME: Final = "mnist-digits"
+#: Protocol extensions both Open Inference Protocol doors support.
+EXTENSIONS: Final = ["binary_tensor_data"]
 IMAGE_SHAPE: Final = (28, 28)
 
 #: The signature's dtypes in each protocol's spelling.

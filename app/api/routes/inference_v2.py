@@ -27,8 +27,10 @@ from app.core.config import Settings
 from app.inference import InferenceWorker, Prediction
 from app.model_store import INPUT_KEY, OUTPUTS, ModelStore
 from app.protocols import (
+    EXTENSIONS,
     MODEL_NAME,
     PLATFORM,
+    SERVER_NAME,
     ProtocolError,
     images_from_bytes,
     images_from_flat,
@@ -43,7 +45,6 @@ from app.tensor_json import dumps, loads
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"], route_class=ProtocolRoute)
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
-EXTENSIONS: Final = ["binary_tensor_data"]
 #: Bodies parsed on the event loop; larger ones in the thread pool.
 INLINE_MAX_BYTES: Final = 64 * 1024
 
@@ -223,7 +224,7 @@ def _store(request: Request) -> ModelStore:
 async def server_metadata(request: Request) -> V2ServerMetadataResponse:
     """Name, version and extensions."""
     return V2ServerMetadataResponse(
-        name="mnist-digits", version=request.app.version, extensions=EXTENSIONS
+        name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS
     )
 
 
