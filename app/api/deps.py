@@ -90,19 +90,16 @@ async def get_serving(
     attribute lookups. ``?version=`` or ``?label=`` choose a served version (404
     ``version_not_found`` for one that is not served).
     """
+    if version is None and label is None:
+        return current_serving(request)
     state = request.app.state
     store: ModelStore = state.store
-    if version is None and label is None:
-        model = store.current
-        if model is None:
-            raise not_ready(store, state.settings)
-    else:
-        try:
-            model = store.get(version, label)
-        except ModelNotReadyError:
-            raise not_ready(store, state.settings) from None
-        except DomainError as exc:
-            raise api_error(exc) from None
+    try:
+        model = store.get(version, label)
+    except ModelNotReadyError:
+        raise not_ready(store, state.settings) from None
+    except DomainError as exc:
+        raise api_error(exc) from None
     return Serving(model, state.worker, state.settings, state.telemetry)
 
 
@@ -146,10 +143,7 @@ async def require_api_key(
             "missing_api_key",
             f"This service requires an API key: send it in the {API_KEY_HEADER} header.",
         )
-    # Constant-time comparison: the time taken says nothing about how much of the key matched.
-    if not secrets.compare_digest(
-        api_key.encode("utf-8"), expected.get_secret_value().encode("utf-8")
-    ):
+    if not _key_matches(api_key, expected):
         raise ApiError(
             401, "invalid_api_key", f"The API key in the {API_KEY_HEADER} header is not valid."
         )
@@ -173,8 +167,12 @@ def passes_default_checks(request: Request) -> bool:
         return True
     # What APIKeyHeader reads: the header's first value; an empty one counts as missing.
     given = request.headers.get(API_KEY_HEADER)
-    if not given:
-        return False
+    return given is not None and given != "" and _key_matches(given, expected)
+
+
+def _key_matches(given: str, expected: SecretStr) -> bool:
+    """Whether ``given`` is the configured key, in constant time: the time taken says nothing
+    about how much of the key matched."""
     return secrets.compare_digest(
         given.encode("utf-8"), expected.get_secret_value().encode("utf-8")
     )
