@@ -313,35 +313,30 @@ def fit_reader(
     count: int = 400,
     epochs: int = 8,
     seed: int = 21,
-    weights: dict[str, float] | None = None,
 ) -> dict[str, object]:
     """Fit a version's whole reader calibration on synthetic codes of ``images`` (which must be
     MNIST *training* digits) as ``predict`` reads them; a dict for ``reader.json``.
 
-    ``count`` postal codes train the weights (skipped when ``weights`` are given), ``count``
-    more choose the review threshold and the margins (the pair accepting the most codes with an
-    error within :data:`TARGET_ERROR`), and ``count`` scan-like codes fit the review rule.
+    ``count`` postal codes train the weights, ``count`` more choose the review threshold and
+    the margins (the pair accepting the most codes with an error within :data:`TARGET_ERROR`),
+    and ``count`` scan-like codes fit the review rule.
     """
     started = time.perf_counter()
     held = read_codes(generate_postal_codes(images, labels, count, seed=seed + 1), predict, 12)
-    if weights is None:
-        train = read_codes(generate_postal_codes(images, labels, count, seed=seed), predict, 12)
-        learned = learn(train, epochs, seed)
-        weights = {name: round(float(v), 4) for name, v in zip(FEATURES, learned, strict=True)}
-        best: tuple[int, float, float, float] | None = None
-        for margin in MARGINS:
-            judged = judge(held, weights, margin, margin)
-            for threshold in THRESHOLDS:
-                accepted, wrong = accepted_error(judged, threshold)
-                if accepted and wrong / accepted <= TARGET_ERROR:
-                    if best is None or accepted > best[0]:
-                        best = (accepted, margin, threshold, wrong / accepted)
-                    break
-        margin, threshold = (best[1], best[2]) if best else (MARGINS[-1], THRESHOLDS[-1])
-        fitted = "weights (structured perceptron), margins and review threshold"
-    else:
-        margin, threshold = COUNT_MARGIN, 0.98
-        fitted = "nothing but the review rule (weights given)"
+    train = read_codes(generate_postal_codes(images, labels, count, seed=seed), predict, 12)
+    learned = learn(train, epochs, seed)
+    weights = {name: round(float(v), 4) for name, v in zip(FEATURES, learned, strict=True)}
+    best: tuple[int, float, float, float] | None = None
+    for margin in MARGINS:
+        judged = judge(held, weights, margin, margin)
+        for threshold in THRESHOLDS:
+            accepted, wrong = accepted_error(judged, threshold)
+            if accepted and wrong / accepted <= TARGET_ERROR:
+                if best is None or accepted > best[0]:
+                    best = (accepted, margin, threshold, wrong / accepted)
+                break
+    margin, threshold = (best[1], best[2]) if best else (MARGINS[-1], THRESHOLDS[-1])
+    fitted = "weights (structured perceptron), margins and review threshold"
     scan = read_codes(generate_scan_codes(images, labels, count, seed=seed + 2), predict, 12)
     rule = fit_review_rule(scan, weights, margin, margin, threshold)
     return {

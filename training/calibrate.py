@@ -50,6 +50,7 @@ __all__ = [
     "REVIEW_RULE_SEED",
     "add_reader_fit_arguments",
     "calibrate_version",
+    "check_reader_fit",
     "fit_basis",
     "fit_reader_settings",
     "holdout_size",
@@ -198,6 +199,12 @@ def calibrate_version(
     return document
 
 
+def check_reader_fit(mode: str) -> None:
+    """Raise ValueError unless ``mode`` is one of :data:`READER_FIT_MODES`."""
+    if mode not in READER_FIT_MODES:
+        raise ValueError(f"reader fit {mode!r}: expected one of {', '.join(READER_FIT_MODES)}")
+
+
 def fit_reader_settings(
     train_images: npt.NDArray[np.uint8],
     train_labels: npt.NDArray[np.integer[Any]],
@@ -218,8 +225,7 @@ def fit_reader_settings(
     benchmark's generators (``benchmarks``, which the training image copies too); where those
     cannot be imported the settings say so and the version is served with the reader defaults.
     """
-    if mode not in READER_FIT_MODES:
-        raise ValueError(f"reader fit {mode!r}: expected one of {', '.join(READER_FIT_MODES)}")
+    check_reader_fit(mode)
     if mode == "none":
         return None
     started = time.perf_counter()

@@ -39,9 +39,9 @@ from typing import Any, Final
 from training import preprocess as preprocessing_module
 from training.augment import AUGMENTATIONS, augment_split
 from training.calibrate import (
-    READER_FIT_MODES,
     add_reader_fit_arguments,
     calibrate_version,
+    check_reader_fit,
     fit_reader_settings,
     holdout_size,
 )
@@ -86,10 +86,7 @@ def run(
     ``full`` fits them all, ``none`` (here the default) leaves the reader defaults.
     """
     started = time.perf_counter()
-    if reader_fit not in READER_FIT_MODES:  # before the fit, not after it
-        raise ValueError(
-            f"reader fit {reader_fit!r}: expected one of {', '.join(READER_FIT_MODES)}"
-        )
+    check_reader_fit(reader_fit)  # before the fit, not after it
 
     # 1. Data: a validation split carved from the end of the training set.
     n_val = recipe.validation_size
