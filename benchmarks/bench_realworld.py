@@ -33,7 +33,9 @@ import platform
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.bench_postal import cpu_model, edit_distance
 from benchmarks.realdigits import DATA_DIR_ENV, SETS, load_items, realdigits_dir, set_dir
@@ -161,34 +163,39 @@ def measure_sets(
 
 def measure_postal(client: object, count: int, seed: int, data_dir: str | None) -> Row | None:
     """Synthetic postal codes of MNIST test digits through ``/recognize``."""
-    from benchmarks.postal_codes import generate_postal_codes, load_test_digits
+    from benchmarks.postal_codes import generate_postal_codes
 
-    try:
-        images, labels = load_test_digits(data_dir)
-    except Exception as exc:  # any failure to find MNIST: report it, keep the real sets
-        print(f"- skipped the synthetic postal codes: MNIST not available ({exc})", file=sys.stderr)
-        return None
-    codes = generate_postal_codes(images, labels, count, seed=seed)
-    started = time.perf_counter()
-    answers = [read_recognize(client, code.digits, code.png) for code in codes]
-    return Row(f"synthetic postal (MNIST test, seed {seed})", "/recognize", answers,
-               time.perf_counter() - started)  # fmt: skip
+    return _measure_codes(client, generate_postal_codes, "postal", count, seed, data_dir)
 
 
 def measure_scan(client: object, count: int, seed: int, data_dir: str | None) -> Row | None:
     """Synthetic scan-like codes (benchmarks/scan_codes.py) of MNIST test digits."""
-    from benchmarks.postal_codes import load_test_digits
     from benchmarks.scan_codes import generate_scan_codes
+
+    return _measure_codes(client, generate_scan_codes, "scan-like", count, seed, data_dir)
+
+
+def _measure_codes(
+    client: object,
+    generate: Callable[..., Sequence[Any]],
+    kind: str,
+    count: int,
+    seed: int,
+    data_dir: str | None,
+) -> Row | None:
+    """``count`` codes drawn by ``generate`` from MNIST test digits, through ``/recognize``;
+    None (said on stderr) when MNIST is not available."""
+    from benchmarks.postal_codes import load_test_digits
 
     try:
         images, labels = load_test_digits(data_dir)
     except Exception as exc:  # any failure to find MNIST: report it, keep the real sets
-        print(f"- skipped the scan-like codes: MNIST not available ({exc})", file=sys.stderr)
+        print(f"- skipped the synthetic {kind} codes: MNIST not available ({exc})", file=sys.stderr)
         return None
-    codes = generate_scan_codes(images, labels, count, seed=seed)
+    codes = generate(images, labels, count, seed=seed)
     started = time.perf_counter()
     answers = [read_recognize(client, code.digits, code.png) for code in codes]
-    return Row(f"synthetic scan-like (MNIST test, seed {seed})", "/recognize", answers,
+    return Row(f"synthetic {kind} (MNIST test, seed {seed})", "/recognize", answers,
                time.perf_counter() - started)  # fmt: skip
 
 
