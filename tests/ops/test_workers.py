@@ -86,6 +86,18 @@ def test_two_workers_both_answer_and_one_serves_grpc(
     assert log.count("is served by another worker process") == 1, log
 
 
+def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the launcher on a free port until it exits (these tests expect it to refuse)."""
+    return subprocess.run(
+        [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_busy_grpc_port_fails_a_multi_worker_start(models_dir: Path, tmp_path: Path) -> None:
     """A worker that cannot bind leaves gRPC to a sibling, so the launcher checks the port first."""
     with socket.socket() as holder:
@@ -95,28 +107,14 @@ def test_a_busy_grpc_port_fails_a_multi_worker_start(models_dir: Path, tmp_path:
         env = server_environment(
             models_dir, {"WEB_CONCURRENCY": "2", "DIGITS_GRPC_PORT": str(busy)}
         )
-        result = subprocess.run(
-            [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(free_port())],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_launcher(env)
     assert result.returncode != 0
     assert f"cannot listen on {HOST}:{busy}" in result.stderr, result.stderr
 
 
 def test_web_concurrency_must_be_a_positive_integer(models_dir: Path) -> None:
     env = server_environment(models_dir, {"WEB_CONCURRENCY": "two"})
-    result = subprocess.run(
-        [sys.executable, "-m", LAUNCHER, "--host", HOST, "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_launcher(env)
     assert result.returncode != 0
     assert "WEB_CONCURRENCY='two'" in result.stderr
     assert "positive integer" in result.stderr
