@@ -51,7 +51,7 @@ WORKDIR /app
 COPY --from=train-deps /opt/venv /opt/venv
 COPY training/ /app/training/
 # Training fits each new version's reader calibration by reading synthetic codes the way the
-# service does (training/calibrate.py runs benchmarks/tune_reader.py with app/'s reader).
+# service does (training/calibrate.py runs the reader fit with app/'s reader).
 COPY app/ /app/app/
 COPY benchmarks/ /app/benchmarks/
 USER 10001:10001

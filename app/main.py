@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app()`` builds it, its lifespan loads the model.
 
 Run it with ``python -m app.serve`` (:mod:`app.serve`: uvicorn with the connection limits).
-Settings come from the environment (``DIGITS_*``, see :mod:`app.core.config`) unless passed in,
+Settings come from the environment (``DIGITS_*``, see :mod:`app.settings`) unless passed in,
 as tests do.
 """
 
@@ -20,28 +20,26 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import grpc_service
 from app.api.routes import (
     docs,
     health,
-    inference_v2,
     metrics,
     model,
     predict,
     recognize,
-    tfserving,
     web,
 )
-from app.core.config import Settings, get_settings
 from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import configure_logging, import_tensorflow
 from app.core.request_id import RequestIdMiddleware
 from app.core.security_headers import SecurityHeadersMiddleware
-from app.core.telemetry import RequestTelemetryMiddleware, Telemetry
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
-from app.inference import InferenceWorker
-from app.model_store import LoadedModel, ModelStore, configure_tensorflow
+from app.protocols import tfserving, v2_grpc, v2_rest
+from app.serving.store import LoadedModel, ModelStore, configure_tensorflow
+from app.serving.worker import InferenceWorker
+from app.settings import Settings, get_settings
+from app.telemetry import RequestTelemetryMiddleware, Telemetry
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -89,11 +87,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settle_heap()
     app.state.started = True
     worker.start()
-    grpc_server = await grpc_service.start(app)
+    grpc_server = await v2_grpc.start(app)
     try:
         yield
     finally:
-        await grpc_service.stop(grpc_server)
+        await v2_grpc.stop(grpc_server)
         store.stop_polling()
         worker.stop()
         if app.state.own_tracer_provider is not None:
@@ -168,7 +166,7 @@ def create_app(
         metrics.router,
         health.router,
         tfserving.router,
-        inference_v2.router,
+        v2_rest.router,
         web.router,
         docs.router,
     ]

@@ -2,7 +2,7 @@
 
 Every way the service is started (``make serve``, the image's CMD, compose) runs this module,
 so the limits below hold wherever uvicorn faces clients, not only behind nginx. The values come
-from the settings (``DIGITS_*``, :class:`app.core.config.Settings`); only the address is given
+from the settings (``DIGITS_*``, :class:`app.settings.Settings`); only the address is given
 on the command line (``--host``, ``--port``).
 
 uvicorn bounds some things itself: idle keep-alive connections (``timeout_keep_alive``), requests
@@ -35,7 +35,7 @@ such as ``docker run --cpus`` or a Kubernetes CPU limit). Each worker is a proce
 with its own model and event loop, started from the app's import string; the limits above apply
 in each worker to that worker's connections (``DIGITS_MAX_CONNECTIONS`` is per worker). The
 gRPC port (``DIGITS_GRPC_PORT``) can be bound by one process only: with several workers the
-first to bind it serves gRPC and the others serve HTTP alone (:mod:`app.grpc_service`); the
+first to bind it serves gRPC and the others serve HTTP alone (:mod:`app.protocols.v2_grpc`); the
 launcher checks the port is free before starting them, so a port taken by another program
 still fails the start.
 """
@@ -65,10 +65,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
-from app.core.config import Settings, get_settings
 from app.core.limits import DRAIN_FACTOR
 from app.core.logging import configure_logging
 from app.core.security_headers import DEFAULT_HEADERS
+from app.settings import Settings, get_settings
 
 APP: Final = "app.main:create_app"
 #: Descriptors the process needs besides client sockets: TensorFlow, the model's files, logs.
@@ -549,7 +549,7 @@ def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
     tame_allocator()
     settings = get_settings()
     workers = worker_count()
-    # The workers' gRPC service reads it to know it may share the work (app.grpc_service).
+    # The workers' gRPC service reads it to know it may share the work (app.protocols.v2_grpc).
     os.environ[WORKERS_ENV] = str(workers)
     config = LauncherConfig(
         **uvicorn_options(settings, args.host, args.port, app), workers=workers

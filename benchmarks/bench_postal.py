@@ -1,6 +1,6 @@
 """Benchmark: reading synthetic postal codes through POST /recognize.
 
-Builds postal-code images from MNIST **test** digits (benchmarks/postal_codes.py), sends every
+Builds postal-code images from MNIST **test** digits (training/postal_codes.py), sends every
 one through the real service (create_app + TestClient: decoding, segmentation, normalization,
 the inference worker and the SavedModel, exactly the path a client's request takes), and
 reports:
@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from benchmarks.postal_codes import PostalCode, generate_postal_codes, load_test_digits
+from training.postal_codes import PostalCode, generate_postal_codes, load_test_digits
 
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 GOAL_ERROR = 0.02
@@ -115,8 +115,8 @@ def read_all(
     """
     from fastapi.testclient import TestClient
 
-    from app.core.config import Settings
     from app.main import create_app
+    from app.settings import Settings
 
     settings = Settings(models_dir=models_dir, model_poll_seconds=0.0)
     readings = []

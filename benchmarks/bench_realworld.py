@@ -3,7 +3,7 @@
 Sends every image of the real-scan development sets (``$REALDIGITS_DATA_DIR``, see
 benchmarks/realdigits.py) through the real service (create_app + TestClient: decoding,
 normalization, segmentation, the inference worker and the SavedModel, the path a client's
-request takes), plus synthetic postal codes of MNIST test digits (benchmarks/postal_codes.py),
+request takes), plus synthetic postal codes of MNIST test digits (training/postal_codes.py),
 and prints one table:
 
 * count; refusals by error code;
@@ -13,7 +13,7 @@ and prints one table:
   review threshold, the same rule ``/recognize`` applies to each digit);
 * error among unflagged answers, and the accepted share: unflagged answers out of all items.
 
-``--scan N`` adds synthetic scan-like codes of MNIST test digits (benchmarks/scan_codes.py);
+``--scan N`` adds synthetic scan-like codes of MNIST test digits (training/scan_codes.py);
 ``--show-errors`` lists the accepted answers that are wrong (with their files), to see what the
 review rule misses. Single digits (``usps-train``) go to ``/predict`` and to ``/recognize``;
 strings to ``/recognize``. All with the service's default settings (no ``threshold``, no
@@ -163,14 +163,14 @@ def measure_sets(
 
 def measure_postal(client: object, count: int, seed: int, data_dir: str | None) -> Row | None:
     """Synthetic postal codes of MNIST test digits through ``/recognize``."""
-    from benchmarks.postal_codes import generate_postal_codes
+    from training.postal_codes import generate_postal_codes
 
     return _measure_codes(client, generate_postal_codes, "postal", count, seed, data_dir)
 
 
 def measure_scan(client: object, count: int, seed: int, data_dir: str | None) -> Row | None:
-    """Synthetic scan-like codes (benchmarks/scan_codes.py) of MNIST test digits."""
-    from benchmarks.scan_codes import generate_scan_codes
+    """Synthetic scan-like codes (training/scan_codes.py) of MNIST test digits."""
+    from training.scan_codes import generate_scan_codes
 
     return _measure_codes(client, generate_scan_codes, "scan-like", count, seed, data_dir)
 
@@ -185,7 +185,7 @@ def _measure_codes(
 ) -> Row | None:
     """``count`` codes drawn by ``generate`` from MNIST test digits, through ``/recognize``;
     None (said on stderr) when MNIST is not available."""
-    from benchmarks.postal_codes import load_test_digits
+    from training.postal_codes import load_test_digits
 
     try:
         images, labels = load_test_digits(data_dir)
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data_dir or realdigits_dir()
     from fastapi.testclient import TestClient
 
-    from app.core.config import DEFAULT_REVIEW_THRESHOLD, Settings
     from app.main import create_app
+    from app.settings import DEFAULT_REVIEW_THRESHOLD, Settings
 
     settings = Settings(models_dir=args.models_dir, model_poll_seconds=0.0, log_level="WARNING")
     rows: list[Row] = []

@@ -1,7 +1,7 @@
-"""Learn the reading weights of app/segmentation/reader.py (READING_WEIGHTS) from synthetic codes.
+"""Learn the reading weights of app/reading/reader.py (READING_WEIGHTS) from synthetic codes.
 
 The reader picks, among all ways of cutting the ink into digits, the one with the highest score,
-a linear function of named features (``app.segmentation.FEATURES``). This script learns the
+a linear function of named features (``app.reading.reader.FEATURES``). This script learns the
 weights with an averaged structured perceptron: for every training code, the best-scoring
 reading is compared with the right one (the candidates that match the digits' true boxes), and
 the weights move toward the features of the right one when they differ.
@@ -29,10 +29,19 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from app.core.config import DEFAULT_REVIEW_THRESHOLD
 from app.core.errors import DomainError
-from app.model_store import load_version, versions_on_disk
-from app.review import (
+from app.reading.lattice import Lattice, find_candidates, normalize_candidates
+from app.reading.reader import (
+    COUNT_MARGIN,
+    FEATURES,
+    READING_MARGIN,
+    READING_WEIGHTS,
+    Reading,
+    best_partition,
+    choose_reading,
+    reading_features,
+)
+from app.reading.review import (
     EDGE_ROOM,
     cut_by_the_edge,
     joined_too_wide,
@@ -41,21 +50,10 @@ from app.review import (
     page_has_marks,
     spans_the_image,
 )
-from app.segmentation import (
-    COUNT_MARGIN,
-    FEATURES,
-    READING_MARGIN,
-    READING_WEIGHTS,
-    Lattice,
-    Reading,
-    best_partition,
-    choose_reading,
-    find_candidates,
-    normalize_candidates,
-    reading_features,
-)
-from benchmarks.postal_codes import Box, PostalCode, generate_postal_codes
-from benchmarks.scan_codes import generate_scan_codes
+from app.serving.store import load_version, versions_on_disk
+from app.settings import DEFAULT_REVIEW_THRESHOLD
+from training.postal_codes import Box, PostalCode, generate_postal_codes
+from training.scan_codes import generate_scan_codes
 
 Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 
@@ -232,7 +230,7 @@ def judge(
 
 
 def geometry_flagged(judged: Judged, limits: dict[str, float]) -> bool:
-    """Whether app.review's geometric signals send this reading to review."""
+    """Whether app.reading.review's geometric signals send this reading to review."""
     lattice, chosen = judged.example.lattice, list(judged.reading.candidates)
     return (
         any(joined_too_wide(lattice, chosen, limits["max_joined_width"]))
@@ -348,7 +346,7 @@ def fit_reader(
         "reader_fitted_by": (
             f"benchmarks/tune_reader.py fit_reader: {fitted} on {count} synthetic postal codes "
             f"each (seed {seed}) and the review rule on {count} scan-like codes "
-            f"(benchmarks/scan_codes.py) of MNIST training digits, target error "
+            f"(training/scan_codes.py) of MNIST training digits, target error "
             f"{TARGET_ERROR:.0%}, in {time.perf_counter() - started:.0f} s"
         ),
     }
@@ -379,8 +377,8 @@ def fit_default_reader(
         "reading_margin": READING_MARGIN,
         "review_threshold": DEFAULT_REVIEW_THRESHOLD,
         "reader_fitted_by": (
-            "the service's defaults (app.segmentation READING_WEIGHTS, COUNT_MARGIN and "
-            "READING_MARGIN, app.core.config DEFAULT_REVIEW_THRESHOLD): the weights by "
+            "the service's defaults (app.reading.reader READING_WEIGHTS, COUNT_MARGIN and "
+            "READING_MARGIN, app.settings DEFAULT_REVIEW_THRESHOLD): the weights by "
             "benchmarks/tune_reader.py (structured perceptron on synthetic postal codes of MNIST "
             "training digits, read by version 1), review threshold and margins chosen with "
             "benchmarks/bench_postal.py on MNIST training digits (seed 31) and test digits "
@@ -391,7 +389,7 @@ def fit_default_reader(
         "review_rule": rule,
         "review_rule_fitted_by": (
             f"benchmarks/tune_reader.py --review-rule --count {count} --seed {seed}: {count:,} "
-            f"scan-like codes (benchmarks/scan_codes.py, seed {seed + 2}) of MNIST training "
+            f"scan-like codes (training/scan_codes.py, seed {seed + 2}) of MNIST training "
             "digits read by this version with the weights, margins and review threshold above; "
             f"limits: the {LIMIT_QUANTILE:.0%} quantile over correctly read codes; "
             "marked_threshold: the lowest keeping the error among accepted marked codes within "
@@ -412,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--review-rule",
         action="store_true",
-        help="fit only the review rule (app.review) for the current weights, on scan-like codes",
+        help="fit only the review rule (app.reading.review) for the current weights, on scan codes",
     )
     args = parser.parse_args(argv)
 

@@ -15,7 +15,7 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
 * ``reader.json``: the threshold and how it was found, plus the reader settings
   (:func:`fit_reader_settings`, which runs ``benchmarks/tune_reader.py``), by ``--reader-fit``:
   ``rule`` (the default) keeps the service's default reading weights, count and reading margins
-  and review threshold and fits this version's review rule (``app.review``) on scan-like codes
+  and review threshold and fits this version's review rule (``app.reading.review``) on scan codes
   of MNIST training digits; ``full`` fits all of them on synthetic codes; ``none`` writes no
   reader settings (the version is served with the defaults).
 
@@ -126,7 +126,7 @@ def unlikeness(
     images: npt.NDArray[np.uint8],
     classes: npt.NDArray[np.integer[Any]],
 ) -> npt.NDArray[np.float64]:
-    """Relative residual of each image in the subspace of its class (as app.likeness computes)."""
+    """Relative residual of each image in the subspace of its class (as reading.likeness does)."""
     x = _vectors(images)
     cls = np.asarray(classes, dtype=np.int64)
     centred = x - means[cls]

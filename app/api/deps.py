@@ -17,12 +17,12 @@ from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
-from app.core.config import Settings
 from app.core.errors import ApiError, DomainError, api_error
-from app.core.telemetry import Telemetry
-from app.inference import InferenceWorker
-from app.model_store import LoadedModel, ModelNotReadyError, ModelStore
-from app.version_policy import LABEL_PATTERN, MAX_VERSION
+from app.serving.policy import LABEL_PATTERN, MAX_VERSION
+from app.serving.store import LoadedModel, ModelNotReadyError, ModelStore
+from app.serving.worker import InferenceWorker
+from app.settings import Settings
+from app.telemetry import Telemetry
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_scheme = APIKeyHeader(

@@ -22,8 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core.config import Settings
 from app.main import create_app
+from app.settings import Settings
 from tests.support.mnist import MISSING, mnist_dir, read_test_set
 
 REPO = Path(__file__).resolve().parents[2]

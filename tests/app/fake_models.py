@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from app.model_store import ModelStore, StoreStatus
-from app.probe import probe_set
-from app.runtime import Answers, ModelLoadError, Predictor, SignatureInfo, TensorInfo
-from app.version_policy import VersionPolicy
+from app.serving.policy import VersionPolicy
+from app.serving.probe import probe_set
+from app.serving.runtime import Answers, ModelLoadError, Predictor, SignatureInfo, TensorInfo
+from app.serving.store import ModelStore, StoreStatus
 
 _PROBE_LABELS = {
     image.tobytes(): int(label)

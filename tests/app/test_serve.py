@@ -17,7 +17,6 @@ import pytest
 from uvicorn.importer import import_from_string
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.core.config import Settings
 from app.core.limits import DRAIN_FACTOR
 from app.serve import (
     ARENA_MAX,
@@ -28,6 +27,7 @@ from app.serve import (
     uvicorn_options,
     worker_count,
 )
+from app.settings import Settings
 from tests.support.servers import REPO
 
 

@@ -125,7 +125,7 @@ def clear_digits(
 
 def postal_code_png(digits: list[np.ndarray], labels: str) -> bytes:
     """The digits side by side, evenly spaced, dark ink on white paper, no noise."""
-    from benchmarks.postal_codes import Layout, render_postal_code
+    from training.postal_codes import Layout, render_postal_code
 
     layout = Layout(
         length=len(labels),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.core.config import Settings
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import (
     Dockerfile,

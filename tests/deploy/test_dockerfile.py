@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from app.core.config import Settings
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
 from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import Settings
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore
 from tests.support.servers import HOST, as_pid_1, child_pid, free_port, log_tail, wait_until_ready

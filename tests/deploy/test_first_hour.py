@@ -36,8 +36,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core.config import Settings
 from app.main import create_app
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 from tests.support.mnist import MISSING
 from tests.support.mnist import mnist_dir as find_mnist_dir

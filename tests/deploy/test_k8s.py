@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.core.config import Settings
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
 

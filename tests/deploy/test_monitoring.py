@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.core.config import Settings
 from app.main import create_app
+from app.settings import Settings
 from tests.deploy.conftest import REPO
 
 MONITORING = REPO / "deploy" / "monitoring"

@@ -535,8 +535,8 @@ def run_protocol_example(example: Example, client: TestClient, workdir: Path) ->
 
 
 def test_readme_protocol_examples_answer_what_readme_shows(tmp_path: Path) -> None:
-    from app.core.config import Settings
     from app.main import create_app
+    from app.settings import Settings
 
     section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
     examples = shell_examples(section)
@@ -600,7 +600,7 @@ def test_readme_settings_are_the_services_settings(compose: dict[str, Any]) -> N
     # Every DIGITS_* setting is documented, and every DIGITS_* name README gives is one the
     # service reads or one compose interpolates (a renamed setting would otherwise be ignored
     # silently by a reader who copies it).
-    from app.core.config import Settings
+    from app.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix")
     assert prefix == "DIGITS_"

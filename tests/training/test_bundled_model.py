@@ -53,7 +53,7 @@ def test_bundled_model_is_the_default_recipe_with_thickness_augmentation(
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_each_version_carries_its_reader_calibration(version: int) -> None:
-    from app.calibration import load_calibration
+    from app.reading.calibration import load_calibration
 
     directory = MODELS / str(version)
     assert (directory / "likeness.npz").is_file()
@@ -79,7 +79,7 @@ def test_bundled_model_matches_its_metrics_on_the_real_test_set(
 
 
 def test_served_version_passes_the_default_promotion_gate_over_version_1() -> None:
-    from app.core.config import Settings
+    from app.settings import Settings
 
     settings = Settings()
     old, new = _metrics(1)["test"]["accuracy"], _metrics(SERVED)["test"]["accuracy"]

@@ -1,4 +1,4 @@
-"""The calibration step (training/calibrate.py): fits and writes what app/calibration.py reads."""
+"""The calibration step (training/calibrate.py): writes what app/reading/calibration.py reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.calibration import load_calibration
-from app.likeness import unlikeness as served_unlikeness
+from app.reading.calibration import load_calibration
+from app.reading.likeness import unlikeness as served_unlikeness
 from training.calibrate import RANK, calibrate_version, fit_basis, unlikeness
 
 

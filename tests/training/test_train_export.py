@@ -311,7 +311,7 @@ def test_steps_per_execution_divides_the_epoch() -> None:
 def test_a_new_version_carries_its_reader_calibration(
     exported: training.train.TrainingRun,
 ) -> None:
-    from app.calibration import load_calibration
+    from app.reading.calibration import load_calibration
 
     calibration = load_calibration(exported.path)
     assert calibration.source == "reader.json"
@@ -327,9 +327,9 @@ def test_a_new_version_carries_its_reader_calibration(
 def test_training_fits_the_versions_reader_and_the_service_loads_it(
     tiny: MnistData, tmp_path: Path
 ) -> None:
-    from app.calibration import load_calibration
-    from app.review import ReviewLimits
-    from app.segmentation import FEATURES
+    from app.reading.calibration import load_calibration
+    from app.reading.reader import FEATURES
+    from app.reading.review import ReviewLimits
 
     result = run(QUICK, tiny, models_dir=tmp_path / "models", report=False, verbose=0,
                  reader_fit="full", reader_codes=6)  # fmt: skip
@@ -354,7 +354,7 @@ def test_training_fits_the_versions_reader_and_the_service_loads_it(
 def test_training_without_the_reader_fit_leaves_the_reader_defaults(
     exported: training.train.TrainingRun,
 ) -> None:
-    from app.calibration import load_calibration
+    from app.reading.calibration import load_calibration
 
     document = json.loads((exported.path / "reader.json").read_text())
     assert "reading_weights" not in document
@@ -365,10 +365,10 @@ def test_training_without_the_reader_fit_leaves_the_reader_defaults(
 def test_the_default_reader_step_keeps_the_service_reader_and_fits_the_review_rule(
     tiny: MnistData, tmp_path: Path
 ) -> None:
-    from app.calibration import load_calibration
-    from app.core.config import DEFAULT_REVIEW_THRESHOLD
-    from app.review import ReviewLimits
-    from app.segmentation import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
+    from app.reading.calibration import load_calibration
+    from app.reading.reader import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
+    from app.reading.review import ReviewLimits
+    from app.settings import DEFAULT_REVIEW_THRESHOLD
     from benchmarks.tune_reader import fit_default_reader
     from training.evaluate import predict
 
@@ -434,7 +434,7 @@ def test_calibrate_cli_rewrites_a_versions_reader_by_mode(
 
     import training.calibrate
     import training.data
-    from app.segmentation import READING_WEIGHTS
+    from app.reading.reader import READING_WEIGHTS
 
     version = tmp_path / "1"
     shutil.copytree(exported.path, version)

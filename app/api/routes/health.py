@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SettingsDep, StoreDep, not_ready
-from app.schemas import LiveResponse, ReadyResponse, error_responses
+from app.api.schemas import LiveResponse, ReadyResponse, error_responses
 
 router = APIRouter(prefix="/health", tags=["health"])
 

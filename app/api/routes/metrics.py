@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from app.api.deps import StoreDep, TelemetryDep
-from app.model_store import LoadedModel
-from app.schemas import EvaluationFigures, MetricsResponse, ModelEvaluation, ServiceFigures
+from app.api.schemas import EvaluationFigures, MetricsResponse, ModelEvaluation, ServiceFigures
+from app.serving.store import LoadedModel
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 logger = logging.getLogger(__name__)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ApiKeyDep, SettingsDep, StoreDep
-from app.calibration import calibration_for
-from app.model_store import SIGNATURE
-from app.schemas import (
+from app.api.schemas import (
     FailedVersionInfo,
     HeldVersionInfo,
     IgnoredEntryInfo,
@@ -19,6 +17,8 @@ from app.schemas import (
     VersionPolicyInfo,
     error_responses,
 )
+from app.reading.calibration import calibration_for
+from app.serving.store import SIGNATURE
 
 # Behind the API key like the prediction routes: it lists the models directory's contents and
 # why versions failed, which is for operators and the service's clients, not for anyone.

@@ -35,13 +35,14 @@ from app.api.deps import (
     require_api_key,
 )
 from app.api.disconnect import stop_if_client_gone
-from app.core.config import Settings
+from app.api.schemas import BatchResponse, PredictResponse, error_responses
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError, DomainError
 from app.core.tracing import child_span
-from app.imaging import Normalize, open_image, prepare_digit, prepare_opened
-from app.schemas import BatchResponse, PredictResponse, error_responses
-from app.segmentation import invalid_model_output
+from app.reading.decode import open_image
+from app.reading.normalize import Normalize, prepare_digit, prepare_opened
+from app.reading.reader import invalid_model_output
+from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
 
@@ -109,7 +110,7 @@ async def _prepare(
 
 # FastAPI's private record of the route as included (with a router's or app's own
 # dependencies), looked up rather than imported so that a FastAPI without it still starts;
-# the route's own dependant stands in then, and tests/app/test_predict_plain.py checks that
+# the route's own dependant stands in then, and tests/app/api/test_predict_plain.py checks that
 # the short cut still answers exactly as the full route.
 _EFFECTIVE_ROUTE: Any = getattr(fastapi.routing, "_effective_route_context_var", None)
 
@@ -196,7 +197,7 @@ router.add_api_route(
 
 async def _predict_one(file: UploadFile, normalize: Normalize, serving: Serving) -> Response:
     data = await file.read()
-    # One span: app.imaging decodes and normalizes in one call (decoding JPEGs at reduced size).
+    # One span: app.reading decodes and normalizes in one call (decoding JPEGs at reduced size).
     with child_span("decode_normalize", {"digits.images": 1}):
         image, normalized = await _prepare(data, normalize, serving.settings)
     result = await serving.worker.predict(serving.model, image[np.newaxis])

@@ -1,6 +1,6 @@
 """``POST /recognize``: read a whole handwritten digit string, such as a postal code.
 
-The image is segmented into candidate digits (:mod:`app.segmentation`); every candidate is
+The image is segmented into candidate digits (:mod:`app.reading.lattice`); every candidate is
 normalized exactly as ``/predict`` normalizes one digit and all of them go to the model in ONE
 call; the reading that best explains the ink is then chosen from the model's answers. Digits
 the model is unsure of, or a string of the wrong length, flag the answer for review by a
@@ -20,14 +20,16 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
-from app.calibration import ReaderCalibration, calibration_for
-from app.core.config import DEFAULT_REVIEW_THRESHOLD, Settings
+from app.api.schemas import Probabilities, Probability, error_responses
 from app.core.deadline import check_deadline, request_deadline
 from app.core.tracing import child_span
-from app.imaging import load_image, open_image, run_in_large_image_slot
-from app.likeness import mass_outside, unlikeness
-from app.marks import is_hairline
-from app.review import (
+from app.reading.calibration import ReaderCalibration, calibration_for
+from app.reading.decode import load_image, open_image, run_in_large_image_slot
+from app.reading.lattice import MAX_WORK_PIXELS, Lattice, find_candidates, normalize_candidates
+from app.reading.likeness import mass_outside, unlikeness
+from app.reading.marks import is_hairline
+from app.reading.reader import Reading, choose_reading
+from app.reading.review import (
     ReviewLimits,
     cut_by_the_edge,
     joined_too_wide,
@@ -35,15 +37,7 @@ from app.review import (
     page_has_marks,
     spans_the_image,
 )
-from app.schemas import Probabilities, Probability, error_responses
-from app.segmentation import (
-    MAX_WORK_PIXELS,
-    Lattice,
-    Reading,
-    choose_reading,
-    find_candidates,
-    normalize_candidates,
-)
+from app.settings import DEFAULT_REVIEW_THRESHOLD, Settings
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
 
@@ -214,7 +208,7 @@ def review_reasons(
 ) -> list[str]:
     """Human-readable reasons to send a reading to review (empty when it can be trusted).
 
-    ``unlike`` says, per digit, whether it is not digit-like (see :mod:`app.likeness`).
+    ``unlike`` says, per digit, whether it is not digit-like (see :mod:`app.reading.likeness`).
     """
     reasons = []
     for i, flag in enumerate(unlike or []):
@@ -382,7 +376,7 @@ async def recognize(
 def geometry_reasons(
     lattice: Lattice, chosen: list[int], size: tuple[int, int], limits: ReviewLimits
 ) -> list[str]:
-    """Reasons from the geometry of the chosen digits (see :mod:`app.review`)."""
+    """Reasons from the geometry of the chosen digits (see :mod:`app.reading.review`)."""
     reasons = []
     total = len(chosen)
     for i, flag in enumerate(joined_too_wide(lattice, chosen, limits.max_joined_width)):
@@ -417,7 +411,7 @@ def _hairlines_on_a_form(
 ) -> list[bool] | None:
     """Add to ``unlike`` the hairline digits of an image where ruled lines or margins were found.
 
-    A piece of a ruled line that escaped :mod:`app.marks` reads as a confident 1; on a page
+    A piece of a ruled line that escaped :mod:`app.reading.marks` reads as a confident 1; on a page
     with lines, a digit as thin as they are is not trusted.
     """
     if not any(m.kind in ("ruled_line", "margin") for m in lattice.ignored):

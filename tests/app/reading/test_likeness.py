@@ -1,0 +1,179 @@
+"""Digit-likeness (app/reading/likeness.py) and a version's reader calibration (calibration.py).
+
+The bundled version's calibration (models/mnist/<n>/reader.json + likeness.npz) was fitted on
+MNIST training digits; here it must pass MNIST *test* digits as digit-like and reject lines,
+blobs and noise, whatever digit they are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.reading.calibration import ReaderCalibration, calibration_for, load_calibration
+from app.reading.likeness import LikenessBasis, load_basis, mass_outside, unlikeness
+from app.reading.reader import READING_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def bundled(bundled_model_dir: Path) -> ReaderCalibration:
+    calibration = load_calibration(bundled_model_dir)
+    if calibration.source != "reader.json":
+        pytest.fail(f"the bundled version has no valid reader.json: {calibration.notes}")
+    return calibration
+
+
+def not_digits() -> np.ndarray:
+    """28×28 images (MNIST polarity) that are not digits: bars, blobs, noise, a checkerboard."""
+    shapes = []
+    # A thin horizontal rule (a thick short dash is near the 4s' crossbar: that is for the
+    # reader's geometry and app.reading.marks to handle, not for likeness alone).
+    bar = np.zeros((28, 28), np.uint8)
+    bar[13:15, 4:24] = 255
+    shapes.append(bar)
+    square = np.zeros((28, 28), np.uint8)
+    square[4:24, 4:24] = 255
+    shapes.append(square)
+    yy, xx = np.mgrid[0:28, 0:28]
+    disc = (((yy - 14) ** 2 + (xx - 14) ** 2) <= 100).astype(np.uint8) * 255
+    shapes.append(disc)
+    shapes.append(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8))
+    checker = (((yy // 4) + (xx // 4)) % 2 * 255).astype(np.uint8)
+    shapes.append(checker)
+    return np.stack(shapes)
+
+
+def test_the_bundled_calibration_is_complete(bundled: ReaderCalibration) -> None:
+    assert bundled.notes == ()
+    assert bundled.likeness is not None
+    assert bundled.likeness_threshold is not None
+    assert 0.0 < bundled.likeness_threshold < 1.0
+    assert set(bundled.reading_weights) == set(READING_WEIGHTS)
+    # Orthonormal principal directions, as fitted (stored as float16).
+    comps = bundled.likeness.components[3]
+    assert np.allclose(comps @ comps.T, np.eye(bundled.likeness.rank), atol=0.02)
+
+
+def test_mnist_test_digits_are_digit_like(
+    bundled: ReaderCalibration, mnist_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = mnist_test
+    assert bundled.likeness is not None
+    assert bundled.likeness_threshold is not None
+    scores = unlikeness(bundled.likeness, images[:2000], labels[:2000])
+    # The threshold lets 99% of held-out training digits pass; test digits are alike.
+    assert (scores <= bundled.likeness_threshold).mean() >= 0.97
+    # The ink range keeps the central 99% of each class.
+    assert mass_outside(bundled.likeness, images[:2000], labels[:2000]).mean() <= 0.03
+
+
+def test_lines_blobs_and_noise_are_not_like_any_digit(bundled: ReaderCalibration) -> None:
+    assert bundled.likeness is not None
+    assert bundled.likeness_threshold is not None
+    shapes = not_digits()
+    for digit in range(10):
+        classes = np.full(len(shapes), digit)
+        scores = unlikeness(bundled.likeness, shapes, classes)
+        unlike = (scores > bundled.likeness_threshold) | mass_outside(
+            bundled.likeness, shapes, classes
+        )
+        assert unlike.all(), (digit, scores)
+
+
+def test_an_empty_image_is_not_digit_like(bundled: ReaderCalibration) -> None:
+    assert bundled.likeness is not None
+    scores = unlikeness(bundled.likeness, np.zeros((1, 28, 28), np.uint8), np.array([0]))
+    assert scores[0] == 1.0
+
+
+def copy_version(source: Path, target: Path) -> Path:
+    shutil.copy(source / "reader.json", target / "reader.json")
+    shutil.copy(source / "likeness.npz", target / "likeness.npz")
+    return target
+
+
+def test_a_version_without_calibration_gets_defaults_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.reading.calibration"):
+        calibration = load_calibration(tmp_path)
+    assert calibration.source == "defaults"
+    assert calibration.likeness is None
+    assert dict(calibration.reading_weights) == READING_WEIGHTS
+    assert calibration.notes
+    assert "reader.json" in caplog.text
+    assert calibration.describe()["notes"] == list(calibration.notes)
+
+
+@pytest.mark.parametrize(
+    ("change", "note"),
+    [
+        ({"review_threshold": 1.5}, "review_threshold invalid"),
+        ({"reading_weights": {"digit": 1.0}}, "reading_weights invalid"),
+        ({"count_margin": "wide"}, "count_margin invalid"),
+        ({"likeness": {"basis": "../x.npz", "threshold": 0.5}}, "likeness check off"),
+        ({"likeness": {"basis": "likeness.npz", "threshold": float("nan")}}, "likeness check off"),
+    ],
+)
+def test_an_invalid_field_falls_back_to_its_default(
+    bundled_model_dir: Path, tmp_path: Path, change: dict[str, object], note: str
+) -> None:
+    copy_version(bundled_model_dir, tmp_path)
+    document = json.loads((tmp_path / "reader.json").read_text())
+    document.update(change)
+    (tmp_path / "reader.json").write_text(json.dumps(document))
+    calibration = load_calibration(tmp_path)
+    assert calibration.source == "reader.json"
+    assert any(n.startswith(note) for n in calibration.notes), calibration.notes
+
+
+def test_a_damaged_basis_turns_the_likeness_check_off(
+    bundled_model_dir: Path, tmp_path: Path
+) -> None:
+    copy_version(bundled_model_dir, tmp_path)
+    with (tmp_path / "likeness.npz").open("wb") as handle:
+        np.savez(handle, means=np.zeros((10, 784)), components=np.zeros((10, 3, 700)))
+    calibration = load_calibration(tmp_path)
+    assert calibration.likeness is None
+    assert any("likeness check off" in n for n in calibration.notes)
+    with pytest.raises(ValueError, match="components"):
+        load_basis(tmp_path / "likeness.npz")
+
+
+def test_a_basis_rejects_non_finite_values() -> None:
+    means = np.zeros((10, 784), np.float32)
+    comps = np.zeros((10, 2, 784), np.float32)
+    comps[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        LikenessBasis(means, comps)
+
+
+def test_calibration_for_prefers_what_the_model_carries(tmp_path: Path) -> None:
+    class Model:
+        path = tmp_path
+        calibration = ReaderCalibration(review_threshold=0.5, source="attached")
+
+    assert calibration_for(Model()).source == "attached"
+
+    class Plain:
+        path = tmp_path
+
+    assert calibration_for(Plain()).source == "defaults"
+
+
+def test_model_shows_the_calibration_in_use(bundled_client: TestClient, client: TestClient) -> None:
+    bundled = bundled_client.get("/model").json()["reader_calibration"]
+    assert bundled["source"] == "reader.json"
+    assert bundled["notes"] == []
+    assert bundled["likeness_rank"] >= 1
+    # The tiny fixture model has no reader.json: served with defaults, and /model says so.
+    plain = client.get("/model").json()["reader_calibration"]
+    assert plain["source"] == "defaults"
+    assert plain["likeness_threshold"] is None
+    assert any("reader.json" in note for note in plain["notes"])
