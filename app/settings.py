@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Final, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.reading.review import DEFAULT_REVIEW_THRESHOLD
 from app.serving.policy import Gate, VersionPolicy, parse_labels, parse_versions
-
-#: The review threshold of a version without a calibrated one. The lowest threshold that kept the
-#: whole-code error among accepted readings at most 2% on postal codes other than the
-#: benchmark's (MNIST training digits, seed 31; test digits, seed 7) for version 1.
-DEFAULT_REVIEW_THRESHOLD: Final = 0.98
 
 
 class Settings(BaseSettings):

@@ -34,6 +34,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ApiError
+from app.reading.review import ReasonCode
 
 if TYPE_CHECKING:
     from app.serving.store import LoadedModel, StoreStatus
@@ -48,23 +49,8 @@ _BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _CONFIDENCE_BUCKETS: Final = (
     0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0,
 )  # fmt: skip
-#: Why /recognize flagged an answer for review, as metric labels (a small, fixed set).
-REVIEW_REASONS: Final = (
-    "length_mismatch",
-    "count_uncertain",
-    "cut_uncertain",
-    "low_confidence",
-    "not_digit_like",
-    "other",
-)
-# The sentences of app.api.routes.recognize.review_reasons, by how they start.
-_REASON_PATTERNS: Final = (
-    (re.compile(r"expected \d+ digits? but read \d+"), "length_mismatch"),
-    (re.compile(r"the number of digits is uncertain"), "count_uncertain"),
-    (re.compile(r"where one digit ends and the next begins is uncertain"), "cut_uncertain"),
-    (re.compile(r"digit \d+ of \d+ was read with confidence"), "low_confidence"),
-    (re.compile(r"digit \d+ of \d+ does not look like a handwritten digit"), "not_digit_like"),
-)
+#: Why /recognize flagged an answer for review, as metric labels: the review reason codes.
+REVIEW_REASONS: Final = tuple(code.value for code in ReasonCode)
 UNMATCHED: Final = "unmatched"
 _MAX_VERSION_SERIES: Final = 10
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -243,9 +229,9 @@ class Telemetry:
         children[0].observe(confidence)
         children[1].inc()
 
-    def observe_review(self, reasons: Iterable[str]) -> None:
-        """Count one /recognize reading: flagged for review (by reason) or not."""
-        codes = {review_reason_code(reason) for reason in reasons}
+    def observe_review(self, codes: Iterable[ReasonCode]) -> None:
+        """Count one /recognize reading: flagged for review (by reason code) or not."""
+        codes = set(codes)
         self._reviewed[bool(codes)].inc()
         for code in codes:
             self._reason_counters[code].inc()
@@ -386,14 +372,6 @@ class Telemetry:
                 "largest_call": largest,
             },
         }
-
-
-def review_reason_code(reason: str) -> str:
-    """The label for a review reason sentence of /recognize (one of :data:`REVIEW_REASONS`)."""
-    for pattern, code in _REASON_PATTERNS:
-        if pattern.match(reason):
-            return code
-    return "other"
 
 
 _INTERNAL = ApiError(

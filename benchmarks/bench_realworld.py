@@ -53,7 +53,7 @@ class Answer:
     ignored: int = 0
     source: str = ""
     """Where the item came from (its file), to look at it."""
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()  # review reason codes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,7 @@ def read_recognize(client: object, truth: str, png: bytes, source: str = "") -> 
         None,
         len(body.get("ignored", [])),
         source,
-        tuple(body.get("review_reasons", [])),
+        tuple(reason["code"] for reason in body.get("review_reasons", [])),
     )
 
 
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import DEFAULT_REVIEW_THRESHOLD, Settings
+    from app.reading.review import DEFAULT_REVIEW_THRESHOLD
+    from app.settings import Settings
 
     settings = Settings(models_dir=args.models_dir, model_poll_seconds=0.0, log_level="WARNING")
     rows: list[Row] = []

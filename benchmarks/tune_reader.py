@@ -42,6 +42,7 @@ from app.reading.reader import (
     reading_features,
 )
 from app.reading.review import (
+    DEFAULT_REVIEW_THRESHOLD,
     EDGE_ROOM,
     cut_by_the_edge,
     joined_too_wide,
@@ -51,7 +52,6 @@ from app.reading.review import (
     spans_the_image,
 )
 from app.serving.store import load_version, versions_on_disk
-from app.settings import DEFAULT_REVIEW_THRESHOLD
 from training.postal_codes import Box, PostalCode, generate_postal_codes
 from training.scan_codes import generate_scan_codes
 

@@ -9,6 +9,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.core.errors import ErrorResponse, error_codes
+from app.reading.review import ReasonCode
+
+#: One line per review reason code, for the OpenAPI document.
+_REASON_TEXT: dict[ReasonCode, str] = {
+    ReasonCode.LOW_CONFIDENCE: "a digit was read below the review threshold.",
+    ReasonCode.NOT_DIGIT_LIKE: "a digit does not look like a handwritten digit.",
+    ReasonCode.LENGTH_MISMATCH: "the number of digits is not `expected_length`.",
+    ReasonCode.COUNT_UNCERTAIN: "another number of digits is almost as likely.",
+    ReasonCode.CUT_UNCERTAIN: "another cut of the ink into digits is almost as likely.",
+    ReasonCode.JOINED_TOO_WIDE: "a digit joined from pieces is wider than a digit.",
+    ReasonCode.OFF_THE_LINE: "a digit is above or below the line of the others.",
+    ReasonCode.SPANS_THE_IMAGE: "a digit is hairlines across the whole image (ruled lines).",
+    ReasonCode.CUT_BY_THE_EDGE: "a digit runs into the edge of the image (a neighbour's ink).",
+}
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Probabilities = Annotated[
@@ -131,6 +145,148 @@ class BatchResponse(BaseModel):
 
 
 # --- /model --------------------------------------------------------------------------------
+
+
+_STRING_PROBS_EXAMPLE: list[JsonValue] = [
+    0.0002,
+    0.0011,
+    0.0003,
+    0.0004,
+    0.0002,
+    0.9931,
+    0.0012,
+    0.0001,
+    0.0031,
+    0.0003,
+]
+
+
+class BoxModel(BaseModel):
+    """Where a digit is, in pixels of the uploaded image (after EXIF rotation)."""
+
+    x: int = Field(ge=0, description="Left edge.", examples=[34])
+    y: int = Field(ge=0, description="Top edge.", examples=[20])
+    width: int = Field(ge=1, examples=[41])
+    height: int = Field(ge=1, examples=[58])
+
+
+class SegmentReading(BaseModel):
+    """One digit of the string: what it was read as, how sure, and where it is."""
+
+    digit: int = Field(ge=0, le=9, description="The most probable digit.", examples=[5])
+    confidence: Probability = Field(
+        description="Probability of that digit (the largest of the ten).", examples=[0.9931]
+    )
+    probabilities: Probabilities = Field(examples=[_STRING_PROBS_EXAMPLE])
+    box: BoxModel
+
+
+class IgnoredMark(BaseModel):
+    """Something in the image that is not a handwritten digit and was left out of the reading."""
+
+    kind: Literal["margin", "ruled_line", "speck", "stray", "punctuation"] = Field(
+        description="`margin`: a dark scan margin or border along an edge; `ruled_line`: a "
+        "long thin straight line (of a form or a register, also where it crosses a digit); "
+        "`speck`: dust, noise or paper texture; `stray`: ink outside the line of writing (bits "
+        "of other text or cells); `punctuation`: a dot, comma, dash or equals sign.",
+        examples=["ruled_line"],
+    )
+    box: BoxModel
+
+
+class ImageSize(BaseModel):
+    """Size of the uploaded image in pixels (after EXIF rotation)."""
+
+    width: int = Field(ge=1, examples=[400])
+    height: int = Field(ge=1, examples=[100])
+
+
+class ReviewReasonModel(BaseModel):
+    """One reason to send a reading to a person."""
+
+    model_config = ConfigDict(title="ReviewReason")
+
+    code: ReasonCode = Field(
+        description="What kind of reason: a fixed set, for programs (and metrics). "
+        + " ".join(f"`{code.value}`: {_REASON_TEXT[code]}" for code in ReasonCode),
+        examples=["low_confidence"],
+    )
+    message: str = Field(
+        description="The reason for a person, with the figures that made it.",
+        examples=["digit 4 of 5 was read with confidence 0.86, below the threshold 0.90"],
+    )
+    position: int | None = Field(
+        default=None,
+        ge=1,
+        description="The digit it is about, counted from 1 (null: the whole string).",
+        examples=[4],
+    )
+
+
+class RecognizeResponse(BaseModel):
+    """Answer of ``POST /recognize``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "digits": "75001",
+                    "confidence": 0.8123,
+                    "needs_review": True,
+                    "review_reasons": [
+                        {
+                            "code": "low_confidence",
+                            "message": "digit 4 of 5 was read with confidence 0.86, below the "
+                            "threshold 0.90",
+                            "position": 4,
+                        }
+                    ],
+                    "model_version": 1,
+                    "image": {"width": 400, "height": 100},
+                    "segments": [
+                        {
+                            "digit": 5,
+                            "confidence": 0.9931,
+                            "probabilities": _STRING_PROBS_EXAMPLE,
+                            "box": {"x": 34, "y": 20, "width": 41, "height": 58},
+                        }
+                    ],
+                    "ignored": [
+                        {
+                            "kind": "ruled_line",
+                            "box": {"x": 0, "y": 81, "width": 400, "height": 3},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    digits: str = Field(
+        pattern=r"^[0-9]+$", description="The digits read, left to right.", examples=["75001"]
+    )
+    confidence: Probability = Field(
+        description="Confidence in the whole string: the product of the digits' confidences.",
+        examples=[0.8123],
+    )
+    needs_review: bool = Field(
+        description="True when a person should check the reading: a digit's confidence is "
+        "below the threshold, the cut into digits (or their number) is uncertain, or the "
+        "string's length is not the expected one."
+    )
+    review_reasons: list[ReviewReasonModel] = Field(
+        description="Why the reading needs review, one entry per reason (empty when not)."
+    )
+    model_version: int = Field(description="Version of the model that answered.", examples=[1])
+    image: ImageSize
+    segments: list[SegmentReading] = Field(
+        description="One entry per digit, left to right, in the same order as `digits`."
+    )
+    ignored: list[IgnoredMark] = Field(
+        default_factory=list,
+        description="What was found in the image and not read as digits, with boxes, so a "
+        "page can show it: margins, ruled lines, specks, strays and punctuation.",
+    )
 
 
 class TensorSpec(BaseModel):

@@ -37,7 +37,7 @@ class Box:
 
 
 @dataclasses.dataclass
-class _Part:
+class Part:
     """A group of pixels that will become one segment (work coordinates, half-open ranges)."""
 
     labels: tuple[int, ...]
@@ -135,7 +135,7 @@ def connected_components(binary: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.
     return labels, int(run_label.max())
 
 
-def _strong_components(
+def strong_components(
     ink: FloatImage, low: float, high: float
 ) -> tuple[npt.NDArray[np.int32], int]:
     """Hysteresis: components of the ink above ``low`` that reach ``high`` somewhere.
@@ -184,16 +184,16 @@ class _Components:
             self.area[keep],
         )
 
-    def parts(self) -> list[_Part]:
+    def parts(self) -> list[Part]:
         return [
-            _Part((int(i) + 1,), int(a), int(b), int(c), int(d), int(e))
+            Part((int(i) + 1,), int(a), int(b), int(c), int(d), int(e))
             for i, a, b, c, d, e in zip(
                 self.ids, self.x0, self.x1, self.y0, self.y1, self.area, strict=True
             )
         ]
 
 
-def _component_boxes(labels: npt.NDArray[np.int32], count: int) -> _Components:
+def component_boxes(labels: npt.NDArray[np.int32], count: int) -> _Components:
     """Bounding box and area of every labelled component."""
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs].astype(np.int64) - 1
@@ -209,20 +209,20 @@ def _component_boxes(labels: npt.NDArray[np.int32], count: int) -> _Components:
     return _Components(np.arange(count, dtype=np.int64), x0, x1, y0, y1, area.astype(np.int64))
 
 
-def _digit_height(components: _Components) -> float:
+def typical_digit_height(components: _Components) -> float:
     """The typical digit height: the median height of the substantial components."""
     biggest = int(components.area.max())
     return float(np.median(components.height[components.area >= 0.2 * biggest]))
 
 
-def _digit_area(components: _Components, digit_height: float) -> float:
+def typical_digit_area(components: _Components, digit_height: float) -> float:
     """The typical ink area of a digit: the median area of the tall components."""
     return float(np.median(components.area[components.height >= 0.5 * digit_height]))
 
 
-def _drop_specks(components: _Components, digit_height: float) -> _Components:
+def drop_specks(components: _Components, digit_height: float) -> _Components:
     """Remove dust and noise: components small in both sides and in area."""
-    median_area = _digit_area(components, digit_height)
+    median_area = typical_digit_area(components, digit_height)
     side = _SPECK_SIDE * digit_height
     return components.subset(
         (components.height >= side)
@@ -231,8 +231,8 @@ def _drop_specks(components: _Components, digit_height: float) -> _Components:
     )
 
 
-def _union(a: _Part, b: _Part) -> _Part:
-    return _Part(
+def _union(a: Part, b: Part) -> Part:
+    return Part(
         a.labels + b.labels,
         min(a.x0, b.x0),
         max(a.x1, b.x1),
@@ -242,7 +242,7 @@ def _union(a: _Part, b: _Part) -> _Part:
     )
 
 
-def _merge_fragments(parts: list[_Part], digit_height: float) -> list[_Part]:
+def merge_fragments(parts: list[Part], digit_height: float) -> list[Part]:
     """Join pieces of one broken digit: components stacked over the same columns.
 
     Two components merge when their column ranges overlap by at least half of the narrower

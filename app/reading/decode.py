@@ -68,7 +68,7 @@ def decode_image(
             413 ``image_too_large``, 422 ``too_many_jpeg_scans`` or 400 ``truncated_image``.
     """
     img = open_image(data, max_pixels=max_pixels, max_jpeg_scans=max_jpeg_scans)
-    return run_in_image_slot(img, lambda: _load(img, max_pixels)[0])
+    return run_in_image_slot(img, lambda: decode_upright(img, max_pixels)[0])
 
 
 def open_image(
@@ -116,7 +116,7 @@ def load_image(
         img.draft(
             img.mode, (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
         )
-    loaded, transposed = _load(img, max_pixels)
+    loaded, transposed = decode_upright(img, max_pixels)
     return loaded, ((height, width) if transposed else (width, height))
 
 
@@ -140,7 +140,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
+def decode_upright(img: Image.Image, max_pixels: int) -> tuple[Image.Image, bool]:
     """Decode the pixels of an opened image and turn it upright (EXIF orientation).
 
     Returns the image and whether turning it upright swapped its width and height.

@@ -15,6 +15,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from app.reading.components import otsu_threshold
+
 __all__ = ["paper_margin"]
 
 FloatImage = npt.NDArray[np.float32]
@@ -37,9 +39,6 @@ def paper_margin(gray: FloatImage, ink_is_dark: bool) -> tuple[FloatImage, int] 
     g = np.asarray(gray, dtype=np.float32)
     if g.ndim != 2 or min(g.shape) >= _SMALL_SIDE or min(g.shape) < 2:
         return None
-    # Imported here: app.segmentation imports app.imaging, which imports this module.
-    from app.reading.components import otsu_threshold
-
     # Otsu on 64 bins of 0..256 grey levels (the division by 256 is exact in binary floats).
     level = otsu_threshold(g / 256.0, bins=64) * 256.0
     ink = g < level if ink_is_dark else g >= level

@@ -13,7 +13,7 @@ import bisect
 import dataclasses
 import itertools
 import math
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -24,19 +24,17 @@ from app.core.errors import DomainError, domain_error
 from app.reading.components import (
     Box,
     FloatImage,
-    _component_boxes,
-    _digit_area,
-    _digit_height,
-    _drop_specks,
-    _merge_fragments,
-    _Part,
-    _strong_components,
+    Part,
+    component_boxes,
+    drop_specks,
+    merge_fragments,
     otsu_threshold,
+    strong_components,
+    typical_digit_area,
+    typical_digit_height,
 )
+from app.reading.marks import Mark, remove_marks, strip_margins
 from app.reading.normalize import center_digit, ink_map, reduce_image, to_grayscale
-
-if TYPE_CHECKING:
-    from app.reading.marks import Mark
 
 __all__ = [
     "Candidate",
@@ -232,7 +230,7 @@ def _cut_columns(
 
 
 def _atoms(
-    parts: list[_Part],
+    parts: list[Part],
     labels: npt.NDArray[np.int32],
     digit_height: float,
     stroke: float,
@@ -325,24 +323,23 @@ def build_lattice(ink: FloatImage, *, max_digits: int) -> Lattice:
     level = min(max(otsu_threshold(arr), _THRESHOLD_RANGE[0]), _THRESHOLD_RANGE[1])
     low = _HYSTERESIS * level
     # app.reading.marks builds on this module's components and Box, hence imported here.
-    from app.reading.marks import remove_marks
 
     arr, ignored = remove_marks(arr, low)
     if float(arr.max(initial=0.0)) <= 0.0:
         raise _no_digits()
-    labels, count = _strong_components(arr, low, level)
+    labels, count = strong_components(arr, low, level)
     binary = labels > 0
     if count == 0:
         raise _no_digits()
-    components = _component_boxes(labels, count)
-    digit_height = _digit_height(components)
-    components = _drop_specks(components, digit_height)
-    digit_area = _digit_area(components, digit_height)
+    components = component_boxes(labels, count)
+    digit_height = typical_digit_height(components)
+    components = drop_specks(components, digit_height)
+    digit_area = typical_digit_area(components, digit_height)
     # A run holds at most _MAX_RUN atoms, so this many parts can never fit in max_digits digits;
     # refusing here, before one object per component exists, bounds the work on a page of noise.
     if components.ids.size > _MAX_RUN * max_digits:
         raise too_many_digits(int(components.ids.size), max_digits)
-    parts = _merge_fragments(components.parts(), digit_height)
+    parts = merge_fragments(components.parts(), digit_height)
     atoms, boundaries = _atoms(parts, labels, digit_height, _stroke_width(binary), max_digits)
     candidates = []
     for first in range(len(atoms)):
@@ -401,7 +398,6 @@ def find_candidates(
         img = reduce_image(
             img, (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         )
-    from app.reading.marks import strip_margins  # built on this module's Box, hence imported here
 
     gray = to_grayscale(img)
     check_deadline()

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from app.core.deadline import check_deadline
 from app.core.errors import domain_error
-from app.reading.decode import MAX_JPEG_SCANS, _load, open_image, run_in_image_slot
+from app.reading.decode import MAX_JPEG_SCANS, decode_upright, open_image, run_in_image_slot
 from app.reading.framing import paper_margin
 
 __all__ = [
@@ -230,7 +230,7 @@ def _decode_and_prepare(
         # A phone photo needs no more than the working resolution: let the JPEG decoder
         # produce 1/2, 1/4 or 1/8 scale directly (never below the working size).
         img.draft(img.mode, (_WORK_SIDE, _WORK_SIDE))
-    img = _load(img, max_pixels)[0]
+    img = decode_upright(img, max_pixels)[0]
     return _prepare_loaded(img, normalize)
 
 

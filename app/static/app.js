@@ -389,7 +389,8 @@
     reasons.replaceChildren(
       ...result.review_reasons.map((reason) => {
         const item = document.createElement("li");
-        item.textContent = reason;
+        item.textContent = reason.message;
+        item.dataset.code = reason.code;
         return item;
       }),
     );

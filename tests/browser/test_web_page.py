@@ -380,7 +380,9 @@ def test_a_wrong_expected_length_flags_the_reading_for_review(
     page.get_by_label("Expected number of digits").press("Enter")
 
     expect(page.locator("#review")).to_be_visible()
-    expect(page.locator("#review-reasons li")).to_have_text(answer["review_reasons"])
+    expect(page.locator("#review-reasons li")).to_have_text(
+        [r["message"] for r in answer["review_reasons"]]
+    )
     expect(page.locator("#review-ok")).to_be_hidden()
     expect(page.locator("#read-digits")).to_have_text(POSTAL_CODE)
     desktop.screenshot("04-needs-review")

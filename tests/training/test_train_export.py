@@ -367,8 +367,7 @@ def test_the_default_reader_step_keeps_the_service_reader_and_fits_the_review_ru
 ) -> None:
     from app.reading.calibration import load_calibration
     from app.reading.reader import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
-    from app.reading.review import ReviewLimits
-    from app.settings import DEFAULT_REVIEW_THRESHOLD
+    from app.reading.review import DEFAULT_REVIEW_THRESHOLD, ReviewLimits
     from benchmarks.tune_reader import fit_default_reader
     from training.evaluate import predict
 

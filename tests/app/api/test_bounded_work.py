@@ -170,7 +170,7 @@ def test_a_page_of_marks_is_refused_from_counts_alone(monkeypatch: pytest.Monkey
     merged: list[int] = []
     monkeypatch.setattr(
         app.reading.lattice,
-        "_merge_fragments",
+        "merge_fragments",
         lambda parts, height: merged.append(len(parts)),
     )
     ink = np.zeros((1_000, 1_000), np.float32)

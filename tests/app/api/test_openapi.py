@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.main import create_app
+from app.reading.review import ReasonCode
 from tests.app.conftest import ModelsDir, make_settings
 
 OUR_PATHS = {"/predict", "/predict/batch", "/model", "/metrics", "/health/live", "/health/ready"}
@@ -124,3 +125,20 @@ def test_api_key_is_documented_when_configured(models: ModelsDir) -> None:
     assert openapi["paths"]["/model"]["get"]["security"] == [{"APIKeyHeader": []}]
     for path in ("/metrics", "/health/live", "/health/ready"):
         assert "security" not in openapi["paths"][path]["get"], path
+
+
+def test_review_reasons_are_documented_as_codes(openapi: dict[str, Any]) -> None:
+    schemas = openapi["components"]["schemas"]
+    reasons = schemas["RecognizeResponse"]["properties"]["review_reasons"]
+    assert reasons["items"] == {"$ref": "#/components/schemas/ReviewReason"}
+    reason = schemas["ReviewReason"]
+    assert set(reason["required"]) == {"code", "message"}
+    code = reason["properties"]["code"]
+    enum = schemas[code["$ref"].rsplit("/", 1)[1]]["enum"] if "$ref" in code else code["enum"]
+    assert enum == [c.value for c in ReasonCode]
+    # Every code is explained to the reader of the document.
+    described = reason["properties"]["code"].get("description") or schemas[
+        code["$ref"].rsplit("/", 1)[1]
+    ].get("description", "")
+    for value in enum:
+        assert f"`{value}`" in described, value

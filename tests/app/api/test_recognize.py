@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.api.routes.recognize
-from app.api.routes.recognize import review_reasons
+import app.reading.reader
 from app.main import create_app
 from app.reading.calibration import ReaderCalibration
 from app.reading.reader import Reading
+from app.reading.review import DEFAULT_REVIEW_THRESHOLD, ReasonCode, review_reasons
 from app.serving.worker import InferenceWorker
-from app.settings import DEFAULT_REVIEW_THRESHOLD
 from tests.app.conftest import ModelsDir, encode, make_settings
 from tests.app.reading.test_segmentation import as_photo, draw_string, one, seven, zero
 from training.postal_codes import Layout, PostalCode, generate_postal_codes
@@ -84,15 +84,18 @@ def test_low_confidence_digits_need_review_and_are_named(client: TestClient) -> 
     assert body["needs_review"] is True
     assert len(body["review_reasons"]) == 3
     for position, reason in enumerate(body["review_reasons"], 1):
-        assert f"digit {position} of 3" in reason
-        assert "0.94" in reason
-        assert "0.95" in reason
+        assert reason["code"] == "low_confidence"
+        assert reason["position"] == position
+        assert f"digit {position} of 3" in reason["message"]
+        assert "0.94" in reason["message"]
+        assert "0.95" in reason["message"]
 
 
 def test_a_review_reason_never_shows_a_confidence_equal_to_its_threshold() -> None:
     reading = Reading(candidates=(0,), count_margin=99.0, runner_up=None)
     (reason,) = review_reasons([0.99987], 0.9999, None, reading)
-    assert "confidence 0.99987, below the threshold 0.99990" in reason
+    assert reason.code is ReasonCode.LOW_CONFIDENCE
+    assert "confidence 0.99987, below the threshold 0.99990" in reason.message
 
 
 @pytest.mark.parametrize(
@@ -119,17 +122,19 @@ def test_the_default_threshold_is_the_settings_then_the_versions_own(
         body = post(served, three_digit_png()).json()
     below = expected > CONSTANT_CONFIDENCE
     assert body["needs_review"] is below
-    threshold_reasons = [r for r in body["review_reasons"] if "below the threshold" in r]
+    threshold_reasons = [r for r in body["review_reasons"] if r["code"] == "low_confidence"]
     assert len(threshold_reasons) == (3 if below else 0)
     for reason in threshold_reasons:
-        assert f"below the threshold {expected:.2f}" in reason
+        assert f"below the threshold {expected:.2f}" in reason["message"]
 
 
 def test_a_wrong_length_needs_review(client: TestClient) -> None:
     body = post(client, three_digit_png(), expected_length=5, threshold=0.9).json()
     assert body["digits"] == "111"
     assert body["needs_review"] is True
-    assert body["review_reasons"] == ["expected 5 digits but read 3"]
+    assert body["review_reasons"] == [
+        {"code": "length_mismatch", "message": "expected 5 digits but read 3", "position": None}
+    ]
     body = post(client, three_digit_png(), expected_length=3, threshold=0.9).json()
     assert body["needs_review"] is False
 
@@ -148,8 +153,10 @@ def test_an_uncertain_digit_count_needs_review(
     body = post(client, three_digit_png(), threshold=0.9).json()
     assert body["needs_review"] is True
     assert len(body["review_reasons"]) == 1
-    assert body["review_reasons"][0].startswith("the number of digits is uncertain: reading ")
-    assert body["review_reasons"][0].endswith(" digits instead of 3 is almost as likely")
+    (reason,) = body["review_reasons"]
+    assert reason["code"] == "count_uncertain"
+    assert reason["message"].startswith("the number of digits is uncertain: reading ")
+    assert reason["message"].endswith(" digits instead of 3 is almost as likely")
 
 
 def test_an_uncertain_cut_needs_review(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,8 +167,12 @@ def test_an_uncertain_cut_needs_review(client: TestClient, monkeypatch: pytest.M
     body = post(client, encode(as_photo(ink)), threshold=0.0).json()
     assert body["needs_review"] is True
     assert body["review_reasons"] == [
-        "where one digit ends and the next begins is uncertain: another way of cutting the ink "
-        "into digits is almost as likely"
+        {
+            "code": "cut_uncertain",
+            "message": "where one digit ends and the next begins is uncertain: another way of "
+            "cutting the ink into digits is almost as likely",
+            "position": None,
+        }
     ]
     with_margins(monkeypatch, count=float("-inf"), cut=float("-inf"))
     body = post(client, encode(as_photo(ink)), threshold=0.0).json()
@@ -309,4 +320,4 @@ def test_a_code_shorter_than_expected_needs_review(
     body = post(bundled_client, four.png, expected_length=5).json()
     assert len(body["digits"]) == 4
     assert body["needs_review"] is True
-    assert "expected 5 digits but read 4" in body["review_reasons"]
+    assert "expected 5 digits but read 4" in [r["message"] for r in body["review_reasons"]]

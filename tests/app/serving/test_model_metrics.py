@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.routes.recognize import review_reasons
 from app.reading.reader import Reading
-from app.telemetry import REVIEW_REASONS, Telemetry, review_reason_code
+from app.reading.review import ReasonCode, review_reasons
+from app.telemetry import REVIEW_REASONS, Telemetry
 from tests.app.api.test_recognize import CONSTANT_CONFIDENCE, post, three_digit_png
 from tests.app.conftest import encode
 from tests.app.reading.test_segmentation import as_photo, draw_string, seven
@@ -57,7 +57,7 @@ def test_recognize_counts_digits_and_review_outcomes(client: TestClient) -> None
     # Three digits below the threshold count once, as one reading flagged for low confidence.
     assert sample(client, "digits_recognize_reviews_total", reason="low_confidence") == 1
     assert sample(client, "digits_recognize_reviews_total", reason="length_mismatch") == 1
-    assert sample(client, "digits_recognize_reviews_total", reason="other") == 0
+    assert sample(client, "digits_recognize_reviews_total", reason="cut_by_the_edge") == 0
 
 
 def test_review_reason_series_exist_before_any_review(client: TestClient) -> None:
@@ -70,23 +70,30 @@ def test_review_reason_series_exist_before_any_review(client: TestClient) -> Non
         )
 
 
-def test_every_review_sentence_maps_to_its_own_code() -> None:
+def test_every_reason_carries_its_own_code() -> None:
     uncertain_count = Reading(candidates=(0, 1, 2), count_margin=0.0, runner_up=4, margin=0.0)
     uncertain_cut = Reading(candidates=(0, 1, 2), count_margin=99.0, runner_up=2, margin=0.0)
     first = review_reasons([0.5, 0.99, 0.1], 0.98, 5, uncertain_count)
     second = review_reasons([0.99, 0.99, 0.99], 0.98, None, uncertain_cut, [False, True, False])
-    codes = [review_reason_code(reason) for reason in first + second]
-    assert codes == [
-        "length_mismatch",
-        "count_uncertain",
-        "low_confidence",
-        "low_confidence",
-        "not_digit_like",
-        "cut_uncertain",
+    assert [(r.code.value, r.position) for r in first + second] == [
+        ("length_mismatch", None),
+        ("count_uncertain", None),
+        ("low_confidence", 1),
+        ("low_confidence", 3),
+        ("not_digit_like", 2),
+        ("cut_uncertain", None),
     ], first + second
-    # Every code but the catch-all is some sentence's.
-    assert set(codes) == set(REVIEW_REASONS) - {"other"}
-    assert review_reason_code("a reason nobody wrote yet") == "other"
+
+
+def test_the_metric_labels_are_the_reason_codes() -> None:
+    assert set(REVIEW_REASONS) == {code.value for code in ReasonCode}
+
+
+def test_a_geometry_reason_is_counted_under_its_own_code(client: TestClient) -> None:
+    telemetry: Telemetry = client.app.state.telemetry  # type: ignore[attr-defined]
+    telemetry.observe_review([ReasonCode.OFF_THE_LINE, ReasonCode.OFF_THE_LINE])
+    assert sample(client, "digits_recognize_reviews_total", reason="off_the_line") == 1
+    assert sample(client, "digits_recognize_answers_total", needs_review="true") == 1
 
 
 def test_probe_accuracy_is_a_gauge_per_version(client: TestClient) -> None:

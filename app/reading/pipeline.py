@@ -1,0 +1,249 @@
+"""Read a whole handwritten digit string: prepare the image, read it, judge it.
+
+What ``POST /recognize`` does, as functions a benchmark, a command line or a test can call
+without HTTP. Two steps, because the model call between them belongs to the caller (the service
+batches it with other requests; a script may call a model in-process):
+
+1. :func:`prepare_string`: decode the image within its limits, find the candidate digits
+   (:mod:`app.reading.lattice`), normalize each exactly as a single digit is normalized.
+   CPU work: the service runs it in a thread.
+2. :func:`read_string`: from the model's probabilities for every candidate, choose the reading
+   (:mod:`app.reading.reader`) and judge it (:mod:`app.reading.review`, with the digit-likeness
+   of :mod:`app.reading.likeness`), with the served version's calibration.
+
+:func:`recognize_image` runs both around a ``predict`` callable. Everything raises
+:class:`app.core.errors.DomainError` with a code, never an HTTP status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.tracing import child_span
+from app.reading.calibration import ReaderCalibration
+from app.reading.components import Box
+from app.reading.decode import load_image, open_image, run_in_large_image_slot
+from app.reading.lattice import MAX_WORK_PIXELS, Lattice, find_candidates, normalize_candidates
+from app.reading.likeness import mass_outside, unlikeness
+from app.reading.marks import Mark, is_hairline
+from app.reading.reader import choose_reading
+from app.reading.review import (
+    ReviewReason,
+    geometry_reasons,
+    page_has_marks,
+    review_reasons,
+    review_threshold,
+)
+
+__all__ = [
+    "SEGMENT_ALONE_PIXELS",
+    "DigitReading",
+    "PreparedString",
+    "ReadingLimits",
+    "StringReading",
+    "prepare_string",
+    "read_string",
+    "recognize_image",
+]
+
+#: Segmentation turns up to MAX_WORK_PIXELS into several float arrays at once: from this many
+#: pixels up it runs within the large-image limit, like the decode of a large photo.
+SEGMENT_ALONE_PIXELS: Final = 250_000
+
+#: The model: a batch of 28×28 uint8 digits (MNIST polarity) → one row of ten probabilities each.
+Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.floating]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadingLimits:
+    """What one image may cost: checked before the work is done."""
+
+    max_pixels: int
+    """Pixels an image may declare (the smaller of the per-image and per-request limits)."""
+    max_jpeg_scans: int
+    """Progressive JPEG scans an image may declare."""
+    max_digits: int
+    """Digits a string may have; more is refused (``too_many_digits``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedString:
+    """An image cut into candidate digits, each normalized for the model."""
+
+    lattice: Lattice
+    batch: npt.NDArray[np.uint8]
+    """One 28×28 digit per candidate of the lattice, in its order."""
+    size: tuple[int, int]
+    """The image's width and height (after EXIF rotation): the boxes' coordinates."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitReading:
+    """One digit of the string as read."""
+
+    digit: int
+    confidence: float
+    probabilities: npt.NDArray[np.floating]
+    box: Box
+
+
+@dataclasses.dataclass(frozen=True)
+class StringReading:
+    """A digit string as read and judged."""
+
+    digits: str
+    confidence: float
+    """The product of the digits' confidences."""
+    segments: tuple[DigitReading, ...]
+    reasons: tuple[ReviewReason, ...]
+    """Why a person should check it (empty: it can be trusted)."""
+    threshold: float
+    """The review threshold the digits were held to."""
+    size: tuple[int, int]
+    ignored: tuple[Mark, ...]
+    """What was found and not read: margins, ruled lines, specks, strays, punctuation."""
+
+    @property
+    def needs_review(self) -> bool:
+        """Whether a person should check the reading."""
+        return bool(self.reasons)
+
+
+def prepare_string(data: bytes, limits: ReadingLimits) -> PreparedString:
+    """Decode, segment and normalize one image (CPU work: run it in a thread).
+
+    A large image runs within the large-image limit, so the float arrays of segmentation are
+    bounded by the same concurrency limit as the decode of a large photo.
+    """
+    img = open_image(data, max_pixels=limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans)
+
+    def segment() -> PreparedString:
+        with child_span("decode"):
+            loaded, size = load_image(
+                img, max_pixels=limits.max_pixels, work_pixels=MAX_WORK_PIXELS
+            )
+        with child_span("segmentation"):
+            lattice = find_candidates(loaded, max_digits=limits.max_digits, size=size)
+        with child_span("normalize", {"digits.candidates": len(lattice.candidates)}):
+            batch = normalize_candidates(lattice)
+        return PreparedString(lattice, batch, size)
+
+    if img.width * img.height < SEGMENT_ALONE_PIXELS:
+        return segment()
+    return run_in_large_image_slot(segment)
+
+
+def read_string(
+    prepared: PreparedString,
+    probabilities: npt.NDArray[np.floating],
+    calibration: ReaderCalibration,
+    *,
+    max_digits: int,
+    threshold: float | None = None,
+    operator_threshold: float | None = None,
+    expected_length: int | None = None,
+) -> StringReading:
+    """Choose the reading of a prepared string from the model's answers and judge it.
+
+    ``probabilities`` holds one row per candidate. ``threshold`` is the request's review
+    threshold, ``operator_threshold`` the service's setting; without either, the version's
+    calibrated one applies, raised to its ``marked_threshold`` on a page where margins or ruled
+    lines were removed. Probabilities that are not probabilities are refused
+    (``model_output_invalid``) before anything relies on them.
+    """
+    lattice = prepared.lattice
+    reading = choose_reading(
+        lattice,
+        probabilities,
+        max_digits=max_digits,
+        weights=calibration.reading_weights,
+        count_margin=calibration.count_margin,
+        reading_margin=calibration.reading_margin,
+    )
+    chosen = list(reading.candidates)
+    segments = []
+    for index in chosen:
+        probs = probabilities[index]
+        digit = int(np.argmax(probs))
+        box = lattice.candidates[index].box
+        segments.append(DigitReading(digit, float(probs[digit]), probs, box))
+    confidences = [s.confidence for s in segments]
+    unlike = _hairlines_on_a_form(
+        lattice, chosen, _not_digit_like(calibration, prepared.batch, probabilities, chosen)
+    )
+    limit = review_threshold(threshold, operator_threshold, calibration.review_threshold)
+    marked = calibration.review.marked_threshold
+    if threshold is None and marked is not None and page_has_marks(lattice):
+        # A form or register: what was removed may have taken or left ink of the digits.
+        limit = max(limit, marked)
+    reasons = review_reasons(confidences, limit, expected_length, reading, unlike)
+    reasons += geometry_reasons(lattice, chosen, prepared.size, calibration.review)
+    return StringReading(
+        digits="".join(str(s.digit) for s in segments),
+        confidence=float(np.prod(confidences)),
+        segments=tuple(segments),
+        reasons=tuple(reasons),
+        threshold=limit,
+        size=prepared.size,
+        ignored=tuple(lattice.ignored),
+    )
+
+
+def recognize_image(
+    data: bytes,
+    predict: Predict,
+    calibration: ReaderCalibration,
+    limits: ReadingLimits,
+    *,
+    threshold: float | None = None,
+    operator_threshold: float | None = None,
+    expected_length: int | None = None,
+) -> StringReading:
+    """:func:`prepare_string`, one ``predict`` call for every candidate, :func:`read_string`."""
+    prepared = prepare_string(data, limits)
+    return read_string(
+        prepared,
+        predict(prepared.batch),
+        calibration,
+        max_digits=limits.max_digits,
+        threshold=threshold,
+        operator_threshold=operator_threshold,
+        expected_length=expected_length,
+    )
+
+
+def _hairlines_on_a_form(
+    lattice: Lattice, chosen: Sequence[int], unlike: list[bool] | None
+) -> list[bool] | None:
+    """Add to ``unlike`` the hairline digits of an image where ruled lines or margins were found.
+
+    A piece of a ruled line that escaped :mod:`app.reading.marks` reads as a confident 1; on a
+    page with lines, a digit as thin as they are is not trusted.
+    """
+    if not page_has_marks(lattice):
+        return unlike
+    flags = unlike or [False] * len(chosen)
+    return [f or is_hairline(lattice.candidates[i].ink) for f, i in zip(flags, chosen, strict=True)]
+
+
+def _not_digit_like(
+    calibration: ReaderCalibration,
+    batch: npt.NDArray[np.uint8],
+    probabilities: npt.NDArray[np.floating],
+    chosen: Sequence[int],
+) -> list[bool] | None:
+    """Per chosen candidate, whether it is too unlike any digit (None: no likeness check)."""
+    if calibration.likeness is None or calibration.likeness_threshold is None or not chosen:
+        return None
+    picked = list(chosen)
+    classes = np.argmax(probabilities[picked], axis=1)
+    scores = unlikeness(calibration.likeness, batch[picked], classes)
+    unlike = (scores > calibration.likeness_threshold) | mass_outside(
+        calibration.likeness, batch[picked], classes
+    )
+    return [bool(flag) for flag in unlike]
