@@ -26,6 +26,10 @@ FloatImage = npt.NDArray[np.float32]
 _SMALL_SIDE: Final = 64
 # The margin added, as a share of the longer side: MNIST's own is 4 of 28 px on each side.
 _MARGIN: Final = 0.25
+#: The widest margin added. A thin strip (one short side, one long) would otherwise be padded by a
+#: quarter of its length on every side: a 20×4096 strip grew to 12.7 Mpx of float arrays. Real
+#: crops that need a margin are small (no real crop's margin is near this).
+MAX_MARGIN: Final = 96
 # Below this contrast (grey levels) between the two classes there is nothing to frame.
 _MIN_CONTRAST: Final = 24.0
 
@@ -50,6 +54,6 @@ def paper_margin(gray: FloatImage, ink_is_dark: bool) -> tuple[FloatImage, int] 
     touches = ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any()
     if not touches:
         return None
-    pad = max(2, round(_MARGIN * max(g.shape)))
+    pad = min(MAX_MARGIN, max(2, round(_MARGIN * max(g.shape))))
     padded: FloatImage = np.pad(g, pad, constant_values=paper).astype(np.float32)
     return padded, pad

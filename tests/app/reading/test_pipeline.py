@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import tracemalloc
+
 import numpy as np
 import numpy.typing as npt
 import pytest
+from PIL import Image
 
 from app.core.errors import DomainError
 from app.reading.calibration import ReaderCalibration
@@ -66,3 +70,31 @@ def test_the_limits_are_kept() -> None:
     with pytest.raises(DomainError) as too_big:
         prepare_string(encode(as_photo(ink)), ReadingLimits(100, 100, max_digits=12))
     assert too_big.value.code == "image_too_large"
+
+
+def strip_png(width: int, height: int, bar: bool = False) -> bytes:
+    """A thin strip, white, with one dark vertical stroke (or a full-width bar)."""
+    page = np.full((height, width), 255, np.uint8)
+    if bar:
+        page[height // 3 : 2 * height // 3, :] = 0
+    else:
+        page[:, width // 2 : width // 2 + 3] = 0
+    return encode(Image.fromarray(page))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "bar"), [(4096, 20, False), (20_000, 50, False), (20_000, 50, True)]
+)
+def test_a_thin_strip_costs_memory_of_its_working_size(width: int, height: int, bar: bool) -> None:
+    # Such strips made the paper margin a quarter of their length on every side: 150-300 MiB of
+    # float arrays for a 198-byte PNG.
+    data = strip_png(width, height, bar)
+    tracemalloc.start()
+    try:
+        # Refusing it is as good as reading it, as long as it is cheap.
+        with contextlib.suppress(DomainError):
+            recognize_image(data, reads(1, 0.999), ReaderCalibration(), LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MiB"
