@@ -13,7 +13,7 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
   digits), stored in the basis file as ``mass_low`` and ``mass_high`` [10]: a blob can lie
   near a class's subspace (a filled disc near the 0s) but has far more ink than its digits;
 * ``reader.json``: the threshold and how it was found, plus the reader settings
-  (:func:`fit_reader_settings`, which runs ``benchmarks/tune_reader.py``), by ``--reader-fit``:
+  (:func:`fit_reader_settings`, which runs :mod:`training.reader_fit`), by ``--reader-fit``:
   ``rule`` (the default) keeps the service's default reading weights, count and reading margins
   and review threshold and fits this version's review rule (``app.reading.review``) on scan codes
   of MNIST training digits; ``full`` fits all of them on synthetic codes; ``none`` writes no
@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -37,6 +36,13 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from training.reader_fit import (
+    REVIEW_RULE_CODES,
+    REVIEW_RULE_SEED,
+    fit_default_reader,
+    fit_reader,
+)
 
 __all__ = [
     "DEFAULT_READER_FIT",
@@ -84,11 +90,8 @@ DEFAULT_READER_FIT: Final = "rule"
 #: Synthetic codes per part of the full fit (weights, margins and threshold, review rule):
 #: enough for stable weights, small enough that training stays a few minutes.
 READER_FIT_CODES: Final = 300
-#: Scan-like codes and seed of the default step's review-rule fit: those of
-#: ``python -m benchmarks.tune_reader --review-rule --count 1500 --seed 95``, which fitted the
-#: bundled versions' rules, so that the pipeline writes the same rule.
-REVIEW_RULE_CODES: Final = 1500
-REVIEW_RULE_SEED: Final = 95
+# The default step's review-rule fit runs on REVIEW_RULE_CODES scan-like codes of seed
+# REVIEW_RULE_SEED (training.reader_fit): those that fitted the bundled versions' rules.
 
 BASIS_FILE: Final = "likeness.npz"
 READER_FILE: Final = "reader.json"
@@ -221,26 +224,20 @@ def fit_reader_settings(
     :data:`REVIEW_RULE_CODES`, seed :data:`REVIEW_RULE_SEED`), ``full`` (everything fitted on
     ``count`` codes per part, default :data:`READER_FIT_CODES`) or ``none`` (None: no settings).
 
-    The fit reads codes with the service's own segmentation (``app``) and draws them with the
-    benchmark's generators (``benchmarks``, which the training image copies too); where those
-    cannot be imported the settings say so and the version is served with the reader defaults.
+    The fit reads codes with the service's own segmentation (``app.reading``) drawn by the
+    synthetic code generators (``training.postal_codes``, ``training.scan_codes``).
     """
     check_reader_fit(mode)
     if mode == "none":
         return None
     started = time.perf_counter()
-    try:
-        # Imported by name: the benchmarks are not part of the typed, installed packages.
-        tune = importlib.import_module("benchmarks.tune_reader")
-    except ImportError as exc:
-        return {"reader_not_fitted": f"benchmarks.tune_reader is not available ({exc})"}
     settings: dict[str, object]
     if mode == "full":
-        settings = tune.fit_reader(
+        settings = fit_reader(
             train_images, train_labels, predict, count=READER_FIT_CODES if count is None else count
         )
     else:
-        settings = tune.fit_default_reader(
+        settings = fit_default_reader(
             train_images,
             train_labels,
             predict,
