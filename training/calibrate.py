@@ -19,6 +19,10 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
   of MNIST training digits; ``full`` fits all of them on synthetic codes; ``none`` writes no
   reader settings (the version is served with the defaults).
 
+Both files are written in the format ``app.reading`` defines and reads
+(:func:`app.reading.calibration.write_calibration`), and the threshold is measured with the
+service's own :func:`app.reading.likeness.unlikeness`.
+
 Usage::
 
     python -m training.calibrate models/mnist/2 [--reader-fit {rule,full,none}] [--reader-codes N]
@@ -37,6 +41,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from app.reading.calibration import write_calibration
+from app.reading.likeness import LikenessBasis, as_saved, unlikeness
 from training.reader_fit import (
     REVIEW_RULE_CODES,
     REVIEW_RULE_SEED,
@@ -46,7 +52,6 @@ from training.reader_fit import (
 
 __all__ = [
     "DEFAULT_READER_FIT",
-    "FORMAT",
     "HOLDOUT",
     "LIKENESS_QUANTILE",
     "RANK",
@@ -60,10 +65,8 @@ __all__ = [
     "fit_basis",
     "fit_reader_settings",
     "holdout_size",
-    "unlikeness",
 ]
 
-FORMAT: Final = 1
 #: Principal components per class: enough to explain most of a class's variation, too few to
 #: reproduce a line or a blob that is not one of its digits.
 RANK: Final = 30
@@ -93,9 +96,6 @@ READER_FIT_CODES: Final = 300
 # The default step's review-rule fit runs on REVIEW_RULE_CODES scan-like codes of seed
 # REVIEW_RULE_SEED (training.reader_fit): those that fitted the bundled versions' rules.
 
-BASIS_FILE: Final = "likeness.npz"
-READER_FILE: Final = "reader.json"
-
 
 def _vectors(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     flat: npt.NDArray[np.float32] = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
@@ -123,25 +123,6 @@ def fit_basis(
     return means, comps
 
 
-def unlikeness(
-    means: npt.NDArray[np.float32],
-    comps: npt.NDArray[np.float32],
-    images: npt.NDArray[np.uint8],
-    classes: npt.NDArray[np.integer[Any]],
-) -> npt.NDArray[np.float64]:
-    """Relative residual of each image in the subspace of its class (as reading.likeness does)."""
-    x = _vectors(images)
-    cls = np.asarray(classes, dtype=np.int64)
-    centred = x - means[cls]
-    coef = np.einsum("nkp,np->nk", comps[cls], centred)
-    residual = centred - np.einsum("nk,nkp->np", coef, comps[cls])
-    norm = np.linalg.norm(x, axis=1)
-    out: npt.NDArray[np.float64] = np.where(
-        norm > 0, np.linalg.norm(residual, axis=1) / np.maximum(norm, 1e-12), 1.0
-    ).astype(np.float64)
-    return out
-
-
 def calibrate_version(
     directory: Path,
     train_images: npt.NDArray[np.uint8],
@@ -165,12 +146,6 @@ def calibrate_version(
     if rank < 1:
         raise ValueError(f"too few training digits to calibrate: a class has {smallest}")
     means, comps = fit_basis(fit_images, fit_labels, rank)
-    # The threshold is measured with the float16 basis the service will load.
-    means16, comps16 = means.astype(np.float16), comps.astype(np.float16)
-    scores = unlikeness(
-        means16.astype(np.float32), comps16.astype(np.float32), train_images[-held:], predicted
-    )
-    threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
     # How much ink a digit of each class has (mean pixel value): a blob has far more than any
     # digit's shape and can still be close to a subspace (a filled disc to the 0s).
     mass = _vectors(train_images[-held:]).mean(axis=1)
@@ -180,26 +155,21 @@ def calibrate_version(
     members = [mass[classes == d] if (classes == d).any() else mass for d in range(10)]
     mass_low = np.array([np.quantile(m, tail) for m in members], np.float32)
     mass_high = np.array([np.quantile(m, 1 - tail) for m in members], np.float32)
-    with (directory / BASIS_FILE).open("wb") as handle:
-        np.savez_compressed(
-            handle, means=means16, components=comps16, mass_low=mass_low, mass_high=mass_high
-        )
-    document: dict[str, object] = {
-        "format": FORMAT,
-        "fitted_on": (
+    # The threshold is measured with the basis as the service will load it (float16).
+    basis = as_saved(LikenessBasis(means, comps, mass_low, mass_high))
+    scores = unlikeness(basis, train_images[-held:], classes)
+    threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
+    return write_calibration(
+        directory,
+        basis,
+        fitted_on=(
             f"MNIST training digits: basis on the first {len(fit_images)}, threshold on the "
             f"last {held} as this version reads them"
         ),
-        "likeness": {
-            "basis": BASIS_FILE,
-            "rank": rank,
-            "quantile": LIKENESS_QUANTILE,
-            "threshold": round(threshold, 4),
-        },
-        **(dict(reader) if reader else {}),
-    }
-    (directory / READER_FILE).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
-    return document
+        quantile=LIKENESS_QUANTILE,
+        threshold=round(threshold, 4),
+        reader=reader,
+    )
 
 
 def check_reader_fit(mode: str) -> None:
