@@ -7,9 +7,9 @@ import re
 import pytest
 
 from app.settings import Settings
+from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
-from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # The only files that may enter the image before dependencies are installed: with anything
 # else in that layer's inputs, a code edit would reinstall TensorFlow.
