@@ -51,9 +51,8 @@ WORKDIR /app
 COPY --from=train-deps /opt/venv /opt/venv
 COPY training/ /app/training/
 # Training fits each new version's reader calibration by reading synthetic codes the way the
-# service does (training/calibrate.py runs the reader fit with app/'s reader).
+# service does (training/reader_fit.py reads them with app/'s reader).
 COPY app/ /app/app/
-COPY benchmarks/ /app/benchmarks/
 USER 10001:10001
 # --models-dir sits in the entrypoint so that `docker compose run --rm train --recipe seed`
 # only has to name what it changes.

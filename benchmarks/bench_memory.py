@@ -40,21 +40,14 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._server import (
-    PUBLIC_APP,
-    REPO,
-    Server,
-    digit_images,
-    multipart,
-    png,
-    start_server,
-)
-from tests.support.attacks import (
+from harness.attacks import (
     bar_png,
     blank_one_bit_png,
     long_stroke_png,
     progressive_jpeg_with_repeated_scan,
 )
+from harness.bodies import digit_images, multipart, png
+from harness.servers import REPO, RunningServer
 
 WARMUP = 1_000
 REQUESTS = 20_000
@@ -270,7 +263,7 @@ def run_memory_benchmark(models_dir: Path, log_dir: Path) -> MemoryResult:
     hostile = hostile_requests(images)
     result = MemoryResult()
     started = time.perf_counter()
-    server = start_server(PUBLIC_APP, models_dir, log_dir / "memory.log")
+    server = RunningServer.start(models_dir, log_dir / "memory.log")
     try:
         rss: Callable[[], float] = server.rss_mib
         asyncio.run(drive(server.url, valid, WARMUP))
@@ -368,7 +361,7 @@ async def _send_attack(url: str, attack: Attack, count: int) -> Counter[int]:
 def run_hostile_work(models_dir: Path, log_dir: Path) -> list[AttackResult]:
     """Start a fresh server and send each attack alone, then from CONCURRENCY clients."""
     results = [AttackResult(attack) for attack in hostile_work_attacks()]
-    server: Server = start_server(PUBLIC_APP, models_dir, log_dir / "hostile-work.log")
+    server = RunningServer.start(models_dir, log_dir / "hostile-work.log")
     try:
         for result in results:
             attack = result.attack

@@ -1,7 +1,7 @@
 """Benchmark: how the service reads real scans, and how honest its review flag is there.
 
 Sends every image of the real-scan development sets (``$REALDIGITS_DATA_DIR``, see
-benchmarks/realdigits.py) through the real service (create_app + TestClient: decoding,
+harness/realdigits.py) through the real service (create_app + TestClient: decoding,
 normalization, segmentation, the inference worker and the SavedModel, the path a client's
 request takes), plus synthetic postal codes of MNIST test digits (training/postal_codes.py),
 and prints one table:
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_postal import cpu_model, edit_distance
-from benchmarks.realdigits import DATA_DIR_ENV, SETS, load_items, realdigits_dir, set_dir
+from harness.realdigits import DATA_DIR_ENV, SETS, load_items, realdigits_dir, set_dir
 
 
 @dataclasses.dataclass(frozen=True)

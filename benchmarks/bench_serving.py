@@ -18,7 +18,7 @@ the serving-speed issue, met or missed, from this one run:
   benchmarks/bench_memory.py.
 
 The service is started as production starts it (``python -m app.serve``, ``MALLOC_ARENA_MAX=2``,
-benchmarks/_server.py). The load generator is wrk (Debian package ``wrk``:
+harness/servers.py). The load generator is wrk (Debian package ``wrk``:
 ``apt-get install -y wrk``), a C program with its own event loop, so the client is not the
 bottleneck a Python client would be; one Lua script (benchmarks/wrk_post.lua) posts every body.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -49,23 +51,16 @@ if __package__ in (None, ""):
     # Run as a script (``python benchmarks/bench_serving.py``): make ``benchmarks`` importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._server import (
-    BENCH_APP,
-    PUBLIC_APP,
-    REPO,
-    TYPICAL_APP,
-    Server,
-    digit_images,
-    machine_lines,
-    multipart,
-    png,
-    start_server,
-    tree_cpu_seconds,
-)
 from benchmarks.bench_app import NOOP_PATH
 from benchmarks.bench_memory import MemoryResult, run_memory_benchmark
+from harness.bodies import digit_images, multipart, png
+from harness.servers import REPO, RunningServer, tree_cpu_seconds
 
 WRK_SCRIPT = Path(__file__).resolve().with_name("wrk_post.lua")
+#: The service with the bench-only no-op endpoint, under the production launcher.
+BENCH_APP = "benchmarks.bench_app:create_bench_app"
+#: The typical FastAPI app, under plain uvicorn.
+TYPICAL_APP = "benchmarks.typical_app:app"
 BATCH_SIZE = 256
 
 V1_PATH = "/v1/models/mnist:predict"
@@ -133,7 +128,7 @@ def find_wrk() -> str:
 
 
 def run_wrk(
-    wrk: str, server: Server, path: str, body: Body, concurrency: int, seconds: float
+    wrk: str, server: RunningServer, path: str, body: Body, concurrency: int, seconds: float
 ) -> Cell:
     """One wrk run with ``concurrency`` connections on one wrk thread."""
     env = dict(os.environ, BENCH_BODY=str(body.file), BENCH_CONTENT_TYPE=body.content_type)
@@ -176,7 +171,7 @@ def run_wrk(
     )
 
 
-def _inference_counts(server: Server) -> tuple[int, int] | None:
+def _inference_counts(server: RunningServer) -> tuple[int, int] | None:
     """(model calls, requests) of the service's inference worker so far (from /metrics).
 
     None for a server without these figures (the typical app) or with several workers (each
@@ -195,7 +190,7 @@ class Run:
     """One cell of a group: a server, a path, a body and a concurrency."""
 
     key: str
-    server: Server
+    server: RunningServer
     path: str
     body: Body
     concurrency: int
@@ -276,7 +271,7 @@ def v2_body(images: np.ndarray) -> tuple[bytes, str]:
 
 
 def check_answers(
-    server: Server, bodies: dict[str, tuple[str, bytes, dict[str, str]]], expected: list[int]
+    server: RunningServer, bodies: dict[str, tuple[str, bytes, dict[str, str]]], expected: list[int]
 ) -> None:
     """Make sure every body is answered, with the digits the model gives, before timing it."""
     with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -338,6 +333,53 @@ def print_cells(title: str, rows: list[tuple[str, Cell]]) -> None:
             f"| {cell.cpu_ms_per_request:.2f} | {per_call} |"
         )
     print()
+
+
+def machine_lines() -> list[str]:
+    """CPU, cores, load and versions, as markdown list items."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    versions = []
+    # The lock installs tensorflow-cpu on Linux x86-64 and tensorflow elsewhere.
+    tensorflow = "tensorflow-cpu"
+    try:
+        metadata.version(tensorflow)
+    except metadata.PackageNotFoundError:
+        tensorflow = "tensorflow"
+    for package in (
+        tensorflow,
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "python-multipart",
+        "pillow",
+        "numpy",
+    ):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    memory = "unknown"
+    try:
+        total_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{total_kb / 1048576:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} cores, {memory} RAM; {platform.system()} "
+        f"{platform.release()}",
+        f"- Load average (1, 5, 15 min) at start: {load}",
+        f"- Python {platform.python_version()}; " + ", ".join(versions),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         def group(*runs: Run) -> None:
             rows.update(measure_group(wrk, list(runs), warmup, duration, args.rounds))
 
-        servers: list[Server] = []
+        servers: list[RunningServer] = []
         try:
-            public = start_server(PUBLIC_APP, models_dir, args.log_dir / "serving-public.log")
+            public = RunningServer.start(models_dir, args.log_dir / "serving-public.log")
             servers.append(public)
             ready["service, 1 worker"] = public.ready_seconds
             time.sleep(1.0)  # let the process settle before reading its idle memory
@@ -454,10 +496,15 @@ def main(argv: list[str] | None = None) -> int:
                 expected,
             )
             if "predict" in parts:
-                bench = start_server(BENCH_APP, models_dir, args.log_dir / "serving-bench.log")
+                bench = RunningServer.start(
+                    models_dir, args.log_dir / "serving-bench.log", app=BENCH_APP
+                )
                 servers.append(bench)
-                typical = start_server(
-                    TYPICAL_APP, models_dir, args.log_dir / "serving-typical.log"
+                typical = RunningServer.start(
+                    models_dir,
+                    args.log_dir / "serving-typical.log",
+                    app=TYPICAL_APP,
+                    launcher=False,
                 )
                 servers.append(typical)
                 ready["typical app"] = typical.ready_seconds
@@ -488,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                     Run("v2 batch", public, V2_PATH, v2_batch, 1),
                 )
             if "workers" in parts:
-                two = start_server(
-                    PUBLIC_APP, models_dir, args.log_dir / "serving-workers.log", workers=2
+                two = RunningServer.start(
+                    models_dir, args.log_dir / "serving-workers.log", workers=2
                 )
                 servers.append(two)
                 ready["service, 2 workers"] = two.ready_seconds

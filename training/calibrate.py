@@ -13,11 +13,15 @@ on MNIST-derived data only (never on the real scans, which are for measuring):
   digits), stored in the basis file as ``mass_low`` and ``mass_high`` [10]: a blob can lie
   near a class's subspace (a filled disc near the 0s) but has far more ink than its digits;
 * ``reader.json``: the threshold and how it was found, plus the reader settings
-  (:func:`fit_reader_settings`, which runs ``benchmarks/tune_reader.py``), by ``--reader-fit``:
+  (:func:`fit_reader_settings`, which runs :mod:`training.reader_fit`), by ``--reader-fit``:
   ``rule`` (the default) keeps the service's default reading weights, count and reading margins
   and review threshold and fits this version's review rule (``app.reading.review``) on scan codes
   of MNIST training digits; ``full`` fits all of them on synthetic codes; ``none`` writes no
   reader settings (the version is served with the defaults).
+
+Both files are written in the format ``app.reading`` defines and reads
+(:func:`app.reading.calibration.write_calibration`), and the threshold is measured with the
+service's own :func:`app.reading.likeness.unlikeness`.
 
 Usage::
 
@@ -27,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -38,9 +41,17 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from app.reading.calibration import write_calibration
+from app.reading.likeness import LikenessBasis, as_saved, unlikeness
+from training.reader_fit import (
+    REVIEW_RULE_CODES,
+    REVIEW_RULE_SEED,
+    fit_default_reader,
+    fit_reader,
+)
+
 __all__ = [
     "DEFAULT_READER_FIT",
-    "FORMAT",
     "HOLDOUT",
     "LIKENESS_QUANTILE",
     "RANK",
@@ -54,10 +65,8 @@ __all__ = [
     "fit_basis",
     "fit_reader_settings",
     "holdout_size",
-    "unlikeness",
 ]
 
-FORMAT: Final = 1
 #: Principal components per class: enough to explain most of a class's variation, too few to
 #: reproduce a line or a blob that is not one of its digits.
 RANK: Final = 30
@@ -84,14 +93,8 @@ DEFAULT_READER_FIT: Final = "rule"
 #: Synthetic codes per part of the full fit (weights, margins and threshold, review rule):
 #: enough for stable weights, small enough that training stays a few minutes.
 READER_FIT_CODES: Final = 300
-#: Scan-like codes and seed of the default step's review-rule fit: those of
-#: ``python -m benchmarks.tune_reader --review-rule --count 1500 --seed 95``, which fitted the
-#: bundled versions' rules, so that the pipeline writes the same rule.
-REVIEW_RULE_CODES: Final = 1500
-REVIEW_RULE_SEED: Final = 95
-
-BASIS_FILE: Final = "likeness.npz"
-READER_FILE: Final = "reader.json"
+# The default step's review-rule fit runs on REVIEW_RULE_CODES scan-like codes of seed
+# REVIEW_RULE_SEED (training.reader_fit): those that fitted the bundled versions' rules.
 
 
 def _vectors(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -120,25 +123,6 @@ def fit_basis(
     return means, comps
 
 
-def unlikeness(
-    means: npt.NDArray[np.float32],
-    comps: npt.NDArray[np.float32],
-    images: npt.NDArray[np.uint8],
-    classes: npt.NDArray[np.integer[Any]],
-) -> npt.NDArray[np.float64]:
-    """Relative residual of each image in the subspace of its class (as reading.likeness does)."""
-    x = _vectors(images)
-    cls = np.asarray(classes, dtype=np.int64)
-    centred = x - means[cls]
-    coef = np.einsum("nkp,np->nk", comps[cls], centred)
-    residual = centred - np.einsum("nk,nkp->np", coef, comps[cls])
-    norm = np.linalg.norm(x, axis=1)
-    out: npt.NDArray[np.float64] = np.where(
-        norm > 0, np.linalg.norm(residual, axis=1) / np.maximum(norm, 1e-12), 1.0
-    ).astype(np.float64)
-    return out
-
-
 def calibrate_version(
     directory: Path,
     train_images: npt.NDArray[np.uint8],
@@ -162,12 +146,6 @@ def calibrate_version(
     if rank < 1:
         raise ValueError(f"too few training digits to calibrate: a class has {smallest}")
     means, comps = fit_basis(fit_images, fit_labels, rank)
-    # The threshold is measured with the float16 basis the service will load.
-    means16, comps16 = means.astype(np.float16), comps.astype(np.float16)
-    scores = unlikeness(
-        means16.astype(np.float32), comps16.astype(np.float32), train_images[-held:], predicted
-    )
-    threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
     # How much ink a digit of each class has (mean pixel value): a blob has far more than any
     # digit's shape and can still be close to a subspace (a filled disc to the 0s).
     mass = _vectors(train_images[-held:]).mean(axis=1)
@@ -177,26 +155,21 @@ def calibrate_version(
     members = [mass[classes == d] if (classes == d).any() else mass for d in range(10)]
     mass_low = np.array([np.quantile(m, tail) for m in members], np.float32)
     mass_high = np.array([np.quantile(m, 1 - tail) for m in members], np.float32)
-    with (directory / BASIS_FILE).open("wb") as handle:
-        np.savez_compressed(
-            handle, means=means16, components=comps16, mass_low=mass_low, mass_high=mass_high
-        )
-    document: dict[str, object] = {
-        "format": FORMAT,
-        "fitted_on": (
+    # The threshold is measured with the basis as the service will load it (float16).
+    basis = as_saved(LikenessBasis(means, comps, mass_low, mass_high))
+    scores = unlikeness(basis, train_images[-held:], classes)
+    threshold = float(np.quantile(scores, LIKENESS_QUANTILE))
+    return write_calibration(
+        directory,
+        basis,
+        fitted_on=(
             f"MNIST training digits: basis on the first {len(fit_images)}, threshold on the "
             f"last {held} as this version reads them"
         ),
-        "likeness": {
-            "basis": BASIS_FILE,
-            "rank": rank,
-            "quantile": LIKENESS_QUANTILE,
-            "threshold": round(threshold, 4),
-        },
-        **(dict(reader) if reader else {}),
-    }
-    (directory / READER_FILE).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
-    return document
+        quantile=LIKENESS_QUANTILE,
+        threshold=round(threshold, 4),
+        reader=reader,
+    )
 
 
 def check_reader_fit(mode: str) -> None:
@@ -221,26 +194,20 @@ def fit_reader_settings(
     :data:`REVIEW_RULE_CODES`, seed :data:`REVIEW_RULE_SEED`), ``full`` (everything fitted on
     ``count`` codes per part, default :data:`READER_FIT_CODES`) or ``none`` (None: no settings).
 
-    The fit reads codes with the service's own segmentation (``app``) and draws them with the
-    benchmark's generators (``benchmarks``, which the training image copies too); where those
-    cannot be imported the settings say so and the version is served with the reader defaults.
+    The fit reads codes with the service's own segmentation (``app.reading``) drawn by the
+    synthetic code generators (``training.postal_codes``, ``training.scan_codes``).
     """
     check_reader_fit(mode)
     if mode == "none":
         return None
     started = time.perf_counter()
-    try:
-        # Imported by name: the benchmarks are not part of the typed, installed packages.
-        tune = importlib.import_module("benchmarks.tune_reader")
-    except ImportError as exc:
-        return {"reader_not_fitted": f"benchmarks.tune_reader is not available ({exc})"}
     settings: dict[str, object]
     if mode == "full":
-        settings = tune.fit_reader(
+        settings = fit_reader(
             train_images, train_labels, predict, count=READER_FIT_CODES if count is None else count
         )
     else:
-        settings = tune.fit_default_reader(
+        settings = fit_default_reader(
             train_images,
             train_labels,
             predict,

@@ -20,14 +20,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from app.reading.likeness import LikenessBasis, load_basis
+from app.reading.likeness import BASIS_FILE, LikenessBasis, load_basis, save_basis
 from app.reading.reader import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
 from app.reading.review import ReviewLimits
 
-__all__ = ["READER_FILE", "ReaderCalibration", "calibration_for", "load_calibration"]
+__all__ = [
+    "FORMAT",
+    "READER_FILE",
+    "ReaderCalibration",
+    "calibration_document",
+    "calibration_for",
+    "load_calibration",
+    "write_calibration",
+]
 
 READER_FILE: Final = "reader.json"
 _FORMAT: Final = 1
+#: The ``format`` of the ``reader.json`` that :func:`write_calibration` writes and
+#: :func:`load_calibration` reads.
+FORMAT: Final = _FORMAT
 _log = logging.getLogger("app.reading.calibration")
 
 
@@ -169,3 +180,56 @@ def calibration_for(model: object) -> ReaderCalibration:
     if isinstance(attached, ReaderCalibration):
         return attached
     return ReaderCalibration(notes=("the model carries no reader calibration",))
+
+
+def calibration_document(
+    *,
+    fitted_on: str,
+    rank: int,
+    quantile: float,
+    threshold: float,
+    reader: Mapping[str, object] | None = None,
+    basis_file: str = BASIS_FILE,
+) -> dict[str, object]:
+    """The ``reader.json`` document :func:`load_calibration` reads.
+
+    ``fitted_on`` says what the likeness was fitted on; ``rank``, ``quantile`` and ``threshold``
+    describe the likeness check (the basis in ``basis_file``, its components per class, the
+    share of held-out digits below the threshold, the threshold); ``reader`` adds the reader
+    settings (``reading_weights``, ``count_margin``, ``reading_margin``, ``review_threshold``,
+    ``review_rule`` and how they were fitted), absent ones meaning the service's defaults.
+    """
+    return {
+        "format": FORMAT,
+        "fitted_on": fitted_on,
+        "likeness": {
+            "basis": basis_file,
+            "rank": rank,
+            "quantile": quantile,
+            "threshold": threshold,
+        },
+        **(dict(reader) if reader else {}),
+    }
+
+
+def write_calibration(
+    version_dir: Path,
+    basis: LikenessBasis,
+    *,
+    fitted_on: str,
+    quantile: float,
+    threshold: float,
+    reader: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """Write a version's calibration (the basis, then ``reader.json``) into ``version_dir``,
+    as :func:`load_calibration` reads it back; return the ``reader.json`` document."""
+    save_basis(version_dir / BASIS_FILE, basis)
+    document = calibration_document(
+        fitted_on=fitted_on,
+        rank=basis.rank,
+        quantile=quantile,
+        threshold=threshold,
+        reader=reader,
+    )
+    (version_dir / READER_FILE).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
+    return document

@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LikenessBasis", "load_basis", "mass_outside", "unlikeness"]
+__all__ = [
+    "BASIS_FILE",
+    "LikenessBasis",
+    "as_saved",
+    "load_basis",
+    "mass_outside",
+    "save_basis",
+    "unlikeness",
+]
 
 PIXELS: Final = 784
 CLASSES: Final = 10
+#: The basis's file in a version directory (``reader.json`` names it).
+BASIS_FILE: Final = "likeness.npz"
+#: How the means and components are stored: half the file, and finer than the likeness needs.
+_STORED: Final = np.float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,3 +141,34 @@ def load_basis(path: Path) -> LikenessBasis:
         low = np.asarray(data["mass_low"], np.float32) if "mass_low" in data else None
         high = np.asarray(data["mass_high"], np.float32) if "mass_high" in data else None
     return LikenessBasis(means, comps, low, high)
+
+
+def as_saved(basis: LikenessBasis) -> LikenessBasis:
+    """``basis`` exactly as :func:`save_basis` stores it and :func:`load_basis` reads it back
+    (means and components rounded to float16), to measure a threshold with what is served."""
+    return LikenessBasis(
+        basis.means.astype(_STORED).astype(np.float32),
+        basis.components.astype(_STORED).astype(np.float32),
+        basis.mass_low,
+        basis.mass_high,
+    )
+
+
+def save_basis(path: Path, basis: LikenessBasis) -> None:
+    """Write ``basis`` in the format :func:`load_basis` reads.
+
+    A compressed ``.npz`` of float16 ``means`` [10, 784] and ``components`` [10, k, 784]
+    (orthonormal rows, pixels in 0..1) and, when set, float32 ``mass_low`` and ``mass_high``
+    [10]. ``path`` is written as named (no ``.npz`` added).
+    """
+    # Any: numpy's stub types **kwds like its allow_pickle flag.
+    arrays: dict[str, Any] = {
+        "means": basis.means.astype(_STORED),
+        "components": basis.components.astype(_STORED),
+    }
+    if basis.mass_low is not None:
+        arrays["mass_low"] = basis.mass_low.astype(np.float32)
+    if basis.mass_high is not None:
+        arrays["mass_high"] = basis.mass_high.astype(np.float32)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)

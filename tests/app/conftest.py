@@ -24,7 +24,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from tests.support.mnist import MISSING, mnist_dir, read_test_set
+from harness.mnist import MISSING, mnist_dir, read_test_set
 
 REPO = Path(__file__).resolve().parents[2]
 # The committed model; TEST_BUNDLED_MODELS points these tests at another models directory.

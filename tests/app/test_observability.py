@@ -26,8 +26,7 @@ from app.core.logging import (
 )
 from app.core.request_id import MAX_LENGTH, accepted_request_id
 from app.main import create_app
-from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, make_settings
-from tests.support.servers import (
+from harness.servers import (
     HOST,
     LAUNCHER,
     READY_TIMEOUT_SECONDS,
@@ -37,6 +36,7 @@ from tests.support.servers import (
     server_environment,
     wait_until_ready,
 )
+from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, make_settings
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -28,7 +28,7 @@ from app.serve import (
     worker_count,
 )
 from app.settings import Settings
-from tests.support.servers import REPO
+from harness.servers import REPO
 
 
 def test_uvicorn_options_follow_the_settings() -> None:

@@ -24,10 +24,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from app.core import tracing
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.main import create_app
+from harness.servers import REPO, server_environment
 from tests.app.api.test_recognize import three_digit_png
 from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, encode, make_settings
 from tests.app.reading.test_segmentation import as_photo, draw_string, seven
-from tests.support.servers import REPO, server_environment
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

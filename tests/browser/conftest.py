@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright
 
+from harness.mnist import MISSING, mnist_dir, read_test_set
+from harness.servers import RunningServer
 from tests.browser.support import REPO_ROOT, PageRecord
-from tests.support.mnist import MISSING, mnist_dir, read_test_set
-from tests.support.servers import RunningServer
 
 SERVER_LOG = REPO_ROOT / "artifacts" / "browser-server.log"
 CHROMIUM = Path("/usr/bin/chromium")

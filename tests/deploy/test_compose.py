@@ -18,6 +18,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from app.settings import Settings
+from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import (
     Dockerfile,
@@ -29,7 +30,6 @@ from tests.deploy.formats import (
     nginx_size,
 )
 from tests.deploy.test_dockerfile import HEALTH_URL
-from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # Interpolation as on a fresh machine: no variable set, every ${X:-default} takes its default.
 FRESH_ENV: dict[str, str] = {}

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from app.settings import Settings
+from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
-from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 # The only files that may enter the image before dependencies are installed: with anything
 # else in that layer's inputs, a code edit would reinstall TensorFlow.
@@ -181,9 +181,9 @@ def test_train_stage_has_the_training_extra_and_runs_the_trainer(dockerfile: Doc
         for i in installs
     )
     code = [_copy_sources(i) for i in train.all("COPY") if not i.flag("from")]
-    # The reader-calibration step reads synthetic codes with the service's reader (app/) and
-    # the benchmarks' generators.
-    assert code == [["training"], ["app"], ["benchmarks"]]
+    # The reader-calibration step reads synthetic codes (training/) with the service's reader
+    # (app/); nothing of benchmarks/ or harness/ is needed to train.
+    assert code == [["training"], ["app"]]
     entrypoint = train.last("ENTRYPOINT")
     assert entrypoint is not None
     argv = entrypoint.exec_form()
@@ -236,6 +236,8 @@ def test_context_holds_everything_the_dockerfile_copies(
         ".ruff_cache/CACHEDIR.TAG",
         "artifacts/screenshot.png",
         "tests/app/test_api.py",
+        "benchmarks/bench_serving.py",
+        "harness/servers.py",
         "app/__pycache__/main.cpython-311.pyc",
         "app/api/__pycache__/deps.cpython-311.pyc",
         "models/mnist/.tmp-1234/saved_model.pb",

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
+from harness.servers import HOST, as_pid_1, child_pid, free_port, log_tail, wait_until_ready
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile, DockerIgnore
-from tests.support.servers import HOST, as_pid_1, child_pid, free_port, log_tail, wait_until_ready
 
 READY_WITHIN_SECONDS = 60.0  # a bound on waiting, not a speed claim
 IMAGE_PORT = "8000"

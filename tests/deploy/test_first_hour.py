@@ -38,10 +38,10 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
+from harness.mnist import MISSING
+from harness.mnist import mnist_dir as find_mnist_dir
+from harness.servers import HOST, free_port, wait_until_ready
 from tests.deploy.conftest import REPO
-from tests.support.mnist import MISSING
-from tests.support.mnist import mnist_dir as find_mnist_dir
-from tests.support.servers import HOST, free_port, wait_until_ready
 
 READY_WITHIN_SECONDS = 120.0  # bounds on waiting, not speed claims
 TRAIN_WITHIN_SECONDS = 300.0

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
 from tests.deploy.conftest import REPO
-from tests.support.servers import LAUNCHER, MALLOC_ARENA_MAX
 
 
 def test_make_serve_runs_the_launcher_with_the_allocator_capped() -> None:

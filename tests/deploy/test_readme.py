@@ -19,9 +19,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from harness.servers import HOST, RunningServer, free_port
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
-from tests.support.servers import HOST, RunningServer, free_port
 
 # docker compose options that take a value (so the value is not mistaken for a service name).
 _VALUE_OPTIONS = {

@@ -2,7 +2,7 @@
 
 Each test that needs a server starts one with :func:`start_server` (the production launcher,
 ``python -m app.serve``, on 127.0.0.1 and a free port, settings through ``DIGITS_*``
-environment variables, output captured to a log file; see :mod:`tests.support.servers`) and
+environment variables, output captured to a log file; see :mod:`harness.servers`) and
 gets it stopped at the end.
 
 The served model is the bundled one (newest ``models/mnist/<n>``) when it exists, else a tiny
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.mnist import mnist_dir, read_test_set
-from tests.support.servers import REPO, RunningServer
+from harness.mnist import mnist_dir, read_test_set
+from harness.servers import REPO, RunningServer
 
 BUNDLED_MODELS = REPO / "models" / "mnist"
 DIGIT_COUNT = 64

@@ -25,9 +25,9 @@ import httpx
 import pytest
 import yaml
 
+from harness.servers import HOST, REPO, RunningServer
 from tests.ops.conftest import ServedModel, assert_error_shape, install_version
 from tests.ops.test_shutdown import HalfSentRequest, _in_progress, _multipart
-from tests.support.servers import HOST, REPO, RunningServer
 
 pytestmark = pytest.mark.slow
 

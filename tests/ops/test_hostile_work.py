@@ -24,14 +24,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.conftest import ServedModel, ServerFactory, assert_error_shape, install_version
-from tests.support.attacks import (
+from harness.attacks import (
     bar_png,
     blank_one_bit_png,
     long_stroke_png,
     progressive_jpeg_with_repeated_scan,
 )
-from tests.support.servers import RunningServer
+from harness.servers import RunningServer
+from tests.ops.conftest import ServedModel, ServerFactory, assert_error_shape, install_version
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,8 @@ import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.ops.conftest import ServedModel, ServerFactory, install_version
-from tests.support.mnist import MISSING, mnist_dir
-from tests.support.servers import (
+from harness.mnist import MISSING, mnist_dir
+from harness.servers import (
     HOST,
     LAUNCHER,
     READY_TIMEOUT_SECONDS,
@@ -33,6 +32,7 @@ from tests.support.servers import (
     free_port,
     server_environment,
 )
+from tests.ops.conftest import ServedModel, ServerFactory, install_version
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.servers import HOST, RunningServer
 from tests.ops.conftest import ServedModel, ServerFactory
-from tests.support.servers import HOST, RunningServer
 
 pytestmark = pytest.mark.slow
 

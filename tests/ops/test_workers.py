@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from harness.servers import HOST, LAUNCHER, REPO, free_port, server_environment
 from tests.ops.conftest import ServedModel, ServerFactory
-from tests.support.servers import HOST, LAUNCHER, REPO, free_port, server_environment
 
 pytestmark = pytest.mark.slow
 

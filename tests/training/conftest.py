@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mnist import MISSING
-from tests.support.mnist import mnist_dir as find_mnist_dir
+from harness.mnist import MISSING
+from harness.mnist import mnist_dir as find_mnist_dir
 from tests.training.synthetic import SyntheticDataset, make_dataset
 from training.data import MnistData, load_mnist
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from app.reading.calibration import load_calibration
-from app.reading.likeness import unlikeness as served_unlikeness
-from training.calibrate import RANK, calibrate_version, fit_basis, unlikeness
+from app.reading.likeness import LikenessBasis, unlikeness
+from training.calibrate import RANK, calibrate_version, fit_basis
 
 
 def synthetic_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -34,8 +34,9 @@ def test_the_basis_is_orthonormal_and_explains_its_own_class() -> None:
     assert comps.shape == (10, 5, 784)
     for digit in range(10):
         assert np.allclose(comps[digit] @ comps[digit].T, np.eye(5), atol=1e-4)
-    own = unlikeness(means, comps, images, labels)
-    other = unlikeness(means, comps, images, (labels + 5) % 10)
+    basis = LikenessBasis(means, comps)
+    own = unlikeness(basis, images, labels)
+    other = unlikeness(basis, images, (labels + 5) % 10)
     assert np.median(own) < 0.5 * np.median(other)
 
 
@@ -53,7 +54,7 @@ def test_the_written_calibration_is_what_the_service_loads(tmp_path: Path) -> No
     assert calibration.likeness is not None
     assert calibration.likeness.rank == RANK
     # The service computes the same unlikeness as the step that set the threshold.
-    scores = served_unlikeness(calibration.likeness, images[-held:], labels[-held:])
+    scores = unlikeness(calibration.likeness, images[-held:], labels[-held:])
     threshold = calibration.likeness_threshold
     assert threshold is not None
     assert 0.97 <= (scores <= threshold + 1e-4).mean() <= 1.0

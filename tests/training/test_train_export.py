@@ -368,8 +368,8 @@ def test_the_default_reader_step_keeps_the_service_reader_and_fits_the_review_ru
     from app.reading.calibration import load_calibration
     from app.reading.reader import COUNT_MARGIN, READING_MARGIN, READING_WEIGHTS
     from app.reading.review import DEFAULT_REVIEW_THRESHOLD, ReviewLimits
-    from benchmarks.tune_reader import fit_default_reader
     from training.evaluate import predict
+    from training.reader_fit import fit_default_reader
 
     result = run(QUICK, tiny, models_dir=tmp_path / "models", report=False, verbose=0,
                  reader_fit="rule", reader_codes=8)  # fmt: skip

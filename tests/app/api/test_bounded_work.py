@@ -27,12 +27,12 @@ from app.reading.decode import open_image, run_in_image_slot, run_in_large_image
 from app.reading.lattice import MAX_WORK_PIXELS, MAX_WORK_SIDE, build_lattice, find_candidates
 from app.reading.normalize import center_digit, prepare_digit
 from app.reading.reader import best_partition, choose_reading
-from tests.app.conftest import ModelsDir, encode, make_settings
-from tests.support.attacks import (
+from harness.attacks import (
     bar_png,
     long_stroke_png,
     progressive_jpeg_with_repeated_scan,
 )
+from tests.app.conftest import ModelsDir, encode, make_settings
 
 # --- JPEG scans ------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Reading real scans (issue 8): framing, honest confidence and the marks that are not digits.
 
 Real images come from small fixed samples of the real-scan sets (``$REALDIGITS_DATA_DIR``,
-benchmarks/realdigits.py; every k-th item, so the sample spreads over the whole set) and are
+harness/realdigits.py; every k-th item, so the sample spreads over the whole set) and are
 skipped, saying why, when the sets are absent. Everything else is drawn here from MNIST test
 digits or with numpy, so the properties hold whatever data is around.
 """
@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.reading.normalize import ink_map, normalize_image
-from benchmarks.realdigits import MISSING, Item, load_items, set_dir
+from harness.realdigits import MISSING, Item, load_items, set_dir
 from tests.app.conftest import encode
 
 

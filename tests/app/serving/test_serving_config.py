@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.serving.models_config import ConfigError, parse_text_proto, policy_from_config
 from app.serving.policy import Gate, VersionPolicy
+from harness.servers import REPO
 from tests.app.conftest import ModelsDir, make_settings
 from tests.app.fake_models import add_version, make_store, served
-from tests.support.servers import REPO
 
 BASE = VersionPolicy(gate=Gate(tolerance=0.01, min_accuracy=0.5))
 

@@ -1,4 +1,4 @@
-"""The real MNIST for tests: one way to find it, read through the project's verified loader."""
+"""The real MNIST for tests and benchmarks: one way to find it, read through the verified loader."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from training.data import DATA_DIR_ENV, MNIST, read_idx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 """The team's copy beside the checkout, where CI lays it out."""
 

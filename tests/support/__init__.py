@@ -1,1 +1,0 @@
-"""Helpers shared by several test packages (not fixtures: plain functions and classes)."""
