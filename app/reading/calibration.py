@@ -40,6 +40,17 @@ _FORMAT: Final = 1
 #: :func:`load_calibration` reads.
 FORMAT: Final = _FORMAT
 _log = logging.getLogger("app.reading.calibration")
+#: The largest reader.json read (a version's is about 2 KiB).
+MAX_READER_BYTES: Final = 256 * 1024
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes; ValueError when it holds more than ``limit``."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB")
+    return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +115,10 @@ def load_calibration(version_dir: Path) -> ReaderCalibration:
     defaults, and :attr:`ReaderCalibration.notes` says why.
     """
     path = version_dir / READER_FILE
+    if path.exists() and not path.is_file():
+        note = f"{READER_FILE} is not a regular file: reader defaults, no likeness check"
+        _log.warning("version %s: %s", version_dir.name, note)
+        return ReaderCalibration(notes=(note,))
     if not path.is_file():
         note = f"no {READER_FILE} in {version_dir.name}: reader defaults, no likeness check"
         _log.warning("version %s: %s", version_dir.name, note)
@@ -111,9 +126,13 @@ def load_calibration(version_dir: Path) -> ReaderCalibration:
     notes: list[str] = []
     fields: dict[str, Any] = {"source": READER_FILE}
     try:
-        document = json.loads(path.read_text("utf-8"))
+        document = json.loads(_read_bounded(path, MAX_READER_BYTES).decode("utf-8"))
         if not isinstance(document, dict) or document.get("format") != _FORMAT:
             raise ValueError(f"expected an object with format {_FORMAT}")
+    except RecursionError:
+        note = f"{READER_FILE} unreadable (nested too deeply): reader defaults, no likeness check"
+        _log.warning("version %s: %s", version_dir.name, note)
+        return ReaderCalibration(notes=(note,))
     except (OSError, ValueError) as exc:
         note = f"{READER_FILE} unreadable ({exc}): reader defaults, no likeness check"
         _log.warning("version %s: %s", version_dir.name, note)

@@ -17,6 +17,7 @@ shipped with the model version; nothing here is fitted on real scans.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +40,21 @@ CLASSES: Final = 10
 BASIS_FILE: Final = "likeness.npz"
 #: How the means and components are stored: half the file, and finer than the likeness needs.
 _STORED: Final = np.float16
+#: The most principal components per class a basis may hold (a version is fitted with 30): each
+#: costs every /recognize digit a 784-long dot product, and a file of zeros compresses 20,000
+#: of them into 0.3 MiB that would cost 600 MiB once loaded.
+MAX_COMPONENTS: Final = 64
+#: The largest basis file read at all.
+MAX_BASIS_BYTES: Final = 16 * 2**20
+#: What each array of a basis may hold once decompressed (float64 at most, a generous header),
+#: checked in the archive's directory before any array is read.
+_HEADER_BYTES: Final = 4096
+_MAX_ARRAY_BYTES: Final = {
+    "means.npy": _HEADER_BYTES + CLASSES * PIXELS * 8,
+    "components.npy": _HEADER_BYTES + CLASSES * MAX_COMPONENTS * PIXELS * 8,
+    "mass_low.npy": _HEADER_BYTES + CLASSES * 8,
+    "mass_high.npy": _HEADER_BYTES + CLASSES * 8,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +78,11 @@ class LikenessBasis:
                 f"a likeness basis needs means [10, 784] and components [10, k, 784], got "
                 f"{means.shape} and {comps.shape}"
             )
-        if comps.shape[2] != PIXELS or comps.shape[1] < 1:
-            raise ValueError(f"components must be [10, k>=1, 784], got {comps.shape}")
+        if comps.shape[2] != PIXELS or not 1 <= comps.shape[1] <= MAX_COMPONENTS:
+            raise ValueError(
+                f"components must be [10, k, 784] with 1 <= k <= {MAX_COMPONENTS}, "
+                f"got {comps.shape}"
+            )
         if not (np.isfinite(means).all() and np.isfinite(comps).all()):
             raise ValueError("the likeness basis holds non-finite values")
         for name in ("mass_low", "mass_high"):
@@ -129,10 +148,40 @@ def mass_outside(
 def load_basis(path: Path) -> LikenessBasis:
     """Read a basis written by ``training/calibrate.py``, validating its shapes and values.
 
+    Its size, and the size of each array in it, are checked before any array is read: a
+    basis costs at most :data:`MAX_COMPONENTS` components per class of memory, whatever the file.
+
     Raises:
-        ValueError: the file is not a valid basis.
+        ValueError: the file is not a valid basis (or not a regular file, or too large).
         OSError: the file cannot be read.
     """
+    if not path.is_file():
+        raise ValueError(f"{path.name} is not a regular file")
+    if path.stat().st_size > MAX_BASIS_BYTES:
+        raise ValueError(f"{path.name} is larger than {MAX_BASIS_BYTES // 2**20} MiB")
+    try:
+        _check_archive(path)
+        return _read_basis(path)
+    except (zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ValueError(f"{path.name} is not a basis archive ({exc})") from exc
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive whose arrays would be larger than a basis's, before reading them."""
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > 2 * len(_MAX_ARRAY_BYTES):
+            raise ValueError(f"{path.name} holds {len(members)} entries, not a basis")
+        for member in members:
+            limit = _MAX_ARRAY_BYTES.get(member.filename)
+            if limit is not None and member.file_size > limit:
+                raise ValueError(
+                    f"{member.filename} of {path.name} is {member.file_size} bytes, more than a "
+                    f"basis of at most {MAX_COMPONENTS} components per class holds"
+                )
+
+
+def _read_basis(path: Path) -> LikenessBasis:
     with np.load(path, allow_pickle=False) as data:
         if "means" not in data or "components" not in data:
             raise ValueError(f"{path.name} has no 'means' and 'components' arrays")

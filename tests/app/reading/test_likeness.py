@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.reading.calibration import ReaderCalibration, calibration_for, load_calibration
-from app.reading.likeness import LikenessBasis, load_basis, mass_outside, unlikeness
+from app.reading.calibration import (
+    MAX_READER_BYTES,
+    ReaderCalibration,
+    calibration_for,
+    load_calibration,
+)
+from app.reading.likeness import (
+    MAX_COMPONENTS,
+    LikenessBasis,
+    load_basis,
+    mass_outside,
+    unlikeness,
+)
 from app.reading.reader import READING_WEIGHTS
 
 
@@ -177,3 +189,59 @@ def test_model_shows_the_calibration_in_use(bundled_client: TestClient, client: 
     assert plain["source"] == "defaults"
     assert plain["likeness_threshold"] is None
     assert any("reader.json" in note for note in plain["notes"])
+
+
+def test_a_basis_too_large_to_hold_is_refused_before_it_is_read(
+    bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Zeros compress to almost nothing: the archive is small, what it unpacks to is not.
+    copy_version(bundled_model_dir, tmp_path)
+    with (tmp_path / "likeness.npz").open("wb") as handle:
+        np.savez_compressed(
+            handle, means=np.zeros((10, 784)), components=np.zeros((10, MAX_COMPONENTS + 40, 784))
+        )
+    assert (tmp_path / "likeness.npz").stat().st_size < 200_000
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an array was read")
+
+    monkeypatch.setattr(np, "load", never)
+    with pytest.raises(ValueError, match="components"):
+        load_basis(tmp_path / "likeness.npz")
+    calibration = load_calibration(tmp_path)
+    assert calibration.likeness is None
+    assert any("likeness check off" in n for n in calibration.notes), calibration.notes
+
+
+def test_a_basis_of_too_many_components_is_refused() -> None:
+    means = np.zeros((10, 784), np.float32)
+    with pytest.raises(ValueError, match="components"):
+        LikenessBasis(means, np.zeros((10, MAX_COMPONENTS + 1, 784), np.float32))
+    assert LikenessBasis(means, np.zeros((10, MAX_COMPONENTS, 784), np.float32)).rank == 64
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"format": 1, "pad": "' + b"x" * (MAX_READER_BYTES + 1) + b'"}',
+        b"\xff\xfe not utf-8",
+        b"",
+    ],
+    ids=["nested", "huge", "not-utf8", "empty"],
+)
+def test_a_hostile_reader_file_gives_defaults_never_a_failed_version(
+    tmp_path: Path, content: bytes
+) -> None:
+    (tmp_path / "reader.json").write_bytes(content)
+    calibration = load_calibration(tmp_path)
+    assert calibration.likeness is None
+    assert dict(calibration.reading_weights) == READING_WEIGHTS
+    assert any("unreadable" in n for n in calibration.notes), calibration.notes
+
+
+def test_a_reader_file_that_is_no_regular_file_is_not_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "reader.json")  # opening it for reading would block for good
+    calibration = load_calibration(tmp_path)
+    assert calibration.likeness is None
+    assert any("not a regular file" in n for n in calibration.notes), calibration.notes
