@@ -7,27 +7,10 @@ on the command line (``--host``, ``--port``).
 
 uvicorn bounds some things itself: idle keep-alive connections (``timeout_keep_alive``), requests
 served at once (``limit_concurrency``: 503 above it) and how long SIGTERM waits for requests in
-flight (``timeout_graceful_shutdown``). What it leaves open is closed by
-:class:`BoundedHttpToolsProtocol`, its httptools protocol (the fast parser, the one
-``uvicorn[standard]`` picks) with four additions:
-
-* **Connections.** One connection more than ``DIGITS_MAX_CONNECTIONS`` is answered 503 and
-  closed as soon as it is accepted, so open sockets, and descriptors, stay bounded however many
-  clients connect and sit idle.
-* **Header timeout.** A client must complete its request head within
-  ``DIGITS_HEADER_TIMEOUT_SECONDS`` of connecting (or of the first byte of its next request):
-  otherwise 408 and closed. uvicorn has no such timer: a client sending one byte a second kept
-  its connection forever.
-* **Header size.** A request head larger than ``DIGITS_MAX_HEADER_BYTES`` is answered 431 and
-  closed. httptools has no limit of its own; a head still arriving is checked on every read, so
-  at most one socket read more than the limit is ever buffered.
-* **Draining.** A request body still arriving after its answer was sent (a 413, a 401) is read
-  and discarded so the client can read the answer, but only up to ``DRAIN_FACTOR`` times
-  ``DIGITS_MAX_UPLOAD_BYTES`` and for ``DIGITS_HEADER_TIMEOUT_SECONDS``; then the connection is
-  closed. uvicorn alone read an endless chunked body for as long as it came.
-
-Refusals use the service's error shape (``{"error": {"code", "message"}}``) and the security
-headers of :mod:`app.core.security_headers`.
+flight (``timeout_graceful_shutdown``). What it leaves open (a connection cap at accept, a header
+timeout, a header size limit, a bounded drain) is closed by a subclass of uvicorn's private
+httptools protocol, kept with its measured reason and its public fallback (uvicorn's h11 with a
+head cap, taken when this uvicorn's private class does not fit) in :mod:`app.uvicorn_compat`.
 
 **Workers.** ``WEB_CONCURRENCY`` (uvicorn's convention) sets how many worker processes serve;
 without it, one per core the process may use (its CPU affinity, capped by a cgroup CPU quota
@@ -43,32 +26,31 @@ still fails the start.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import ctypes.util
-import json
 import logging
 import math
 import os
 import resource
 import socket
 import sys
-import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
-from app.core.limits import DRAIN_FACTOR
 from app.core.logging import configure_logging
-from app.core.security_headers import DEFAULT_HEADERS
 from app.settings import Settings, get_settings
+from app.uvicorn_compat import (
+    BoundedHttpToolsProtocol,
+    ConnectionLimits,
+    fallback_warning,
+    http_options,
+    private_protocol_problem,
+    protocol_class,
+)
 
 APP: Final = "app.main:create_app"
 #: Descriptors the process needs besides client sockets: TensorFlow, the model's files, logs.
@@ -76,8 +58,6 @@ RESERVED_DESCRIPTORS: Final = 256
 #: glibc's mallopt parameter number for the arena limit (M_ARENA_MAX in malloc.h).
 _M_ARENA_MAX: Final = -8
 ARENA_MAX: Final = 2
-#: Refusals are logged as a summary at most this often, so a flood cannot flood the log.
-REPORT_EVERY_SECONDS: Final = 10.0
 #: uvicorn's (and gunicorn's) name for the number of worker processes.
 WORKERS_ENV: Final = "WEB_CONCURRENCY"
 _CGROUP_V2_CPU_MAX: Final = "/sys/fs/cgroup/cpu.max"
@@ -85,307 +65,6 @@ _CGROUP_V1_QUOTA: Final = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
 _CGROUP_V1_PERIOD: Final = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 
 logger = logging.getLogger("uvicorn.error")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What :class:`BoundedHttpToolsProtocol` enforces on each connection."""
-
-    max_connections: int
-    header_timeout_seconds: float
-    max_header_bytes: int
-    max_drain_bytes: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        """The limits the settings ask for."""
-        return cls(
-            max_connections=settings.max_connections,
-            header_timeout_seconds=settings.header_timeout_seconds,
-            max_header_bytes=settings.max_header_bytes,
-            max_drain_bytes=DRAIN_FACTOR * settings.max_upload_bytes,
-        )
-
-
-class _RefusalReport:
-    """Counts connections refused or cut, and logs the counts at most every few seconds."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.last = 0.0
-
-    def add(self, reason: str) -> None:
-        self.counts[reason] += 1
-        now = time.monotonic()
-        if now - self.last >= REPORT_EVERY_SECONDS:
-            summary = ", ".join(f"{count} {name}" for name, count in sorted(self.counts.items()))
-            logger.warning("Connections refused or closed by the connection limits: %s", summary)
-            self.counts.clear()
-            self.last = now
-
-
-_report = _RefusalReport()
-
-_REFUSALS: Final = {
-    408: (
-        "request_timeout",
-        "The request head (request line and headers) did not arrive within {timeout:g} s. "
-        "Send the whole head at once.",
-    ),
-    431: (
-        "request_header_too_large",
-        "The request head (request line and headers) is larger than the limit of "
-        "{max_bytes:,} bytes. Send fewer or shorter headers.",
-    ),
-    503: (
-        "too_many_connections",
-        "The service has too many open connections. Try again shortly, and reuse one "
-        "connection for several requests.",
-    ),
-}
-
-
-class CoalescingTransport:
-    """The connection's transport, sending a response head together with the body after it.
-
-    uvicorn writes a response's head and its body in two calls, so each answer costs two
-    ``send`` system calls and two TCP segments, each waking the client. Here the head is held
-    until the next write (the body, normally in the same event-loop step) and both go out in
-    one; a head with no body following in that step is sent at the end of it. Order is kept:
-    anything held is always written before what comes after it.
-    """
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        """Write ``data``; a response head waits for what follows it."""
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif data.startswith(b"HTTP/1.1 "):
-            self._held = data
-            self._loop.call_soon(self.flush)
-        else:
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        """Send a held head now."""
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held)
-
-    def close(self) -> None:
-        """Send what is held, then close."""
-        self.flush()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        """Whether the transport is closing or closed."""
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """The transport's extra information (peer and socket addresses, SSL)."""
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        """Stop reading from the socket (flow control)."""
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        """Read from the socket again."""
-        self._transport.resume_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        """Hand the connection to another protocol (an upgrade)."""
-        self.flush()
-        self._transport.set_protocol(protocol)
-
-    def get_write_buffer_size(self) -> int:
-        """Bytes waiting to be sent, including a held head."""
-        held = len(self._held) if self._held is not None else 0
-        return self._transport.get_write_buffer_size() + held
-
-
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a connection cap, header timeout and size, bounded drain.
-
-    ``limits`` is set on a subclass made by :func:`protocol_class`; uvicorn creates one
-    instance per connection.
-    """
-
-    limits: ClassVar[ConnectionLimits]
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._drain_timer: asyncio.TimerHandle | None = None
-        self._in_head = False
-        self._head_bytes = 0
-        self._message_complete = True
-        self._drained = 0
-
-    # --- connection ---------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Accept the connection, or answer 503 and close it when too many are open."""
-        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
-        if len(self.connections) > self.limits.max_connections:
-            self._refuse(503)
-            return
-        # Also bounds a connection that never sends a byte.
-        self._head_timer = self.loop.call_later(
-            self.limits.header_timeout_seconds, self._head_timed_out
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop this connection's timers, then let uvicorn clean up."""
-        self._cancel_head_timer()
-        self._cancel_drain_timer()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        """Parse the data; refuse a head that keeps growing past the limit."""
-        # Bytes count towards the head only when the whole read arrived while it was incomplete:
-        # the read in which a request begins may end the previous body, so it is checked once
-        # the head is complete (on_headers_complete).
-        counted = self._in_head
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
-            return
-        if counted:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(431)
-                return
-        # Armed only for a head that spans reads: most arrive whole, and cost no timer.
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                self.limits.header_timeout_seconds, self._head_timed_out
-            )
-
-    # --- parser callbacks ---------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        """A request starts: its head must be complete within the header timeout."""
-        if self.transport.is_closing():
-            return
-        super().on_message_begin()
-        self._in_head = True
-        self._head_bytes = 0
-        self._message_complete = False
-        self._drained = 0
-
-    def on_headers_complete(self) -> None:
-        """Check the head's exact size, then hand the request to uvicorn."""
-        if self.transport.is_closing():
-            return
-        self._in_head = False
-        self._cancel_head_timer()
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.limits.max_header_bytes:
-            self._refuse(431)
-            return
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        """Pass the body on; once the answer is sent, discard it up to the drain limit."""
-        if self.transport.is_closing():
-            return
-        cycle = self.cycle
-        if cycle is not None and cycle.response_complete:
-            self._drained += len(body)
-            if self._drained > self.limits.max_drain_bytes:
-                self._cut("body drained too long")
-            return
-        super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        """The request is read; if it was answered already, the connection is idle again."""
-        if self.transport.is_closing():
-            return
-        self._message_complete = True
-        self._cancel_drain_timer()
-        answered = self.cycle is not None and self.cycle.response_complete
-        super().on_message_complete()
-        # uvicorn armed its keep-alive timer when the answer was sent and cancelled it when the
-        # rest of the body arrived; without this the now idle connection would have no timer.
-        if answered and not self.pipeline and self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-
-    def on_response_complete(self) -> None:
-        """After an answer sent before its request was read to the end, bound the draining."""
-        super().on_response_complete()
-        if not self._message_complete and not self.transport.is_closing():
-            self._cancel_drain_timer()
-            self._drain_timer = self.loop.call_later(
-                self.limits.header_timeout_seconds, self._cut, "body drained too long"
-            )
-
-    # --- timers and refusals ------------------------------------------------------------------
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing():
-            return
-        if self._in_head:
-            self._refuse(408)
-        else:
-            self._cut("idle before a request")
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _cancel_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-
-    def _cut(self, reason: str) -> None:
-        _report.add(reason)
-        self.transport.close()
-
-    def _refuse(self, status: int) -> None:
-        """Answer ``status`` in the service's error shape and close the connection."""
-        code, template = _REFUSALS[status]
-        message = template.format(
-            timeout=self.limits.header_timeout_seconds, max_bytes=self.limits.max_header_bytes
-        )
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        head = [STATUS_LINE[status]]
-        headers = [
-            *self.server_state.default_headers,
-            *DEFAULT_HEADERS,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        if status == 503:
-            headers.append((b"retry-after", b"1"))
-        head.extend(name + b": " + value + b"\r\n" for name, value in headers)
-        self.transport.write(b"".join([*head, b"\r\n", body]))
-        self._cut(code)
-
-
-def protocol_class(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
-    """A :class:`BoundedHttpToolsProtocol` that enforces ``limits`` (uvicorn's ``http``)."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
 
 
 class LauncherConfig(Config):
@@ -416,7 +95,7 @@ def uvicorn_options(settings: Settings, host: str, port: int, app: str = APP) ->
         "factory": True,
         "host": host,
         "port": port,
-        "http": protocol_class(ConnectionLimits.from_settings(settings)),
+        **http_options(ConnectionLimits.from_settings(settings)),
         "timeout_keep_alive": settings.keep_alive_seconds,
         "limit_concurrency": settings.max_connections,
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
@@ -556,6 +235,9 @@ def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
     )  # sets up logging
     # The service's format from the first line on (the app factory sets it again, harmlessly).
     configure_logging(settings.log_level, settings.log_format)
+    problem = private_protocol_problem()
+    if problem is not None:
+        logger.warning("%s", fallback_warning(problem))
     ensure_descriptors(settings.max_connections)
     logger.info(
         "Connection limits: %d connections, keep-alive %d s, request head within %g s and "

@@ -3,6 +3,10 @@
 The store, the inference worker and the tests only know :class:`Predictor` (``warm``,
 ``predict``, ``describe``) and a loader (``Callable[[Path], Predictor]``, :func:`load` here).
 Another runtime, or a test's fake, plugs in by providing the same few methods.
+
+TensorFlow's one private API the service uses, the direct session callable, lives in its own
+section at the end of this module (:func:`direct_callable`: what it buys, measured, and its
+public fallback).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ logger = logging.getLogger(__name__)
 SIGNATURE: Final = "serving_default"
 INPUT_KEY: Final = "images"
 OUTPUTS: Final = {"probabilities": "float32", "digit": "int64"}
+#: How :meth:`TensorFlowPredictor.predict` calls the model (``session_call``): the direct
+#: session callable (TensorFlow's private API, see direct_callable) or its public fallbacks.
+DIRECT: Final = "direct"
+MAKE_CALLABLE: Final = "make_callable"
+EAGER: Final = "eager"
 
 Images = npt.NDArray[np.uint8]
 Answers = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
@@ -128,11 +137,21 @@ class TensorFlowPredictor:
         self._signature = signature
         self._info = info
         self._fast_call: Callable[[Images], list[Any]] | None = None
+        self._session_call = EAGER
 
     @property
     def session_fast_path(self) -> bool:
         """Whether :meth:`predict` runs the session callable (see :meth:`warm`)."""
         return self._fast_call is not None
+
+    @property
+    def session_call(self) -> str:
+        """How :meth:`predict` calls the model: ``direct``, ``make_callable`` or ``eager``.
+
+        ``direct`` is TensorFlow's private fast path (:func:`direct_callable`), the other two
+        its public fallbacks.
+        """
+        return self._session_call
 
     def describe(self) -> SignatureInfo:
         """The signature's tensors."""
@@ -157,7 +176,8 @@ class TensorFlowPredictor:
                 f"warm-up returned probabilities {probabilities.shape} and digit "
                 f"{digits.shape}, expected (N, 10) and (N,)"
             )
-        self._fast_call = _session_callable(self.path, self._signature)
+        fast = _session_callable(self.path, self._signature)
+        self._fast_call, self._session_call = fast if fast is not None else (None, EAGER)
 
     def predict(self, images: Images) -> Answers:
         """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call."""
@@ -220,8 +240,10 @@ def load(path: Path) -> TensorFlowPredictor:
     return TensorFlowPredictor(path, module, signature, info)
 
 
-def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any]] | None:
-    """The same signature as a session callable, or None when that is not possible.
+def _session_callable(
+    path: Path, signature: Any
+) -> tuple[Callable[[Images], list[Any]], str] | None:
+    """The same signature as a session callable and its kind, or None when not possible.
 
     Why: an eager call of the loaded signature spends most of its time in the Python wrapper
     (structured-argument handling, eager tensor conversion); a session callable made from the
@@ -267,7 +289,7 @@ def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any
         signature_def = meta.signature_def[SIGNATURE]
         feed = graph.get_tensor_by_name(signature_def.inputs[INPUT_KEY].name)
         fetches = [graph.get_tensor_by_name(signature_def.outputs[key].name) for key in OUTPUTS]
-        call = _feed_callable(session, feed, fetches)
+        call, kind = _feed_callable(session, feed, fetches)
         answers = call(probe)
     except Exception as exc:  # the eager signature already works: keep it
         logger.info("model %s: no session fast path (%s)", path.name, first_line(exc))
@@ -280,30 +302,87 @@ def _session_callable(path: Path, signature: Any) -> Callable[[Images], list[Any
     if not same:
         logger.info("model %s: no session fast path (answers differ from the signature)", path)
         return None
-    return call
+    return call, kind
 
 
-def _feed_callable(session: Any, feed: Any, fetches: list[Any]) -> Callable[[Images], list[Any]]:
-    """``session``'s callable from ``feed`` to ``fetches``, by the shortest path TensorFlow has.
+# --- TensorFlow's private API: the direct session callable ---------------------------------
+#
+# The one place the service uses a private name of TensorFlow. Everything about it (why, what
+# it was measured to buy, the public fallback and when that is taken) is in direct_callable's
+# docstring; tests/app/serving/test_runtime_private_api.py fails when an installed TensorFlow
+# no longer takes this path, and runs the service through the fallback. Kept in this module
+# because it is the only one on the serving path that imports TensorFlow.
 
-    Why: ``Session.make_callable`` with a feed list runs the whole generic ``Session.run``
-    machinery in Python on every call (fetch handlers, feed conversion), several times the cost
-    of this graph's work. A callable made from ``CallableOptions`` hands the array straight to
-    the C++ session (what Keras's TF1 backend did); the same kernels run, so the answers are the
-    same. ``_make_callable_from_options`` is not public API: when a TensorFlow release lacks it,
-    the public ``make_callable`` is used (and the caller's probe check covers both).
+#: The private method of ``tf.compat.v1.Session`` (defined on ``BaseSession``).
+DIRECT_CALLABLE_METHOD: Final = "_make_callable_from_options"
+
+
+def direct_callable(
+    session: Any, feed: Any, fetches: list[Any]
+) -> Callable[[Images], list[Any]] | None:
+    """``session``'s callable from ``feed`` to ``fetches`` through TensorFlow's private API.
+
+    **What it buys.** ``Session.make_callable`` with a feed list (public) runs the whole generic
+    ``Session.run`` machinery in Python on every call (fetch handlers, feed conversion), several
+    times the cost of this graph's work. A callable made from ``CallableOptions`` by
+    ``Session._make_callable_from_options`` (private, as is ``CallableOptions``, reached through
+    ``tensorflow.core.protobuf.config_pb2``) hands the array straight to the C++ session (what
+    Keras's TF1 backend did); the same kernels run, so the answers are the same.
+
+    **Measured** (commit 4848f91, README "Serving benchmark", "What each change bought"; py-spy
+    and per-thread CPU from ``/proc`` at concurrency 1, on the project's machine: AMD EPYC,
+    2 cores, 24 GiB, shared with other jobs): one batch-1 call 220 → 60 µs of CPU; ``/predict``
+    at c1 against the typical FastAPI app from 1.05× to 1.46×. (The eager signature call, the
+    last resort, was measured at about 320 µs per image: commit 425ae6f.)
+
+    **Public-API fallback.** ``session.make_callable(fetches, feed_list=[feed])``, built by
+    :func:`_feed_callable`: the same graph and answers at the 220 µs above. It is taken when
+    this answers None: the session has no ``_make_callable_from_options``, or
+    ``config_pb2.CallableOptions`` cannot be imported or filled, or the method refuses the
+    options (another signature or behaviour in another TensorFlow release). Whichever callable
+    is made must then pass the probe check of :func:`_session_callable`, else the eager
+    signature stays.
     """
-    make = getattr(session, "_make_callable_from_options", None)
-    if make is not None:
-        try:
-            from tensorflow.core.protobuf import config_pb2
+    make = getattr(session, DIRECT_CALLABLE_METHOD, None)
+    if make is None:
+        logger.info(
+            "TensorFlow %s has no Session.%s: the model call uses make_callable",
+            _tf_version(),
+            DIRECT_CALLABLE_METHOD,
+        )
+        return None
+    try:
+        from tensorflow.core.protobuf import config_pb2
 
-            options = config_pb2.CallableOptions()
-            options.feed.append(feed.name)
-            options.fetch.extend(fetch.name for fetch in fetches)
-            direct: Callable[[Images], list[Any]] = make(options)
-            return direct
-        except Exception as exc:  # an older or newer TensorFlow: the public path works
-            logger.info("no direct session callable (%s); using make_callable", first_line(exc))
+        options = config_pb2.CallableOptions()
+        options.feed.append(feed.name)
+        options.fetch.extend(fetch.name for fetch in fetches)
+        direct: Callable[[Images], list[Any]] = make(options)
+    except Exception as exc:  # an older or newer TensorFlow: the public path works
+        logger.info("no direct session callable (%s); using make_callable", first_line(exc))
+        return None
+    return direct
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return str(tf.__version__)
+
+
+# --- end of TensorFlow's private API --------------------------------------------------------
+
+
+def _feed_callable(
+    session: Any, feed: Any, fetches: list[Any]
+) -> tuple[Callable[[Images], list[Any]], str]:
+    """``session``'s callable from ``feed`` to ``fetches`` and which one it is.
+
+    The direct callable (:func:`direct_callable`) when TensorFlow offers it, else the public
+    ``make_callable``.
+    """
+    direct = direct_callable(session, feed, fetches)
+    if direct is not None:
+        return direct, DIRECT
     generic: Callable[[Images], list[Any]] = session.make_callable(fetches, feed_list=[feed])
-    return generic
+    return generic, MAKE_CALLABLE

@@ -7,28 +7,58 @@ tests/ops/test_connections.py; here, that the launcher hands uvicorn what the se
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from uvicorn.config import Config
 from uvicorn.importer import import_from_string
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from app.core.limits import DRAIN_FACTOR
 from app.serve import (
     ARENA_MAX,
-    CoalescingTransport,
-    ConnectionLimits,
     LauncherConfig,
     available_cores,
     uvicorn_options,
     worker_count,
 )
 from app.settings import Settings
-from harness.servers import REPO
+from app.uvicorn_compat import (
+    PRIVATE_MODULE,
+    CoalescingTransport,
+    ConnectionLimits,
+    private_protocol_problem,
+    protocol_class,
+)
+from harness.servers import (
+    HOST,
+    READY_TIMEOUT_SECONDS,
+    REPO,
+    RunningServer,
+    free_port,
+    server_environment,
+    wait_until_ready,
+)
+from tests.app.api.test_predict import digit_png
+from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir
+
+UPGRADE = (
+    f"uvicorn {uvicorn.__version__} no longer fits the launcher's bounded httptools protocol "
+    "(app/uvicorn_compat.py): the launcher would fall back to h11 without the connection cap, "
+    "header timeout and bounded drain. Adapt the adapter to this uvicorn."
+)
 
 
 def test_uvicorn_options_follow_the_settings() -> None:
@@ -180,3 +210,189 @@ def test_a_response_head_and_its_body_leave_in_one_write() -> None:
             b"HTTP/1.1 408 Request Timeout\r\n\r\n",
         ],
     ]
+
+
+# --- uvicorn's private httptools protocol (app/uvicorn_compat.py) ------------------------------
+
+
+def test_the_installed_uvicorn_takes_the_bounded_httptools_protocol() -> None:
+    problem = private_protocol_problem()
+    assert problem is None, f"{UPGRADE} ({problem})"
+    protocol = uvicorn_options(Settings(), "127.0.0.1", 1234)["http"]
+    assert isinstance(protocol, type), UPGRADE
+    assert issubclass(protocol, HttpToolsProtocol), UPGRADE
+
+
+class _Transport:
+    """Enough of an asyncio transport for uvicorn's protocol, recording what it is sent."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.writes)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def _refusal(transport: _Transport, status: int, code: str) -> None:
+    assert transport.closed
+    head, body = transport.written.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert json.loads(body)["error"]["code"] == code
+
+
+def test_the_bounded_protocol_still_drives_uvicorns_class() -> None:
+    """In process, the four paths through uvicorn's internals: served, 503, 431, 408."""
+
+    async def scenario() -> None:
+        limits = ConnectionLimits(
+            max_connections=2,
+            header_timeout_seconds=0.05,
+            max_header_bytes=1000,
+            max_drain_bytes=10_000,
+        )
+        protocol = protocol_class(limits)
+        config = Config(app=_hello, lifespan="off", log_config=None, access_log=False)
+        state = ServerState()
+        opened = []
+        for _ in range(3):
+            connection = protocol(config, state, {})
+            transport = _Transport()
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            opened.append((connection, transport))
+        (served, ok), (big, too_big), (_, third) = opened
+        _refusal(third, 503, "too_many_connections")
+        served.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(100):
+            if ok.written.endswith(b"hello"):
+                break
+            await asyncio.sleep(0)
+        assert ok.written.startswith(b"HTTP/1.1 200 "), ok.written
+        assert ok.written.endswith(b"hello")
+        assert len(ok.writes) == 1, "the head and the body in one write"
+        big.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        big.data_received(b"a" * 2000)
+        _refusal(too_big, 431, "request_header_too_large")
+        for connection, _ in opened[1:]:
+            connection.connection_lost(None)
+        # A head left half-sent is answered 408 when the header timeout fires.
+        slow = protocol(config, state, {})
+        late = _Transport()
+        slow.connection_made(late)  # type: ignore[arg-type]
+        slow.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        await asyncio.sleep(0.2)
+        _refusal(late, 408, "request_timeout")
+        for connection in (served, slow):
+            connection.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def _break_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, PRIVATE_MODULE, None)
+
+
+def _break_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(httptools_impl, "HttpToolsProtocol")
+
+
+def _break_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(HttpToolsProtocol, "on_response_complete")
+
+
+def _break_status_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httptools_impl, "STATUS_LINE", {})
+
+
+@pytest.mark.parametrize(
+    "break_uvicorn", [_break_module, _break_class, _break_method, _break_status_lines]
+)
+def test_without_the_private_protocol_the_launcher_falls_back_to_h11_with_a_head_cap(
+    monkeypatch: pytest.MonkeyPatch, break_uvicorn: Any
+) -> None:
+    break_uvicorn(monkeypatch)
+    assert private_protocol_problem() is not None
+    settings = Settings(max_connections=7, keep_alive_seconds=3, max_header_bytes=9000)
+    options = uvicorn_options(settings, "127.0.0.1", 1234)
+    assert options["http"] == "h11"
+    assert options["h11_max_incomplete_event_size"] == 9000
+    assert (options["timeout_keep_alive"], options["limit_concurrency"]) == (3, 7)
+    config = LauncherConfig(**options, workers=2)
+    assert pickle.loads(pickle.dumps(config)).http == "h11"
+
+
+#: The launcher in a Python where uvicorn's httptools module cannot be imported (as without
+#: httptools installed): the fallback from the first import on.
+_WITHOUT_HTTPTOOLS = (
+    f"import sys; sys.modules[{PRIVATE_MODULE!r}] = None; "
+    "from app.serve import main; main(sys.argv[1:])"
+)
+
+
+@pytest.mark.slow
+def test_the_service_answers_through_the_fallback(models: ModelsDir, tmp_path: Path) -> None:
+    models.add(1, digit=1)
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    environment = server_environment(
+        models.path, {**FIXTURE_MODEL_ENV, "DIGITS_MAX_HEADER_BYTES": "8192"}
+    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _WITHOUT_HTTPTOOLS, "--host", HOST, "--port", str(port)],
+            cwd=REPO,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(process, process.pid, port, log_path)
+    try:
+        wait_until_ready(f"{server.url}/health/ready", process, READY_TIMEOUT_SECONDS, log_path)
+        answer = httpx.post(
+            f"{server.url}/predict",
+            files={"file": ("d.png", digit_png(), "image/png")},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["digit"] == 1
+        # h11 still caps a head that keeps growing.
+        with socket.create_connection((HOST, port), timeout=30) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:100]
+        assert "public h11 protocol" in server.log()
+    finally:
+        server.stop()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Final
 
-import fastapi.routing
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.routing import APIRoute
@@ -35,6 +34,7 @@ from app.api.deps import (
     require_api_key,
 )
 from app.api.disconnect import stop_if_client_gone
+from app.api.fastapi_compat import route_as_included
 from app.api.schemas import BatchResponse, PredictResponse, error_responses
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError, DomainError
@@ -108,13 +108,6 @@ async def _prepare(
         )
 
 
-# FastAPI's private record of the route as included (with a router's or app's own
-# dependencies), looked up rather than imported so that a FastAPI without it still starts;
-# the route's own dependant stands in then, and tests/app/api/test_predict_plain.py checks that
-# the short cut still answers exactly as the full route.
-_EFFECTIVE_ROUTE: Any = getattr(fastapi.routing, "_effective_route_context_var", None)
-
-
 class _PredictRoute(APIRoute):
     """``POST /predict``'s route: a plain request skips the per-request dependency machinery.
 
@@ -132,9 +125,11 @@ class _PredictRoute(APIRoute):
         """The full handler, and before it the twin's for requests that pass as they are."""
         full = super().get_route_handler()
         # The dependencies of the route as included (a router or app may add its own): the
-        # short cut stands in for these two only.
-        context = _EFFECTIVE_ROUTE.get() if _EFFECTIVE_ROUTE is not None else None
-        route = context if context is not None else self
+        # short cut stands in for these two only. When FastAPI does not say what they are
+        # (app.api.fastapi_compat), every request takes the full route.
+        route = route_as_included(self)
+        if route is None:
+            return full
         dependant = route.dependant
         calls = {sub.call for sub in dependant.dependencies}
         if not calls <= {require_api_key, get_serving} or dependant.header_params:
