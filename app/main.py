@@ -31,11 +31,12 @@ from app.api.routes import (
 )
 from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
-from app.core.logging import configure_logging, import_tensorflow
+from app.core.logging import configure_logging
 from app.core.request_id import RequestIdMiddleware
 from app.core.security_headers import SecurityHeadersMiddleware
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.protocols import tfserving, v2_grpc, v2_rest
+from app.serving.runtime import import_tensorflow
 from app.serving.store import LoadedModel, ModelStore, configure_tensorflow
 from app.serving.worker import InferenceWorker
 from app.settings import Settings, get_settings

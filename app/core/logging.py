@@ -199,26 +199,24 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault(TF_LOG_LEVEL_VARIABLE, "3")
 
 
-def import_tensorflow() -> None:
-    """Import TensorFlow, holding its native start-up lines to ``TF_CPP_MIN_LOG_LEVEL``.
+@contextlib.contextmanager
+def native_startup_filtered() -> Iterator[None]:
+    """Hold what a native library prints while it loads to ``TF_CPP_MIN_LOG_LEVEL``.
 
-    A few lines are printed by its libraries as they load, before they read the variable; the
-    ones below its level are filtered out of the process's stderr for the duration of the
-    import (everything else written meanwhile passes through).
+    TensorFlow's libraries print a few lines as they load, before they read the variable; the
+    ones below its level are filtered out of the process's stderr for the duration (everything
+    else written meanwhile passes through). The serving runtime imports TensorFlow inside it.
     """
-    if "tensorflow" in sys.modules:
-        return
     try:
         level = int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0"))
     except ValueError:
         level = 0
     if level <= 0:
-        import tensorflow
-
+        yield
         return
-    # One import at a time: two nested redirections of fd 2 could be undone out of order.
+    # One at a time: two nested redirections of fd 2 could be undone out of order.
     with _import_lock, _native_stderr_filtered(_SEVERITIES[: min(level, 3)]):
-        import tensorflow  # noqa: F401
+        yield
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ public fallback).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from app.core.logging import native_startup_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,14 @@ class Servable(Protocol):
 
     def predict(self, images: Images) -> Answers:
         """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call."""
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow (seconds), its native start-up lines held to ``TF_CPP_MIN_LOG_LEVEL``."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_startup_filtered():
+        import tensorflow  # noqa: F401
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
