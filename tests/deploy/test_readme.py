@@ -95,6 +95,8 @@ RESTRUCTURE_MOVES: dict[str, tuple[str, ...]] = {
     "training/reader_fit.py": ("benchmarks/tune_reader.py",),
     "training/postal_codes.py": ("benchmarks/postal_codes.py",),
     "training/scan_codes.py": ("benchmarks/scan_codes.py",),
+    "app/uvicorn_compat.py": ("app/serve.py",),
+    "app/api/fastapi_compat.py": ("app/api/routes/predict.py",),
     "harness/servers.py": ("tests/support/servers.py",),
     "harness/bodies.py": ("benchmarks/_server.py",),
     "harness/mnist.py": ("tests/support/mnist.py",),
@@ -1007,7 +1009,8 @@ def raised_error_codes() -> dict[str, int]:
     """Code → status of every error answer the service's own code gives.
 
     Read from the source: each ``ApiError(<status>, "<code>", ...)`` in app/, the domain
-    errors' status table, and the launcher's refusals (``<status>: ("<code>", ...)``).
+    errors' status table, and the launcher's refusals (``<status>: ("<code>", ...)``, in the
+    launcher or the uvicorn adapter it uses).
     """
     from app.core.errors import DOMAIN_STATUS
 
@@ -1016,9 +1019,8 @@ def raised_error_codes() -> dict[str, int]:
         text = path.read_text()
         for status, code in re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', text):
             codes[code] = int(status)
-    serve = (REPO / "app" / "serve.py").read_text()
-    for status, code in re.findall(r'(\d{3}):\s*\(\s*"([a-z_]+)"', serve):
-        codes[code] = int(status)
+        for status, code in re.findall(r'(\d{3}):\s*\(\s*"([a-z_]+)"', text):
+            codes[code] = int(status)
     return codes
 
 
