@@ -17,7 +17,7 @@ SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
 # The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
 export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
-.PHONY: install install-train install-dev serve train test test-fast lint bench browser lock clean
+.PHONY: install install-train install-dev serve train test test-fast lint bench browser docs lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The documentation site (docs/, mkdocs.yml) with live reload on http://127.0.0.1:8001.
+docs: install-dev
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_training.py

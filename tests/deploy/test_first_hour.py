@@ -1,5 +1,7 @@
 """A newcomer's first hour: the sample images, and README's own commands run on a fresh copy.
 
+The curl examples of README.md and of the documentation pages (docs/*.md) are run the same way.
+
 The fresh copy holds what a clone holds (``git ls-files``: tracked and new files, not ignored
 ones) in a temporary directory, outside this team's layout (no ``../shared`` beside it). The
 commands are taken from README.md and run as written, with three things added: ``VENV=`` points
@@ -62,9 +64,22 @@ EXAMPLES: dict[str, str] = _examples_module().EXAMPLES
 
 
 def _fenced_commands(markdown: str) -> list[str]:
-    """Every line of every fenced code block, continuation lines joined, comments kept."""
+    """Every line of every fenced shell block, continuation lines joined, comments kept."""
+    blocks: list[str] = []
+    language: str | None = None  # inside a block: its language
+    for line in markdown.splitlines(keepends=True):
+        if line.startswith("```"):
+            if language is None:
+                language = line[3:].strip()
+                blocks.append("")
+            else:
+                if language not in {"", "bash", "sh", "console"}:
+                    blocks.pop()
+                language = None
+        elif language is not None:
+            blocks[-1] += line
     lines: list[str] = []
-    for block in re.findall(r"^```[^\n]*\n(.*?)^```", markdown, flags=re.M | re.S):
+    for block in blocks:
         lines += [line.strip() for line in re.sub(r"\\\n", " ", block).splitlines()]
     return [line for line in lines if line]
 
@@ -77,6 +92,9 @@ def _words(line: str) -> list[str]:
 
 
 README_COMMANDS = [_words(line) for line in _fenced_commands((REPO / "README.md").read_text())]
+#: The commands of README.md and of every documentation page.
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOC_COMMANDS = [_words(line) for page in DOC_PAGES for line in _fenced_commands(page.read_text())]
 
 
 # ----------------------------------------------------------------------------- the examples
@@ -103,28 +121,31 @@ def test_examples_are_read_right_by_the_bundled_model() -> None:
                 assert answer["digits"] == digits, (name, answer)
 
 
-def test_readme_uses_every_example_and_no_missing_file() -> None:
-    uploads = [
+def _uploads(commands: list[list[str]]) -> list[str]:
+    return [
         word.split("@", 1)[1]
-        for words in README_COMMANDS
+        for words in commands
         if words and words[0] == "curl"
         for word in words
         if "=@" in word
     ]
+
+
+def test_readme_uses_every_example_and_no_missing_file() -> None:
+    uploads = _uploads(README_COMMANDS)
     assert uploads, "README's curl commands upload no file"
-    for path in uploads:
-        assert (REPO / path).is_file(), f"README uploads {path}, which the repository lacks"
     assert {Path(p).name for p in uploads} >= set(EXAMPLES)
+    for path in _uploads(DOC_COMMANDS):
+        assert (REPO / path).is_file(), f"the docs upload {path}, which the repository lacks"
 
 
 def test_readme_training_commands_work_outside_this_teams_layout() -> None:
-    text = (REPO / "README.md").read_text()
-    model_section = text[text.index("## The model") : text.index("## Architecture")]
-    for line in _fenced_commands(model_section):
-        assert "../shared" not in line, (
-            f"README's training command needs this team's layout: {line}"
-        )
-    assert "--no-report" in model_section, "a serve-only install is told about --no-report"
+    readme = (REPO / "README.md").read_text()
+    train_section = readme[readme.index("## Train") :].split("\n## ", 1)[0]
+    model_page = (REPO / "docs" / "model.md").read_text()
+    for line in _fenced_commands(train_section + model_page):
+        assert "../shared" not in line, f"a training command needs this team's layout: {line}"
+    assert "--no-report" in model_page, "a serve-only install is told about --no-report"
 
 
 # ----------------------------------------------------------------------------- README, run
@@ -231,7 +252,7 @@ def test_readme_serve_and_curl_commands_answer_the_examples(served: tuple[Path, 
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     answered = 0
-    for words in README_COMMANDS:
+    for words in DOC_COMMANDS:
         if not words or words[0] != "curl" or not any("=@examples/" in w for w in words):
             continue
         command = [w.replace("127.0.0.1:8000", f"{HOST}:{port}") for w in words]
@@ -249,7 +270,7 @@ def test_readme_serve_and_curl_commands_answer_the_examples(served: tuple[Path, 
         else:
             assert str(answer["digit"]) == expected[0], answer
         answered += 1
-    assert answered >= 3, "README shows /predict, /predict/batch and /recognize with examples"
+    assert answered >= 3, "the docs show /predict, /predict/batch and /recognize with examples"
 
 
 @pytest.fixture

@@ -291,7 +291,8 @@ def test_resources_requested_and_limited(overlay: tuple[str, list[dict[str, Any]
         request = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
         assert 0 < request <= limit, resource
-    # The service holds about 720 MB once ready (README, compose): a limit below a GiB kills it.
+    # The service holds about 760 MiB once ready (docs/deployment.md, compose): a limit below a
+    # GiB kills it.
     assert quantity(resources["limits"]["memory"]) >= 2**30
 
 

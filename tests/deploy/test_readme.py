@@ -1,14 +1,29 @@
-"""README.md against the project: the Docker commands name services, profiles, stages and routes
-that exist; the Errors table lists every error code; the protocol examples answer what they show."""
+"""README.md and the documentation site (docs/, mkdocs.yml) against the project.
+
+Every fenced block of README.md and docs/*.md is checked: its commands name make targets and
+variables, module options, Docker, Compose and Kubernetes objects and routes that exist; an
+example that shows its answer (a ``# {...}`` line under the command) is run and must answer
+that; the Python snippets run against a real server and must print what they show. The Errors
+tables list every error code, every setting is documented, every module is on the architecture
+page, README stays a short start page, no page points at what a reader cannot open, and the
+site builds with ``mkdocs build --strict`` and loads nothing from the network.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+import tomllib
+import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +34,127 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from harness.servers import HOST, RunningServer, free_port
 from tests.deploy.conftest import REPO
 from tests.deploy.formats import Dockerfile
+
+# The real-server support: harness/ (shared with the benchmarks) once the restructuring lands.
+_servers = importlib.import_module(
+    "harness.servers" if (REPO / "harness" / "servers.py").is_file() else "tests.support.servers"
+)
+HOST: str = _servers.HOST
+RunningServer: Any = _servers.RunningServer
+free_port: Callable[[], int] = _servers.free_port
+
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+CHANGELOG = REPO / "CHANGELOG.md"
+#: README stays a start page; the reference lives in docs/.
+README_MAX_LINES = 300
+#: Languages of fenced blocks holding shell commands.
+SHELL_LANGUAGES = {"bash", "sh", "shell", "console", ""}
+
+#: Paths of the package layout the documentation describes, with where their code is until
+#: the restructuring lands (a module made of several old ones names its main source), most
+#: recent first. A path the docs name must exist, or one of its entries here must. Entries
+#: whose path exists are unused; delete the table once every path the docs name exists.
+RESTRUCTURE_MOVES: dict[str, tuple[str, ...]] = {
+    "app/settings.py": ("app/core/config.py",),
+    "app/telemetry.py": ("app/core/telemetry.py",),
+    "app/core/security.py": ("app/api/deps.py",),
+    "app/reading": ("app/imaging",),
+    "app/reading/decode.py": ("app/imaging/decode.py",),
+    "app/reading/normalize.py": ("app/imaging/normalize.py",),
+    "app/reading/framing.py": ("app/framing.py",),
+    "app/reading/marks.py": ("app/marks.py",),
+    "app/reading/components.py": ("app/segmentation/components.py",),
+    "app/reading/lattice.py": ("app/segmentation/lattice.py",),
+    "app/reading/reader.py": ("app/segmentation/reader.py",),
+    "app/reading/likeness.py": ("app/likeness.py",),
+    "app/reading/review.py": ("app/review.py",),
+    "app/reading/calibration.py": ("app/calibration.py",),
+    "app/reading/pipeline.py": ("app/api/routes/recognize.py",),
+    "app/serving": ("app/model_store.py",),
+    "app/serving/model_dir.py": ("app/serving/store.py", "app/model_store.py"),
+    "app/serving/loaded.py": ("app/serving/store.py", "app/model_store.py"),
+    "app/serving/store.py": ("app/model_store.py",),
+    "app/serving/policy.py": ("app/version_policy.py",),
+    "app/serving/models_config.py": ("app/serving_config.py",),
+    "app/serving/probe.py": ("app/probe.py",),
+    "app/serving/report.py": ("app/model_report.py",),
+    "app/serving/runtime.py": ("app/runtime.py",),
+    "app/serving/worker.py": ("app/inference.py",),
+    "app/api/schemas.py": ("app/schemas.py",),
+    "app/protocols": ("app/protocols.py",),
+    "app/protocols/common.py": ("app/protocols.py",),
+    "app/protocols/v2.py": ("app/protocols/common.py", "app/protocols.py"),
+    "app/protocols/tfserving.py": ("app/api/routes/tfserving.py",),
+    "app/protocols/v2_rest.py": ("app/api/routes/inference_v2.py",),
+    "app/protocols/v2_grpc.py": ("app/grpc_service.py",),
+    "app/protocols/tensor_json.py": ("app/tensor_json.py",),
+    "app/protocols/errors.py": ("app/api/protocol_errors.py",),
+    "training/reader_fit.py": ("benchmarks/tune_reader.py",),
+    "training/postal_codes.py": ("benchmarks/postal_codes.py",),
+    "training/scan_codes.py": ("benchmarks/scan_codes.py",),
+    "app/uvicorn_compat.py": ("app/serve.py",),
+    "app/api/fastapi_compat.py": ("app/api/routes/predict.py",),
+    "harness/servers.py": ("tests/support/servers.py",),
+    "harness/bodies.py": ("benchmarks/_server.py",),
+    "harness/mnist.py": ("tests/support/mnist.py",),
+    "harness/attacks.py": ("tests/support/attacks.py",),
+    "harness/realdigits.py": ("benchmarks/realdigits.py",),
+}
+
+
+def doc_pages() -> list[Path]:
+    """README.md and every page of the documentation site."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def page_name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
+
+
+def repo_path(path: str) -> Path | None:
+    """The file or directory a repository path names, in the new layout or where its code is
+    until the restructuring lands; None when neither exists."""
+    for candidate in (path, *RESTRUCTURE_MOVES.get(path, ())):
+        if (REPO / candidate).exists():
+            return REPO / candidate
+    return None
+
+
+def settings_class() -> Any:
+    """The service's settings class, wherever the layout of this checkout keeps it."""
+    module = "app.settings" if (REPO / "app" / "settings.py").is_file() else "app.core.config"
+    return importlib.import_module(module).Settings
+
+
+@dataclass
+class Block:
+    """A fenced code block: its language, its text and the line it starts on."""
+
+    language: str
+    code: str
+    line: int
+
+
+def fenced_blocks(markdown: str) -> list[Block]:
+    """Every fenced (```) block of a Markdown text, in order."""
+    blocks: list[Block] = []
+    lines = markdown.splitlines(keepends=True)
+    index = 0
+    while index < len(lines):
+        opening = re.match(r"```\s*([\w+-]*)", lines[index])
+        if opening is None:
+            index += 1
+            continue
+        end = next(
+            (i for i in range(index + 1, len(lines)) if lines[i].startswith("```")), len(lines)
+        )
+        blocks.append(Block(opening[1], "".join(lines[index + 1 : end]), index + 1))
+        index = end + 1
+    return blocks
+
 
 # docker compose options that take a value (so the value is not mistaken for a service name).
 _VALUE_OPTIONS = {
@@ -63,17 +196,29 @@ _SERVICE_THEN_ARGS = {"run", "exec", "port"}
 
 @dataclass
 class Facts:
-    """What the commands may name: read from the Dockerfile and docker-compose.yml."""
+    """What the commands may name: read from the Makefile, Dockerfile, docker-compose.yml and
+    deploy/k8s; ``built_tags`` and ``forwarded_ports`` are what a page's earlier commands made."""
 
     services: dict[str, dict[str, Any]]
     dockerfile: Dockerfile
     routes: dict[str, set[str]]
     trainer: Callable[[list[str]], argparse.Namespace]
+    compose: dict[str, Any] = field(default_factory=dict)
     built_tags: set[str] = field(default_factory=set)
+    forwarded_ports: set[int] = field(default_factory=set)
 
     @property
     def profiles(self) -> set[str]:
         return {p for service in self.services.values() for p in service.get("profiles", [])}
+
+    @property
+    def interpolated(self) -> set[str]:
+        """The variables docker-compose.yml reads from the environment (``${NAME...}``)."""
+        return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", yaml.safe_dump(self.compose)))
+
+    def for_page(self) -> Facts:
+        """The same facts for a new page: nothing built or forwarded yet."""
+        return dataclasses.replace(self, built_tags=set(), forwarded_ports=set())
 
 
 def docker_section(markdown: str) -> str:
@@ -94,35 +239,44 @@ def docker_section(markdown: str) -> str:
                 len(lines),
             )
             sections.append("\n".join(lines[start:end]))
-    assert sections, "README.md has no section whose heading mentions Docker or deployment"
+    assert sections, "the page has no section whose heading mentions Docker or deployment"
     return "\n".join(sections)
 
 
-def shell_commands(section: str) -> list[list[str]]:
-    """Commands in the section's fenced code blocks, split into words, pipelines split apart.
+def block_commands(code: str) -> list[list[str]]:
+    """The commands of one shell block, split into words, pipelines split apart.
 
     Continuation lines are joined, ``# comments`` dropped, a leading ``$`` prompt and leading
     ``NAME=value`` assignments removed.
     """
     commands: list[list[str]] = []
-    for block in re.findall(r"^```[^\n]*\n(.*?)^```", section, flags=re.M | re.S):
-        text = re.sub(r"\\\n", " ", block)
-        for line in text.splitlines():
-            line = re.sub(r"^\s*\$\s+", "", line)
-            lexer = shlex.shlex(line, posix=True, punctuation_chars="|&;")
-            lexer.whitespace_split = True
-            lexer.commenters = "#"
-            words: list[str] = []
-            for word in [*lexer, "|"]:
-                if set(word) <= set("|&;"):
-                    while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
-                        words.pop(0)
-                    if words:
-                        commands.append(words)
-                    words = []
-                else:
-                    words.append(word)
+    text = re.sub(r"\\\n", " ", code)
+    for line in text.splitlines():
+        line = re.sub(r"^\s*\$\s+", "", line)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars="|&;")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        words: list[str] = []
+        for word in [*lexer, "|"]:
+            if set(word) <= set("|&;"):
+                while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
+                    words.pop(0)
+                if words:
+                    commands.append(words)
+                words = []
+            else:
+                words.append(word)
     return commands
+
+
+def shell_commands(section: str) -> list[list[str]]:
+    """The commands of every shell block of a section (see :func:`block_commands`)."""
+    return [
+        words
+        for block in fenced_blocks(section)
+        if block.language in SHELL_LANGUAGES
+        for words in block_commands(block.code)
+    ]
 
 
 def _split_options(words: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
@@ -213,7 +367,8 @@ def check_run(words: list[str], facts: Facts) -> None:
 
 
 def check_curl(words: list[str], facts: Facts) -> None:
-    """A ``curl`` to the API names a route; one to TF Serving names the mnist model."""
+    """A ``curl`` to the API names a route; one to TF Serving names the mnist model; one to a
+    port forwarded by an earlier ``kubectl port-forward`` names a route too."""
     urls = [word for word in words if word.startswith("http")]
     assert urls, f"{shlex.join(words)}: no URL"
     # [host_ip:]host_port:container_port; TF Serving is published on loopback only.
@@ -228,47 +383,351 @@ def check_curl(words: list[str], facts: Facts) -> None:
             assert parts.path.startswith("/v1/models/mnist"), url
             assert parts.hostname in {"127.0.0.1", "localhost"}, f"{url}: published on loopback"
         else:
-            assert parts.port == 8000, f"{url}: the compose stack and image answer on 8000"
-            assert parts.path in facts.routes, f"{url}: no such route"
+            assert parts.port == 8000 or parts.port in facts.forwarded_ports, (
+                f"{url}: the service, the compose stack and the image answer on 8000"
+            )
+            assert route_exists(parts.path, facts.routes), f"{url}: no such route"
 
 
-def check_readme_section(section: str, facts: Facts) -> list[list[str]]:
-    """Check every docker and curl command in the section; return the docker commands."""
-    docker = []
-    for words in shell_commands(section):
-        if words[:2] == ["docker", "compose"]:
-            check_compose(words, facts)
-            docker.append(words)
-        elif words[:2] == ["docker", "build"]:
-            check_build(words, facts)
-            docker.append(words)
-        elif words[:2] == ["docker", "run"]:
-            check_run(words, facts)
-            docker.append(words)
-        elif words[0] == "curl":
-            check_curl(words, facts)
-    return docker
+def route_exists(path: str, routes: dict[str, set[str]]) -> bool:
+    """Whether a concrete path is one of the app's routes (``{param}`` matches one segment)."""
+    for route in routes:
+        pattern = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(route))
+        if re.fullmatch(pattern, path):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- make, python, tools
+
+
+def makefile_targets() -> set[str]:
+    text = (REPO / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, flags=re.M))
+
+
+def makefile_variables() -> set[str]:
+    text = (REPO / "Makefile").read_text()
+    return set(re.findall(r"^(?:export\s+)?([A-Z_][A-Z0-9_]*)\s*[?:+]?=", text, flags=re.M))
+
+
+def check_make(words: list[str], facts: Facts) -> None:
+    """``make TARGET [NAME=value...]``: the target and the variables exist; ``TRAIN_ARGS`` is
+    what the trainer accepts."""
+    targets = [word for word in words[1:] if "=" not in word and not word.startswith("-")]
+    assert targets, f"{shlex.join(words)}: which target?"
+    phony = re.search(r"^\.PHONY:(.*)$", (REPO / "Makefile").read_text(), flags=re.M)
+    assert phony is not None
+    for target in targets:
+        assert target in makefile_targets(), f"{shlex.join(words)}: no make target {target!r}"
+        assert target in phony[1].split(), f"{shlex.join(words)}: {target} is not .PHONY"
+    for word in words[1:]:
+        name, equals, value = word.partition("=")
+        if equals:
+            assert name in makefile_variables(), f"{shlex.join(words)}: no make variable {name}"
+            if name == "TRAIN_ARGS":
+                facts.trainer(shlex.split(value))
+
+
+def module_path(module: str) -> Path:
+    """The file (or package directory) of ``python -m module``, in the new layout or where its
+    code is until the restructuring lands."""
+    relative = module.replace(".", "/")
+    for candidate in (f"{relative}.py", relative):
+        found = repo_path(candidate)
+        if found is not None:
+            return found
+    raise AssertionError(f"python -m {module}: no module {module!r} in the repository")
+
+
+def check_options(command: str, source: Path, options: list[str]) -> None:
+    """Every ``--option`` of a command is one its source declares."""
+    files = sorted(source.rglob("*.py")) if source.is_dir() else [source]
+    text = "\n".join(path.read_text() for path in files)
+    for option in options:
+        name = option.partition("=")[0]
+        if name == "--help":
+            continue
+        assert f'"{name}"' in text, f"{command}: {page_name(source)} has no option {name}"
+
+
+def is_python(word: str) -> bool:
+    return re.fullmatch(r"(?:\S*/)?python3?", word) is not None
+
+
+def check_python(words: list[str]) -> None:
+    """``python -m module``, ``python script.py`` or ``python -c code``: the module or script
+    is in the repository and declares the options given; the code compiles."""
+    command = shlex.join(words)
+    rest = words[1:]
+    assert rest, f"{command}: python with nothing to run"
+    if rest[0] == "-c":
+        compile(rest[1], command, "exec")
+        return
+    if rest[0] == "-m":
+        source = module_path(rest[1])
+        arguments = rest[2:]
+    else:
+        found = repo_path(rest[0])
+        assert found is not None, f"{command}: no script {rest[0]!r}"
+        assert found.is_file(), f"{command}: {rest[0]!r} is not a script"
+        source, arguments = found, rest[1:]
+    check_options(command, source, [word for word in arguments if word.startswith("--")])
+
+
+def check_tool(words: list[str]) -> None:
+    """``.venv/bin/TOOL ...``: a tool the dev install provides, which accepts the options given
+    (read from its ``--help``)."""
+    command = shlex.join(words)
+    tool = Path(sys.executable).parent / Path(words[0]).name
+    assert tool.is_file(), f"{command}: the dev install has no {tool.name}"
+    positionals = [word for word in words[1:] if not word.startswith("-")]
+    result = subprocess.run(
+        [str(tool), *positionals, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"{command}: {result.stderr[-500:]}"
+    for option in (word.partition("=")[0] for word in words[1:] if word.startswith("--")):
+        assert option in result.stdout, f"{command}: {tool.name} has no option {option}"
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    """Every object of every manifest under deploy/k8s (base, components, overlays)."""
+    objects: list[dict[str, Any]] = []
+    for path in sorted((REPO / "deploy" / "k8s").rglob("*.yaml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)]
+    return objects
+
+
+_KINDS = {
+    "deployment": "Deployment",
+    "deploy": "Deployment",
+    "service": "Service",
+    "svc": "Service",
+    "hpa": "HorizontalPodAutoscaler",
+    "horizontalpodautoscaler": "HorizontalPodAutoscaler",
+}
+
+
+def k8s_object(kind: str, name: str, command: str) -> dict[str, Any]:
+    wanted = _KINDS.get(kind.lower(), kind)
+    for obj in k8s_objects():
+        if obj.get("kind") == wanted and obj.get("metadata", {}).get("name") == name:
+            return obj
+    raise AssertionError(f"{command}: no {wanted} {name!r} in deploy/k8s")
+
+
+def k8s_namespaces() -> set[str]:
+    found = set()
+    for obj in k8s_objects():
+        kustomization = obj.get("kind") == "Kustomization" or "resources" in obj
+        if kustomization and isinstance(obj.get("namespace"), str):
+            found.add(obj["namespace"])
+        if obj.get("kind") == "Namespace":
+            found.add(obj["metadata"]["name"])
+    return found
+
+
+def _secret_keys(node: Any) -> Iterator[tuple[str, str]]:
+    """(secret name, key) of every ``secretKeyRef`` in a manifest."""
+    if isinstance(node, dict):
+        ref = node.get("secretKeyRef")
+        if isinstance(ref, dict):
+            yield ref["name"], ref["key"]
+        for value in node.values():
+            yield from _secret_keys(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_keys(value)
+
+
+def _keys_exist(patch: Any, target: Any) -> bool:
+    if isinstance(patch, dict):
+        return isinstance(target, dict) and all(
+            key in target and _keys_exist(value, target[key]) for key, value in patch.items()
+        )
+    return True
+
+
+def check_kube(words: list[str], facts: Facts) -> None:
+    """``kubectl``, ``kind`` and ``minikube`` commands name overlays, namespaces, objects, ports,
+    Secrets and images that exist."""
+    command = shlex.join(words)
+    if words[0] in {"kind", "minikube"}:
+        assert words[1:3] in (["load", "docker-image"], ["image", "load"]), command
+        assert words[3] in facts.built_tags, f"{command}: image not built above"
+        return
+    assert words[0] == "kubectl", command
+    arguments: list[str] = []
+    namespace = None
+    index = 1
+    while index < len(words):
+        if words[index] in {"-n", "--namespace"}:
+            namespace = words[index + 1]
+            index += 2
+        else:
+            arguments.append(words[index])
+            index += 1
+    if namespace is not None:
+        assert namespace in k8s_namespaces(), f"{command}: no overlay uses namespace {namespace}"
+    verb = arguments[0]
+    if verb in {"apply", "kustomize", "diff", "delete"}:
+        directory = arguments[arguments.index("-k") + 1] if "-k" in arguments else arguments[1]
+        assert (REPO / directory / "kustomization.yaml").is_file(), (
+            f"{command}: no kustomization in {directory}"
+        )
+    elif verb in {"rollout", "scale"}:
+        target = arguments[2] if verb == "rollout" else arguments[1]
+        kind, _, name = target.partition("/")
+        k8s_object(kind, name, command)
+    elif verb == "port-forward":
+        kind, _, name = arguments[1].partition("/")
+        local, _, remote = arguments[2].partition(":")
+        service = k8s_object(kind, name, command)
+        ports = {port["port"] for port in service["spec"]["ports"]}
+        assert int(remote) in ports, f"{command}: {name} has no port {remote}"
+        facts.forwarded_ports.add(int(local))
+    elif verb == "patch":
+        obj = k8s_object(arguments[1], arguments[2], command)
+        patch = json.loads(arguments[arguments.index("-p") + 1])
+        assert _keys_exist(patch, obj), f"{command}: the patch names fields {arguments[2]} lacks"
+    elif verb == "create":
+        assert arguments[1:3] == ["secret", "generic"], command
+        referenced = dict(_secret_keys(k8s_objects()))
+        name = arguments[3]
+        assert name in referenced, f"{command}: no manifest reads the Secret {name!r}"
+        for word in arguments[4:]:
+            if word.startswith("--from-literal="):
+                key = word.removeprefix("--from-literal=").partition("=")[0]
+                assert key == referenced[name], f"{command}: the manifests read {referenced[name]}"
+    else:
+        raise AssertionError(f"{command}: no check for kubectl {verb}")
+
+
+# ---------------------------------------------------------------- every command
+
+
+def check_command(words: list[str], facts: Facts) -> str:
+    """Check one command of a documentation block against the project; return its kind.
+
+    A command no check knows fails: a block the tests cannot check is a gap to close here.
+    """
+    name = words[0]
+    if words[:2] == ["docker", "compose"]:
+        check_compose(words, facts)
+        return "docker"
+    if words[:2] == ["docker", "build"]:
+        check_build(words, facts)
+        return "docker"
+    if words[:2] == ["docker", "run"]:
+        check_run(words, facts)
+        return "docker"
+    if name == "curl":
+        check_curl(words, facts)
+        return "curl"
+    if name in {"kubectl", "kind", "minikube"}:
+        check_kube(words, facts)
+        return "kubernetes"
+    if name == "make":
+        check_make(words, facts)
+        return "make"
+    if is_python(name):
+        check_python(words)
+        return "python"
+    if name.startswith(".venv/bin/"):
+        check_tool(words)
+        return "tool"
+    if name == "export":
+        named = re.findall(r"(?<![\w$])([A-Z_][A-Z0-9_]*)=", " ".join(words[1:]))
+        assert named, shlex.join(words)
+        for variable in named:
+            assert variable in facts.interpolated, f"{variable}: docker-compose.yml never reads it"
+        return "export"
+    if name == "echo":
+        return "echo"
+    raise AssertionError(f"{shlex.join(words)}: no check for this command; add one")
+
+
+def check_section(section: str, facts: Facts) -> list[list[str]]:
+    """Check every command of the section's shell blocks; return the docker commands."""
+    return [words for words in shell_commands(section) if check_command(words, facts) == "docker"]
 
 
 @pytest.fixture
 def facts(
     services: dict[str, dict[str, Any]],
+    compose: dict[str, Any],
     dockerfile: Dockerfile,
     app_routes: dict[str, set[str]],
     trainer_cli: Callable[[list[str]], argparse.Namespace],
 ) -> Facts:
-    return Facts(services, dockerfile, app_routes, trainer_cli)
+    return Facts(services, dockerfile, app_routes, trainer_cli, compose)
 
 
 def test_readme_docker_commands_match_the_files(facts: Facts) -> None:
-    section = docker_section((REPO / "README.md").read_text())
-    commands = [shlex.join(words) for words in check_readme_section(section, facts)]
+    section = docker_section(README.read_text())
+    commands = [shlex.join(words) for words in check_section(section, facts.for_page())]
     joined = "\n".join(commands)
     assert "docker build" in joined
     assert re.search(r"docker compose .*\bup\b", joined)
+
+
+def test_deployment_page_docker_commands_match_the_files(facts: Facts) -> None:
+    deployment = (DOCS / "deployment.md").read_text()
+    commands = check_section(docker_section(deployment), facts.for_page())
+    joined = "\n".join(shlex.join(words) for words in commands)
+    assert "docker build" in joined
+    assert re.search(r"docker compose .*\bup\b", joined)
     assert re.search(r"--scale api=\d", joined), "the scale-out command is documented"
+    everywhere = "\n".join(
+        shlex.join(words)
+        for page in doc_pages()
+        for words in shell_commands(page.read_text())
+        if words[:2] == ["docker", "compose"]
+    )
     for profile in sorted(facts.profiles):
-        assert f"--profile {profile}" in joined, f"the {profile} profile is documented"
+        assert f"--profile {profile}" in everywhere, f"the {profile} profile is documented"
+
+
+def test_every_block_of_the_docs_is_checked(facts: Facts) -> None:
+    # Each block is checked by what its language holds: shell commands against the project,
+    # Python by compiling it here and running it in the slow test below, JSON against what it
+    # shows; text blocks are diagrams. Anything else has no check, which fails.
+    kinds: dict[str, int] = {}
+    for page in doc_pages():
+        page_facts = facts.for_page()
+        for block in fenced_blocks(page.read_text()):
+            where = f"{page_name(page)}:{block.line}"
+            if block.language in SHELL_LANGUAGES:
+                commands = block_commands(block.code)
+                assert commands, f"{where}: a shell block with no command"
+                for words in commands:
+                    try:
+                        kind = check_command(words, page_facts)
+                    except AssertionError as error:
+                        raise AssertionError(f"{where}: {error}") from None
+                    kinds[kind] = kinds.get(kind, 0) + 1
+            elif block.language == "python":
+                compile(block.code, where, "exec")
+            elif block.language == "json":
+                check_json_block(json.loads(block.code), where)
+            elif block.language != "text":
+                raise AssertionError(f"{where}: no check for ```{block.language} blocks")
+    assert {"docker", "curl", "kubernetes", "make", "python", "tool"} <= set(kinds), kinds
+
+
+def check_json_block(document: Any, where: str) -> None:
+    """A JSON block shows a review reason: its code is one the API page documents."""
+    assert isinstance(document, dict), f"{where}: no check for this JSON; add one"
+    assert {"code", "message"} <= set(document) <= {"code", "message", "position"}, (
+        f"{where}: no check for this JSON; add one"
+    )
+    assert document["code"] in documented_reason_codes(), f"{where}: {document['code']}"
+    codes = service_reason_codes()
+    if codes is not None:
+        assert document["code"] in codes, f"{where}: the service has no code {document['code']}"
 
 
 SAMPLE = """
@@ -312,7 +771,7 @@ def test_commands_are_extracted_from_the_docker_section_only() -> None:
 
 
 def test_the_sample_section_passes(facts: Facts) -> None:
-    assert len(check_readme_section(docker_section(SAMPLE), facts)) == 7
+    assert len(check_section(docker_section(SAMPLE), facts)) == 7
 
 
 @pytest.mark.parametrize(
@@ -330,11 +789,37 @@ def test_the_sample_section_passes(facts: Facts) -> None:
         ("docker build -t x . && docker run -p 9000:9000 x", "port"),
         ("curl http://localhost:8000/no/such/route", "no such route"),
         ("curl http://localhost:8501/v1/models/other:predict", "other"),
+        ("curl http://127.0.0.1:8080/predict", "answer on 8000"),
+        ("make nowhere", "no make target 'nowhere'"),
+        ("make serve NOWHERE=1", "no make variable NOWHERE"),
+        ("make train TRAIN_ARGS='--recipe fancy'", "the trainer rejects"),
+        ("python -m benchmarks.bench_postal --nope 1", "no option --nope"),
+        ("python -m benchmarks.nowhere", "no module"),
+        (".venv/bin/python benchmarks/nowhere.py", "no script"),
+        ("python -c 'print('", "never closed"),
+        (".venv/bin/lint-imports --nope", "no option --nope"),
+        ("kubectl apply -k deploy/k8s/overlays/nowhere", "no kustomization"),
+        ("kubectl -n nowhere rollout status deployment/mnist-digits", "namespace nowhere"),
+        ("kubectl -n mnist-digits rollout restart deployment/other", "no Deployment 'other'"),
+        ("kubectl -n mnist-digits port-forward service/mnist-digits 8080:81", "no port 81"),
+        ('kubectl -n mnist-digits patch hpa mnist-digits -p \'{"spec":{"min":6}}\'', "fields"),
+        ("kubectl -n mnist-digits create secret generic other --from-literal=a=b", "Secret"),
+        ("kind load docker-image unbuilt", "image not built"),
+        ("export NOWHERE=1", "never reads it"),
+        ("frobnicate --now", "no check for this command"),
     ],
 )
 def test_a_wrong_name_is_caught(facts: Facts, command: str, complaint: str) -> None:
-    with pytest.raises(AssertionError, match=re.escape(complaint)):
-        check_readme_section(f"# Docker\n```\n{command}\n```\n", facts)
+    with pytest.raises((AssertionError, SyntaxError), match=re.escape(complaint)):
+        check_section(f"# Docker\n```\n{command}\n```\n", facts.for_page())
+
+
+def test_a_forwarded_port_may_be_curled(facts: Facts) -> None:
+    section = (
+        "```bash\nkubectl -n mnist-digits port-forward service/mnist-digits 8080:80\n"
+        "curl -F file=@examples/digit.png http://127.0.0.1:8080/predict\n```\n"
+    )
+    check_section(section, facts.for_page())
 
 
 def test_a_readme_without_a_docker_section_fails() -> None:
@@ -342,11 +827,169 @@ def test_a_readme_without_a_docker_section_fails() -> None:
         docker_section("# Project\n\n## Usage\n")
 
 
-# ---------------------------------------------------------------- the Errors table
+# ---------------------------------------------------------------- README is a start page
 
 
-def readme_error_table(markdown: str) -> dict[str, set[int]]:
-    """Code → statuses, read from README's Errors table (the one headed ``| status | codes |``)."""
+def test_readme_is_short_and_starts_with_the_two_commands() -> None:
+    text = README.read_text()
+    lines = text.splitlines()
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move the reference "
+        "into docs/ and leave README a start page"
+    )
+    first = fenced_blocks(text)[0]
+    assert "\n## " not in text[: text.index(first.code)], "the set-up commands come first"
+    commands = block_commands(first.code)
+    assert commands[:2] == [["make", "serve"], ["make", "test"]], (
+        "README's first commands are `make serve` and `make test`"
+    )
+
+
+def test_readme_links_resolve() -> None:
+    for page in (README, CHANGELOG):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = REPO / path
+            assert linked.is_file(), f"{page_name(page)} links {target}, which does not exist"
+            if anchor:
+                slugs = {slug(h) for h in re.findall(r"^#+ (.*)$", linked.read_text(), re.M)}
+                assert anchor in slugs, f"{page_name(page)} links {target}: no such heading"
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor, as MkDocs (Python-Markdown's toc) and GitHub make it."""
+    text = unicodedata.normalize("NFKD", heading.replace("`", ""))
+    text = re.sub(r"[^\w\s-]", "", text.encode("ascii", "ignore").decode()).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def test_slugs_are_the_sites() -> None:
+    assert slug("Digit strings: `/recognize`") == "digit-strings-recognize"
+    assert slug("TF Serving's `models.config`") == "tf-servings-modelsconfig"
+
+
+# ---------------------------------------------------------------- what a reader can open
+
+_UNREACHABLE = [
+    (re.compile(r"\.\./shared"), "a path outside the repository"),
+    (re.compile(r"\b(?:issues?|PR|pull request)\s*#?\d+", re.I), "an issue number"),
+    (re.compile(r"(?<![\w&/])#\d+\b"), "an issue number"),
+    (
+        re.compile(r"(?<![\w-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![\w-])"),
+        "a commit id",
+    ),
+]
+
+
+def unreachable_references(text: str) -> list[str]:
+    """What a text refers to that a reader of the repository cannot open."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for pattern, what in _UNREACHABLE:
+            for match in pattern.finditer(line):
+                found.append(f"line {number}: {what}: {match[0]!r}")
+    return found
+
+
+def test_pages_refer_only_to_what_a_reader_can_open() -> None:
+    for page in [*doc_pages(), CHANGELOG]:
+        assert unreachable_references(page.read_text()) == [], page_name(page)
+
+
+def test_an_unreachable_reference_is_caught() -> None:
+    assert unreachable_references("see ../shared/docs/DESIGN.md")
+    assert unreachable_references("the targets of issue 8")
+    assert unreachable_references("Issue #12 says")
+    assert unreachable_references("fixed in #12.")
+    assert unreachable_references("before commit fd28fb0 changed it")
+    assert unreachable_references("at 35235b6e2d9a")
+    assert unreachable_references("a request id [a8095325…]") == ["line 1: a commit id: 'a8095325'"]
+    assert not unreachable_references(
+        "25000000 pixels, 5242880 bytes, a defaced page, [Limits](limits.md#connections), "
+        "e2e, 3.48e-07, [a809…], `DIGITS_MAX_UPLOAD_BYTES`, #8a2be2-free"
+    )
+
+
+def test_paths_named_by_the_docs_exist() -> None:
+    roots = ("app/", "training/", "benchmarks/", "tests/", "deploy/", "examples/", "models/")
+    roots += ("requirements/", "docs/", ".ci/")
+    files = {"Dockerfile", "docker-compose.yml", "pyproject.toml", "uv.lock", "mkdocs.yml"}
+    files |= {"Makefile", ".pre-commit-config.yaml", "CHANGELOG.md", "README.md"}
+    named = 0
+    for page in [*doc_pages(), CHANGELOG]:
+        for span in re.findall(r"`([^`\s]+)`", page.read_text()):
+            if re.search(r"[<>*{}…]|\.\.\.", span) or not (span.startswith(roots) or span in files):
+                continue
+            named += 1
+            assert repo_path(span.rstrip("/")) is not None, f"{page_name(page)} names {span}"
+    assert named >= 50
+
+
+def test_architecture_page_maps_every_module() -> None:
+    page = (DOCS / "architecture.md").read_text()
+    named = set(re.findall(r"`([\w/.]+\.py)`", page))
+    for path in named:
+        assert repo_path(path) is not None, f"architecture.md names {path}, which is nowhere"
+    sources = {source for path in named for source in RESTRUCTURE_MOVES.get(path, ())}
+    for package in ("app", "training", "benchmarks", "harness", "tests/support"):
+        for module in sorted((REPO / package).rglob("*.py")):
+            relative = module.relative_to(REPO).as_posix()
+            if module.name == "__init__.py" or "/static/" in relative:
+                continue
+            assert relative in named or relative in sources, (
+                f"{relative} is not on the architecture page's package map"
+            )
+
+
+def test_architecture_page_names_every_import_contract() -> None:
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())
+    names = [
+        c["name"] for c in contracts.get("tool", {}).get("importlinter", {}).get("contracts", [])
+    ]
+    if not names:
+        pytest.skip("pyproject.toml has no import-linter contracts yet")
+    page = (DOCS / "architecture.md").read_text()
+    for name in names:
+        assert name in page, f"the architecture page does not list the contract {name!r}"
+
+
+# ---------------------------------------------------------------- the site
+
+
+def test_site_builds_strictly_and_loads_nothing_from_the_network(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    assert config["theme"]["name"] == "material"
+    assert config["theme"]["font"] is False, "no web fonts: the site is read offline"
+    assert "mermaid" not in yaml.safe_dump(config), "mermaid loads from a CDN"
+    for page in DOCS.glob("*.md"):
+        assert "```mermaid" not in page.read_text(), f"{page_name(page)}: draw it as text"
+    missing = [n for n in ("mkdocs", "material") if importlib.util.find_spec(n) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (`make install-dev` installs them)")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= len(list(DOCS.glob("*.md")))
+    remote = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//", re.I)
+    for page in pages:
+        assert remote.search(page.read_text()) is None, f"{page.name} loads from the network"
+
+
+# ---------------------------------------------------------------- the Errors tables
+
+
+def error_table(markdown: str) -> dict[str, set[int]]:
+    """Code → statuses, read from a page's Errors table (the one headed ``| status | codes |``)."""
     start = markdown.index("| status | codes |")
     table: dict[str, set[int]] = {}
     for line in markdown[start:].splitlines()[2:]:
@@ -359,11 +1002,15 @@ def readme_error_table(markdown: str) -> dict[str, set[int]]:
     return table
 
 
+ERROR_PAGES = [README, DOCS / "api.md"]
+
+
 def raised_error_codes() -> dict[str, int]:
     """Code → status of every error answer the service's own code gives.
 
     Read from the source: each ``ApiError(<status>, "<code>", ...)`` in app/, the domain
-    errors' status table, and the launcher's refusals (``<status>: ("<code>", ...)``).
+    errors' status table, and the launcher's refusals (``<status>: ("<code>", ...)``, in the
+    launcher or the uvicorn adapter it uses).
     """
     from app.core.errors import DOMAIN_STATUS
 
@@ -372,33 +1019,34 @@ def raised_error_codes() -> dict[str, int]:
         text = path.read_text()
         for status, code in re.findall(r'ApiError\(\s*(\d{3}),\s*"([a-z_]+)"', text):
             codes[code] = int(status)
-    serve = (REPO / "app" / "serve.py").read_text()
-    for status, code in re.findall(r'(\d{3}):\s*\(\s*"([a-z_]+)"', serve):
-        codes[code] = int(status)
+        for status, code in re.findall(r'(\d{3}):\s*\(\s*"([a-z_]+)"', text):
+            codes[code] = int(status)
     return codes
 
 
 def check_error_table(markdown: str, raised: dict[str, int]) -> None:
-    """Every code the service answers with is in README's table, under its own status."""
-    table = readme_error_table(markdown)
+    """Every code the service answers with is in the page's table, under its own status."""
+    table = error_table(markdown)
     for code, status in sorted(raised.items()):
-        assert code in table, f"README's Errors table lacks `{code}` ({status})"
-        assert status in table[code], f"README's Errors table lists `{code}` under {table[code]}"
+        assert code in table, f"the Errors table lacks `{code}` ({status})"
+        assert status in table[code], f"the Errors table lists `{code}` under {table[code]}"
 
 
-def test_readme_error_table_lists_every_code_the_service_answers() -> None:
+@pytest.mark.parametrize("page", ERROR_PAGES, ids=page_name)
+def test_error_table_lists_every_code_the_service_answers(page: Path) -> None:
     raised = raised_error_codes()
     # The source scan must find the errors it is about, or the check below proves nothing.
     assert {"not_an_image", "version_not_found", "too_many_connections"} <= set(raised)
     assert len(raised) >= 20
-    check_error_table((REPO / "README.md").read_text(), raised)
+    check_error_table(page.read_text(), raised)
 
 
-def test_readme_error_table_names_only_codes_that_exist() -> None:
+@pytest.mark.parametrize("page", ERROR_PAGES, ids=page_name)
+def test_error_table_names_only_codes_that_exist(page: Path) -> None:
     main = (REPO / "app" / "main.py").read_text()
     generic = {code for _, code in re.findall(r'(\d{3}):\s*"([a-z_]+)"', main)}
     known = set(raised_error_codes()) | generic
-    documented = set(readme_error_table((REPO / "README.md").read_text()))
+    documented = set(error_table(page.read_text()))
     assert documented - known == set()
 
 
@@ -413,60 +1061,99 @@ def test_an_undocumented_or_misfiled_code_is_caught() -> None:
         check_error_table(markdown, {"not_an_image": 400})
 
 
-# ---------------------------------------------------------------- the protocol examples
+# ---------------------------------------------------------------- review reasons
 
 
-def markdown_section(markdown: str, title: str) -> str:
-    """The section whose heading starts with ``title``, up to the next heading as high (a
-    ``# comment`` inside a fenced block is not a heading)."""
-    lines = markdown.splitlines(keepends=True)
-    fenced = False
-    start: int | None = None
-    level = 0
-    for index, line in enumerate(lines):
-        if line.startswith("```"):
-            fenced = not fenced
-        heading = None if fenced else re.match(r"(#+) (.*)", line)
-        if heading is None:
-            continue
-        if start is None and heading[2].startswith(title):
-            start, level = index, len(heading[1])
-        elif start is not None and len(heading[1]) <= level:
-            return "".join(lines[start:index])
-    assert start is not None, f"README.md has no section {title!r}"
-    return "".join(lines[start:])
+def documented_reason_codes() -> set[str]:
+    """The codes of the API page's review-reason table (``| code | ... |``)."""
+    page = (DOCS / "api.md").read_text()
+    start = page.index("| code | the reading goes to review because |")
+    codes = set()
+    for line in page[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        codes |= set(re.findall(r"^\|\s*`([a-z_]+)`", line))
+    return codes
+
+
+def service_reason_codes() -> set[str] | None:
+    """The review-reason codes the service answers with: the ``ReasonCode`` enum of the
+    reading package, else the enum of ``review_reasons[].code`` in the OpenAPI schema; None
+    while the reasons are still plain sentences."""
+    if (REPO / "app" / "reading" / "review.py").is_file():
+        enum = getattr(importlib.import_module("app.reading.review"), "ReasonCode", None)
+        if enum is not None:
+            return {member.value for member in enum}
+    from app.main import create_app
+
+    schema = create_app().openapi()
+    schemas = schema["components"]["schemas"]
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            node = schemas[node["$ref"].rsplit("/", 1)[-1]]
+        return node
+
+    items = resolve(schemas["RecognizeResponse"]["properties"]["review_reasons"]["items"])
+    if items.get("type") == "string":
+        return None
+    code = resolve(items["properties"]["code"])
+    return set(code["enum"])
+
+
+def test_review_reason_codes_are_the_services() -> None:
+    documented = documented_reason_codes()
+    assert {"low_confidence", "length_mismatch"} <= documented
+    codes = service_reason_codes()
+    if codes is None:
+        pytest.skip(
+            "review_reasons are still sentences (no app.reading.review.ReasonCode, no enum in "
+            "the OpenAPI schema): nothing to compare the API page's code table with yet"
+        )
+    assert documented == codes, "the API page's review-reason table against the service's enum"
+
+
+# ---------------------------------------------------------------- examples, run
 
 
 @dataclass
 class Example:
-    """A shell line of a README example and the answer written under it (``# ...``), if any."""
+    """A shell line of a documented example and the answer written under it (``# ...``)."""
 
     words: list[str]
     answer: str | None
 
 
-def shell_examples(section: str) -> list[Example]:
-    """The command lines of the section's ``bash`` blocks, each with the answer written under
-    it: a comment line holding JSON."""
+def shell_examples(code: str) -> list[Example]:
+    """The command lines of a shell block, each with the answer written under it: a comment
+    line holding JSON."""
     examples: list[Example] = []
-    for block in re.findall(r"^```bash\n(.*?)^```", section, flags=re.M | re.S):
-        for line in re.sub(r"\\\n", " ", block).splitlines():
-            if re.match(r"# [{\[]", line):
-                assert examples, f"an answer with no command above it: {line}"
-                examples[-1].answer = line[2:]
-            elif line.strip() and not line.startswith("#"):
-                lexer = shlex.shlex(line, posix=True)
-                lexer.whitespace_split = True
-                lexer.commenters = "#"
-                examples.append(Example(list(lexer), None))
+    for line in re.sub(r"\\\n", " ", code).splitlines():
+        if re.match(r"# [{\[]", line):
+            assert examples, f"an answer with no command above it: {line}"
+            examples[-1].answer = line[2:]
+        elif line.strip() and not line.startswith("#"):
+            lexer = shlex.shlex(line, posix=True)
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            examples.append(Example(list(lexer), None))
     return examples
+
+
+def answered_blocks(markdown: str) -> list[Block]:
+    """The shell blocks that show an answer: the ones the tests run."""
+    return [
+        block
+        for block in fenced_blocks(markdown)
+        if block.language in SHELL_LANGUAGES and re.search(r"^# [{\[]", block.code, re.M)
+    ]
 
 
 _NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 
 
 def answer_matches(written: str, actual: str) -> bool:
-    """Whether an answer README shows is the actual one: ``...`` stands for anything, and a
+    """Whether an answer the docs show is the actual one: ``...`` stands for anything, and a
     number stands for any number that rounds to it at the precision it is written with."""
     pattern = ""
     written_numbers: list[str] = []
@@ -499,10 +1186,11 @@ def test_an_answer_is_matched_at_its_written_precision() -> None:
     assert not answer_matches('{"error":"version 2 is not served"}', actual)
 
 
-def run_protocol_example(example: Example, client: TestClient, workdir: Path) -> str:
-    """Run one example line: ``python3 -c ... > file`` as written, ``curl`` against ``client``."""
+def run_example(example: Example, client: TestClient, workdir: Path) -> str:
+    """Run one example line: ``python3 -c ... > file`` as written, ``curl`` against ``client``
+    (``-F name=@path`` uploads a file of the work directory or the repository)."""
     words = example.words
-    if words[0] in {"python3", "python"}:
+    if is_python(words[0]):
         assert words[-2] == ">", f"{shlex.join(words)}: the example writes its output to a file"
         with (workdir / words[-1]).open("wb") as output:
             subprocess.run([sys.executable, *words[1:-2]], cwd=workdir, stdout=output, check=True)
@@ -510,6 +1198,7 @@ def run_protocol_example(example: Example, client: TestClient, workdir: Path) ->
     assert words[0] == "curl", f"{shlex.join(words)}: not an example this test can run"
     headers: dict[str, str] = {}
     body: bytes | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] = []
     urls: list[str] = []
     index = 1
     while index < len(words):
@@ -522,6 +1211,12 @@ def run_protocol_example(example: Example, client: TestClient, workdir: Path) ->
             data = words[index + 1]
             body = (workdir / data[1:]).read_bytes() if data.startswith("@") else data.encode()
             index += 1
+        elif word == "-F":
+            name, _, value = words[index + 1].partition("=")
+            assert value.startswith("@"), f"{shlex.join(words)}: -F {value}"
+            path = next(p for p in (workdir / value[1:], REPO / value[1:]) if p.is_file())
+            files.append((name, (path.name, path.read_bytes(), "application/octet-stream")))
+            index += 1
         elif word.startswith("http"):
             urls.append(word)
         else:
@@ -530,33 +1225,47 @@ def run_protocol_example(example: Example, client: TestClient, workdir: Path) ->
     (url,) = urls
     parts = urlsplit(url)
     assert (parts.hostname, parts.port) == ("127.0.0.1", 8000), f"{url}: not `make serve`'s"
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    if files:
+        return client.post(target, headers=headers, files=files).text
     method = "POST" if body is not None else "GET"
-    return client.request(method, parts.path, headers=headers, content=body).text
+    return client.request(method, target, headers=headers, content=body).text
 
 
-def test_readme_protocol_examples_answer_what_readme_shows(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """The service serving the bundled models, in process."""
     from app.main import create_app
-    from app.settings import Settings
 
-    section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
-    examples = shell_examples(section)
-    shown = [example for example in examples if example.answer is not None]
-    assert len(shown) >= 4, "README shows the answers of the /v1 and /v2 examples"
-    with TestClient(create_app(Settings(models_dir=REPO / "models" / "mnist"))) as client:
-        for example in examples:
-            command = [w for w in example.words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
-            if command[:2] == ["make", "serve"]:
-                continue  # starting the server is what the TestClient stands in for
-            actual = run_protocol_example(example, client, tmp_path)
-            if example.answer is not None:
-                assert answer_matches(example.answer, actual), (
-                    f"{shlex.join(example.words)}\n  README shows: {example.answer}"
-                    f"\n  the service answers: {actual}"
-                )
+    settings = settings_class()(models_dir=REPO / "models" / "mnist")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_documented_answers_are_the_services(client: TestClient, tmp_path: Path) -> None:
+    shown: dict[str, int] = {}
+    for page in doc_pages():
+        for block in answered_blocks(page.read_text()):
+            workdir = tmp_path / f"{page.stem}-{block.line}"
+            workdir.mkdir()
+            for example in shell_examples(block.code):
+                command = [w for w in example.words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+                if command[:2] == ["make", "serve"]:
+                    continue  # starting the server is what the TestClient stands in for
+                actual = run_example(example, client, workdir)
+                if example.answer is not None:
+                    shown[page.name] = shown.get(page.name, 0) + 1
+                    assert answer_matches(example.answer, actual), (
+                        f"{page_name(page)}:{block.line}: {shlex.join(example.words)}"
+                        f"\n  the page shows: {example.answer}\n  the service answers: {actual}"
+                    )
+    assert shown.get("README.md", 0) >= 3, "README shows the answers of its curl examples"
+    assert shown.get("versions.md", 0) >= 4, "the /v1 and /v2 examples show their answers"
+    assert shown.get("api.md", 0) >= 4, "the API page shows answers and an error"
 
 
 def printed_answers(code: str) -> list[str]:
-    """The answers a README snippet shows for its ``print(...)`` lines, in order."""
+    """The answers a snippet shows for its ``print(...)`` lines, in order."""
     return [
         line.split("#", 1)[1].strip()
         for line in code.splitlines()
@@ -565,48 +1274,95 @@ def printed_answers(code: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_triton_client_snippets_print_what_readme_shows(tmp_path: Path) -> None:
-    # The Triton clients speak to a real server (HTTP and gRPC on their own ports), as a reader
-    # running the snippets against `make serve` with DIGITS_GRPC_PORT=8001 would.
-    section = markdown_section((REPO / "README.md").read_text(), "Protocols:")
-    snippets = re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)
-    assert len(snippets) >= 2, "README shows the HTTP and gRPC Triton clients"
+def test_python_snippets_print_what_the_docs_show(tmp_path: Path) -> None:
+    # The snippets speak to a real server (HTTP and gRPC on their own ports), as a reader
+    # running them against `make serve` with DIGITS_GRPC_PORT=8001 would, from the
+    # repository root (they open examples/).
+    snippets = [
+        (page, block)
+        for page in doc_pages()
+        for block in fenced_blocks(page.read_text())
+        if block.language == "python"
+    ]
+    assert len(snippets) >= 3, "README's httpx example and the HTTP and gRPC Triton clients"
     grpc_port = free_port()
     server = RunningServer.start(
         REPO / "models" / "mnist", tmp_path / "server.log", env={"DIGITS_GRPC_PORT": str(grpc_port)}
     )
     try:
-        for code in snippets:
-            assert "127.0.0.1:8000" in code or "127.0.0.1:8001" in code, code
+        for page, block in snippets:
+            code, where = block.code, f"{page_name(page)}:{block.line}"
+            assert "127.0.0.1:8000" in code or "127.0.0.1:8001" in code, where
             runnable = code.replace("127.0.0.1:8000", f"{HOST}:{server.port}").replace(
                 "127.0.0.1:8001", f"{HOST}:{grpc_port}"
             )
             result = subprocess.run(
-                [sys.executable, "-c", runnable], capture_output=True, text=True, timeout=120
+                [sys.executable, "-c", runnable],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=REPO,
             )
-            assert result.returncode == 0, f"{code}\n{result.stderr[-1500:]}"
+            assert result.returncode == 0, f"{where}\n{code}\n{result.stderr[-1500:]}"
             shown = printed_answers(code)
             printed = result.stdout.splitlines()
-            assert len(printed) == len(shown), f"{code}\nprinted: {printed}"
+            assert shown, f"{where}: the snippet shows what it prints"
+            assert len(printed) == len(shown), f"{where}\nprinted: {printed}"
             for written, actual in zip(shown, printed, strict=True):
                 assert answer_matches(written, actual), (
-                    f"README shows: {written}\n  the snippet printed: {actual}"
+                    f"{where} shows: {written}\n  the snippet printed: {actual}"
                 )
     finally:
         server.stop()
 
 
-def test_readme_settings_are_the_services_settings(compose: dict[str, Any]) -> None:
-    # Every DIGITS_* setting is documented, and every DIGITS_* name README gives is one the
-    # service reads or one compose interpolates (a renamed setting would otherwise be ignored
-    # silently by a reader who copies it).
-    from app.settings import Settings
+# ---------------------------------------------------------------- settings and metrics
 
-    prefix = Settings.model_config.get("env_prefix")
+
+def test_docs_settings_are_the_services_settings(compose: dict[str, Any]) -> None:
+    # Every DIGITS_* setting is on the configuration page, and every DIGITS_* name a page gives
+    # is one the service reads or one compose interpolates (a renamed setting would otherwise
+    # be ignored silently by a reader who copies it).
+    settings = settings_class()
+    prefix = settings.model_config.get("env_prefix")
     assert prefix == "DIGITS_"
-    fields = {f"{prefix}{name.upper()}" for name in Settings.model_fields}
+    fields = {f"{prefix}{name.upper()}" for name in settings.model_fields}
     interpolated = set(re.findall(r"\$\{(DIGITS_[A-Z_]+)", yaml.safe_dump(compose)))
-    readme = (REPO / "README.md").read_text()
-    named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", readme))
-    assert fields - named == set(), "settings README does not document"
-    assert named - fields - interpolated == set(), "names README gives that nothing reads"
+    configuration = (DOCS / "configuration.md").read_text()
+    table = set(re.findall(r"^\|[^|]*?`(DIGITS_[A-Z_]+)`", configuration, flags=re.M))
+    table |= set(re.findall(r"^\| `DIGITS_[A-Z_]+`, `(DIGITS_[A-Z_]+)`", configuration, re.M))
+    assert fields - table == set(), "settings the configuration page's table does not list"
+    for page in [*doc_pages(), CHANGELOG]:
+        named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", page.read_text()))
+        assert named - fields - interpolated == set(), f"{page_name(page)}: names nothing reads"
+
+
+def exported_metrics(client: TestClient) -> tuple[set[str], dict[str, set[str]]]:
+    """The metric families ``/metrics`` exports (Prometheus text), and each label's values."""
+    text = client.get("/metrics", headers={"Accept": "text/plain"}).text
+    families = {
+        name
+        for name in re.findall(r"^# TYPE (\S+) \w+$", text, flags=re.M)
+        if not name.endswith("_created")
+    }
+    labels: dict[str, set[str]] = {}
+    for metric, body in re.findall(r"^(\w+)\{([^}]*)\}", text, flags=re.M):
+        for label, value in re.findall(r'(\w+)="([^"]*)"', body):
+            labels.setdefault(f"{metric}.{label}", set()).add(value)
+    return families, labels
+
+
+def test_observability_page_lists_the_metrics_exported(client: TestClient) -> None:
+    families, labels = exported_metrics(client)
+    page = (DOCS / "observability.md").read_text()
+    documented = set(re.findall(r"`((?:digits|process)_\w*)", page))
+    documented_families = {name for name in documented if name != "process_"}
+    exported = {f for f in families if f.startswith("digits_")}
+    assert exported - documented_families == set(), "metrics the page does not list"
+    assert documented_families - families == set(), "metrics the page lists that do not exist"
+    assert any(f.startswith("process_") for f in families)
+    assert "process_" in documented
+    # The page says the reviews are counted by review reason code: the label values are those.
+    codes = service_reason_codes()
+    if codes is not None:
+        assert labels["digits_recognize_reviews_total.reason"] == codes
