@@ -55,7 +55,7 @@ install-train: $(VENV)/.installed-train
 install-dev: $(VENV)/.installed-dev
 
 # The launcher applies the connection limits and graceful-shutdown timeout (DIGITS_* settings,
-# README "Limits"); MALLOC_ARENA_MAX keeps glibc from growing one heap per decoding thread.
+# docs/limits.md); MALLOC_ARENA_MAX keeps glibc from growing one heap per decoding thread.
 serve: install
 	MALLOC_ARENA_MAX=2 $(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 

@@ -25,7 +25,7 @@ shutdown, but not the rest. :class:`BoundedHttpToolsProtocol` subclasses uvicorn
 Refusals use the service's error shape (``{"error": {"code", "message"}}``) and the security
 headers of :mod:`app.core.security_headers`.
 
-**Measured** (README "Limits" / "Connections", commits d4ea8cb and c7297df: the launcher against
+**Measured** (docs/benchmarks.md "Connections", commits d4ea8cb and c7297df: the launcher against
 plain ``uvicorn --http httptools``, default settings, on the project's shared 2-core AMD EPYC,
 24 GiB, load average about 7 from other jobs): a 1 MiB header line was read whole and answered
 200, now 431 after 128 KiB, within 1 ms; an endless chunked ``/predict`` body was read on after
@@ -36,7 +36,7 @@ sequential medians, ``GET /health/live`` 0.804 → 0.794 ms, ``POST /predict`` 2
 uvicorn's public alternative with a head cap, h11 with ``h11_max_incomplete_event_size`` (400
 after 128 KiB of a 1 MiB header), was slower: ``GET /health/live`` median 1.069 ms against
 0.984 ms with httptools. The one-write transport was measured only together with two other
-changes (commit 4848f91, README "Serving benchmark": c1 854 → 1,002 req/s, CPU per request
+changes (commit 4848f91, CHANGELOG.md "Serving": c1 854 → 1,002 req/s, CPU per request
 1,125 → 977 µs); its own share was not measured.
 
 **Public-API fallback.** :func:`http_options` answers uvicorn's public h11 protocol,

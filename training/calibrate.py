@@ -86,8 +86,8 @@ def holdout_size(train_count: int) -> int:
 #: reading weights, margins and review threshold (fitted for the first version on many more
 #: codes, and measured on the real sets) and fits only the version's review rule; ``full``
 #: refits them all, but chooses the threshold and margins on a few hundred codes, which proved
-#: noisy: its choice measured worse on the real scans than the defaults (see README "Real
-#: scans"). ``none`` leaves the reader defaults.
+#: noisy: its choice measured worse on the real scans than the defaults (see
+#: docs/real-scans.md). ``none`` leaves the reader defaults.
 READER_FIT_MODES: Final = ("rule", "full", "none")
 DEFAULT_READER_FIT: Final = "rule"
 #: Synthetic codes per part of the full fit (weights, margins and threshold, review rule):

@@ -423,7 +423,7 @@ def fit_default_reader(
             "benchmarks/bench_postal.py on MNIST training digits (seed 31) and test digits "
             "(seed 7); kept for this version, whose review rule alone is fitted (the reader "
             "step's default; its full refit chooses margins and threshold on a few hundred codes "
-            'and proved noisy, see README "Real scans")'
+            "and proved noisy, see docs/real-scans.md)"
         ),
         "review_rule": rule,
         "review_rule_fitted_by": (

@@ -75,7 +75,7 @@ SEED: Final = Recipe(
 # Thickness augmentation (a dilated and a thinned copy of every fit digit): it kept MNIST test
 # accuracy at the same level while real US mail digits, whose pens are thicker or finer than
 # MNIST's, were answered with confidence far more often at the same error among unflagged
-# answers (README "The model" has the figures).
+# answers (docs/model.md has the figures).
 DEFAULT: Final = Recipe(
     name="default",
     description=(

@@ -12,13 +12,13 @@ reads it the same way; its source marks it as a hook to be replaced). Without it
 cannot see a dependency added at inclusion, nor the app's overrides.
 
 **Measured gain** (of the short cut this makes safe; the lookup itself costs nothing per
-request, it runs once per inclusion when the handler is built). README "Serving benchmark",
-"What each change bought", and commits fdc2ec4 / f823f83: ``/predict`` at concurrency 16,
+request, it runs once per inclusion when the handler is built). CHANGELOG.md "Serving: the
+event loop's cost per request", and commits fdc2ec4 / f823f83: ``/predict`` at concurrency 16,
 interleaved A/B runs of ``wrk`` against the commit before (3 rounds of 3 s, load 1.2-1.4),
 1,670 → 1,994 req/s (+19%), CPU per request 0.590 → 0.499 ms; A/A (two copies of the same
 code) 0.9%. An earlier 4-round A/B under heavier load: 1,595 → 1,708 req/s (+7%). Measured on
 the project's machine: AMD EPYC, 2 cores shared by ``wrk`` and the server, 24 GiB, shared with
-other jobs (the README's benchmark run there lists FastAPI 0.165.0).
+other jobs (the benchmark run there lists FastAPI 0.165.0).
 
 **Public-API fallback.** The full route, FastAPI's own ``APIRoute.get_route_handler``, for
 every request: the same answers and errors (every dependency resolved per request), without

@@ -340,7 +340,7 @@ def direct_callable(
     ``tensorflow.core.protobuf.config_pb2``) hands the array straight to the C++ session (what
     Keras's TF1 backend did); the same kernels run, so the answers are the same.
 
-    **Measured** (commit 4848f91, README "Serving benchmark", "What each change bought"; py-spy
+    **Measured** (commit 4848f91, CHANGELOG.md "Serving: the event loop's cost per request"; py-spy
     and per-thread CPU from ``/proc`` at concurrency 1, on the project's machine: AMD EPYC,
     2 cores, 24 GiB, shared with other jobs): one batch-1 call 220 → 60 µs of CPU; ``/predict``
     at c1 against the typical FastAPI app from 1.05× to 1.46×. (The eager signature call, the
