@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI, Request
@@ -65,11 +66,31 @@ where `code` is for programs and `message` tells a person what to do.
 """
 
 TAGS: Final = [
-    {"name": "predict", "description": "Read handwritten digits."},
+    {"name": "predict", "description": "Read single handwritten digits, one image or many."},
+    {
+        "name": "recognize",
+        "description": "Read a whole digit string (a postal code): the digits with their boxes, "
+        "and a review flag with coded reasons when a person should check the reading.",
+    },
     {"name": "model", "description": "The served model version."},
     {"name": "metrics", "description": "Model evaluation and live figures (JSON or Prometheus)."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "tensorflow-serving",
+        "description": "TensorFlow Serving's REST API: raw 28×28 uint8 tensors, for its clients.",
+    },
+    {
+        "name": "open-inference-protocol",
+        "description": "The Open Inference Protocol (KServe v2) over REST; the same over gRPC on "
+        "DIGITS_GRPC_PORT.",
+    },
 ]
+#: The multipart bodies' schemas, named for a reader (FastAPI names them after operation ids).
+BODY_SCHEMAS: Final = {
+    "Body_predict_predict_post": "PredictUpload",
+    "Body_predict_batch_predict_batch_post": "BatchUpload",
+    "Body_recognize_recognize_post": "RecognizeUpload",
+}
 
 
 @asynccontextmanager
@@ -126,7 +147,7 @@ def create_app(
 
     app = FastAPI(
         title="MNIST digit reader",
-        version="1.0.0",
+        version=metadata.version("mnist-digits"),
         summary="Read handwritten digits and postal codes over HTTP.",
         description=DESCRIPTION,
         openapi_tags=TAGS,
@@ -158,7 +179,7 @@ def create_app(
         in_flight=lambda: telemetry.in_flight,
     )
     _install_error_handlers(app, telemetry)
-    _document_auth_only_when_enabled(app, settings)
+    _tidy_openapi(app, settings)
 
     routers = [
         predict.router,
@@ -199,25 +220,50 @@ def create_app(
     return app
 
 
-def _document_auth_only_when_enabled(app: FastAPI, settings: Settings) -> None:
-    """Keep the API-key scheme out of the OpenAPI document when no key is configured.
+def _tidy_openapi(app: FastAPI, settings: Settings) -> None:
+    """Name the upload schemas, and keep the API-key scheme out without a key configured.
 
     The document must say what this instance does: without DIGITS_API_KEY every endpoint is
     open, and advertising a required header would be false.
     """
-    if settings.api_key is not None:
-        return
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = FastAPI.openapi(app)
-            document.get("components", {}).pop("securitySchemes", None)
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    operation.pop("security", None)
+            _rename_schemas(document, BODY_SCHEMAS)
+            if settings.api_key is None:
+                document.get("components", {}).pop("securitySchemes", None)
+                for operations in document.get("paths", {}).values():
+                    for operation in operations.values():
+                        operation.pop("security", None)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _rename_schemas(document: dict[str, Any], names: Mapping[str, str]) -> None:
+    """Rename component schemas, and every reference to them, in an OpenAPI document."""
+    schemas = document.get("components", {}).get("schemas", {})
+    refs = {}
+    for old, new in names.items():
+        if old in schemas:
+            schema = schemas.pop(old)
+            schema["title"] = new
+            schemas[new] = schema
+            refs[f"#/components/schemas/{old}"] = f"#/components/schemas/{new}"
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref in refs:
+                node["$ref"] = refs[ref]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document.get("paths", {}))
 
 
 # --- errors: one shape for everything ------------------------------------------------------

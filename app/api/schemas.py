@@ -201,10 +201,8 @@ class ImageSize(BaseModel):
     height: int = Field(ge=1, examples=[100])
 
 
-class ReviewReasonModel(BaseModel):
+class ReviewReason(BaseModel):
     """One reason to send a reading to a person."""
-
-    model_config = ConfigDict(title="ReviewReason")
 
     code: ReasonCode = Field(
         description="What kind of reason: a fixed set, for programs (and metrics). "
@@ -274,7 +272,7 @@ class RecognizeResponse(BaseModel):
         "below the threshold, the cut into digits (or their number) is uncertain, or the "
         "string's length is not the expected one."
     )
-    review_reasons: list[ReviewReasonModel] = Field(
+    review_reasons: list[ReviewReason] = Field(
         description="Why the reading needs review, one entry per reason (empty when not)."
     )
     model_version: int = Field(description="Version of the model that answered.", examples=[1])

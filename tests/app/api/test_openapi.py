@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -142,3 +143,18 @@ def test_review_reasons_are_documented_as_codes(openapi: dict[str, Any]) -> None
     ].get("description", "")
     for value in enum:
         assert f"`{value}`" in described, value
+
+
+def test_the_document_reads_in_the_order_a_user_needs(openapi: dict[str, Any]) -> None:
+    # One version number: the package's.
+    assert openapi["info"]["version"] == metadata.version("mnist-digits")
+    tags = [tag["name"] for tag in openapi["tags"]]
+    assert tags[:5] == ["predict", "recognize", "model", "metrics", "health"]
+    used = {tag for ops in openapi["paths"].values() for op in ops.values() for tag in op["tags"]}
+    assert used <= set(tags), used - set(tags)
+    assert all(tag.get("description") for tag in openapi["tags"])
+    # Every schema has a name a person chose, none generated from an operation id.
+    generated = [name for name in openapi["components"]["schemas"] if name.startswith("Body_")]
+    assert generated == []
+    upload = openapi["paths"]["/predict/batch"]["post"]["requestBody"]["content"]
+    assert upload["multipart/form-data"]["schema"] == {"$ref": "#/components/schemas/BatchUpload"}
