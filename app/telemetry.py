@@ -36,7 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import ApiError
 
 if TYPE_CHECKING:
-    from app.serving.store import LoadedModel, StoreStatus
+    from app.serving.loaded import LoadedModel
+    from app.serving.store import StoreStatus
 
 logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")

@@ -50,7 +50,8 @@ from app.reading.review import (
     page_has_marks,
     spans_the_image,
 )
-from app.serving.store import load_version, versions_on_disk
+from app.serving.loaded import load_version
+from app.serving.model_dir import versions_on_disk
 from app.settings import DEFAULT_REVIEW_THRESHOLD
 from training.postal_codes import Box, PostalCode, generate_postal_codes
 from training.scan_codes import generate_scan_codes

@@ -18,8 +18,9 @@ from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
 from app.core.errors import ApiError, DomainError, api_error
+from app.serving.loaded import LoadedModel
 from app.serving.policy import LABEL_PATTERN, MAX_VERSION
-from app.serving.store import LoadedModel, ModelNotReadyError, ModelStore
+from app.serving.store import ModelNotReadyError, ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 from app.telemetry import Telemetry

@@ -19,13 +19,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.serving.store import (
-    LoadedModel,
-    ModelNotReadyError,
-    ModelStore,
-    TensorInfo,
-    VersionNotFoundError,
-)
+from app.serving.loaded import LoadedModel
+from app.serving.runtime import TensorInfo
+from app.serving.store import ModelNotReadyError, ModelStore, VersionNotFoundError
 
 MODEL_NAME: Final = "mnist"
 """The one model name every protocol serves (the models directory's TF Serving name)."""

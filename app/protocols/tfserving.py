@@ -35,7 +35,9 @@ from app.protocols.common import (
 )
 from app.protocols.errors import ProtocolRoute, protocol_error_responses
 from app.protocols.tensor_json import dumps, loads, uint8_images
-from app.serving.store import INPUT_KEY, SIGNATURE, LoadedModel, ModelStore, TensorInfo
+from app.serving.loaded import LoadedModel
+from app.serving.runtime import INPUT_KEY, SIGNATURE, TensorInfo
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 

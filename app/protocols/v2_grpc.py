@@ -44,7 +44,8 @@ from app.protocols.common import (
     served_models,
     v2_model_metadata,
 )
-from app.serving.store import INPUT_KEY, OUTPUTS, ModelStore
+from app.serving.runtime import INPUT_KEY, OUTPUTS
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 from app.telemetry import Telemetry

@@ -38,7 +38,8 @@ from app.protocols.common import (
 )
 from app.protocols.errors import ProtocolRoute, protocol_error_responses
 from app.protocols.tensor_json import dumps, loads
-from app.serving.store import INPUT_KEY, OUTPUTS, ModelStore
+from app.serving.runtime import INPUT_KEY, OUTPUTS
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker, Prediction
 from app.settings import Settings
 

@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from app.main import create_app
+from app.serving.model_dir import versions_on_disk
 from app.serving.runtime import Predictor
 from app.serving.runtime import load as load_predictor
-from app.serving.store import ModelStore, versions_on_disk
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from tests.app.conftest import ModelsDir, encode, make_settings
 

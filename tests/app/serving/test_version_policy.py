@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from app.serving.model_dir import scan_versions, scrub_paths, versions_on_disk
+from app.serving.output_check import ModelOutputError
 from app.serving.policy import MAX_VERSION, Gate, VersionPolicy
 from app.serving.probe import probe_set
-from app.serving.store import (
-    ModelNotReadyError,
-    ModelOutputError,
-    VersionNotFoundError,
-    scan_versions,
-    scrub_paths,
-    versions_on_disk,
-)
+from app.serving.store import ModelNotReadyError, VersionNotFoundError
 from app.settings import Settings
 from tests.app.fake_models import add_version, make_store, served
 
