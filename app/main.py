@@ -37,8 +37,9 @@ from app.core.request_id import RequestIdMiddleware
 from app.core.security_headers import SecurityHeadersMiddleware
 from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
 from app.protocols import tfserving, v2_grpc, v2_rest
-from app.serving.runtime import import_tensorflow
-from app.serving.store import LoadedModel, ModelStore, configure_tensorflow
+from app.serving.loaded import LoadedModel
+from app.serving.runtime import configure_tensorflow, import_tensorflow
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings, get_settings
 from app.telemetry import RequestTelemetryMiddleware, Telemetry

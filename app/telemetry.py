@@ -37,7 +37,8 @@ from app.core.errors import ApiError
 from app.reading.review import ReasonCode
 
 if TYPE_CHECKING:
-    from app.serving.store import LoadedModel, StoreStatus
+    from app.serving.loaded import LoadedModel
+    from app.serving.store import StoreStatus
 
 logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")

@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.reading.reader import FEATURES, READING_WEIGHTS
-from app.serving.store import load_version, versions_on_disk
+from app.serving.loaded import load_version
+from app.serving.model_dir import versions_on_disk
 from training.data import load_mnist
 from training.postal_codes import generate_postal_codes
 from training.reader_fit import (

@@ -9,28 +9,20 @@ thread hop per dependency per request for what is an attribute lookup.
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Query, Request
 from pydantic import SecretStr
 
 from app.core.errors import ApiError, DomainError, api_error
+from app.core.security import API_KEY_HEADER, api_key_dependency, key_matches
+from app.serving.loaded import LoadedModel
 from app.serving.policy import LABEL_PATTERN, MAX_VERSION
-from app.serving.store import LoadedModel, ModelNotReadyError, ModelStore
+from app.serving.store import ModelNotReadyError, ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 from app.telemetry import Telemetry
-
-API_KEY_HEADER = "X-API-Key"
-_api_key_scheme = APIKeyHeader(
-    name=API_KEY_HEADER,
-    auto_error=False,
-    description="Required on the prediction endpoints and /model when the service is started "
-    "with DIGITS_API_KEY set.",
-)
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -130,23 +122,14 @@ def not_ready(store: ModelStore, settings: Settings) -> ApiError:
     )
 
 
-async def require_api_key(
-    request: Request, api_key: Annotated[str | None, Security(_api_key_scheme)] = None
-) -> None:
-    """Check the X-API-Key header when the service has an API key configured (401 otherwise)."""
-    expected = (await get_app_settings(request)).api_key
-    if expected is None:
-        return
-    if api_key is None:
-        raise ApiError(
-            401,
-            "missing_api_key",
-            f"This service requires an API key: send it in the {API_KEY_HEADER} header.",
-        )
-    if not _key_matches(api_key, expected):
-        raise ApiError(
-            401, "invalid_api_key", f"The API key in the {API_KEY_HEADER} header is not valid."
-        )
+def configured_api_key(request: Request) -> SecretStr | None:
+    """The API key this app was started with (None: no key is required)."""
+    key: SecretStr | None = request.app.state.settings.api_key
+    return key
+
+
+#: The API-key check (:func:`app.core.security.check_api_key`) on the X-API-Key header.
+require_api_key = api_key_dependency(configured_api_key)
 
 
 def passes_default_checks(request: Request) -> bool:
@@ -167,15 +150,7 @@ def passes_default_checks(request: Request) -> bool:
         return True
     # What APIKeyHeader reads: the header's first value; an empty one counts as missing.
     given = request.headers.get(API_KEY_HEADER)
-    return given is not None and given != "" and _key_matches(given, expected)
-
-
-def _key_matches(given: str, expected: SecretStr) -> bool:
-    """Whether ``given`` is the configured key, in constant time: the time taken says nothing
-    about how much of the key matched."""
-    return secrets.compare_digest(
-        given.encode("utf-8"), expected.get_secret_value().encode("utf-8")
-    )
+    return given is not None and given != "" and key_matches(given, expected)
 
 
 def current_serving(request: Request) -> Serving:

@@ -14,31 +14,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from app.serving.store import (
-    LoadedModel,
-    ModelNotReadyError,
-    ModelStore,
-    TensorInfo,
-    VersionNotFoundError,
-)
+from app.serving.loaded import LoadedModel
+from app.serving.store import ModelNotReadyError, ModelStore, VersionNotFoundError
 
 MODEL_NAME: Final = "mnist"
 """The one model name every protocol serves (the models directory's TF Serving name)."""
-PLATFORM: Final = "tensorflow_savedmodel"
-#: The server as the Open Inference Protocol names it (REST and gRPC server metadata).
-SERVER_NAME: Final = "mnist-digits"
-#: Protocol extensions both Open Inference Protocol doors support.
-EXTENSIONS: Final = ["binary_tensor_data"]
 IMAGE_SHAPE: Final = (28, 28)
-
-#: The signature's dtypes in each protocol's spelling.
-V2_DATATYPES: Final = {"uint8": "UINT8", "float32": "FP32", "int64": "INT64"}
-TF_DATATYPES: Final = {"uint8": "DT_UINT8", "float32": "DT_FLOAT", "int64": "DT_INT64"}
 
 
 class ProtocolError(Exception):
@@ -61,6 +48,15 @@ def not_found(message: str) -> ProtocolError:
 
 
 # --- which model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a request names: its name, and a version (as written) or a label if any."""
+
+    name: str
+    version: str | None = None
+    label: str | None = None
 
 
 def parse_version(text: str | None) -> int | None:
@@ -97,6 +93,11 @@ def resolve_model(
         raise not_found(f"Model {MODEL_NAME!r}: {exc.message}") from exc
 
 
+def resolve(store: ModelStore, ref: ModelRef) -> LoadedModel:
+    """The loaded model ``ref`` names (see :func:`resolve_model`)."""
+    return resolve_model(store, ref.name, parse_version(ref.version), ref.label)
+
+
 def served_models(store: ModelStore) -> list[LoadedModel]:
     """Every loaded version, newest first."""
     return store.served()
@@ -105,25 +106,6 @@ def served_models(store: ModelStore) -> list[LoadedModel]:
 def protocol_shape(shape: Sequence[int | None]) -> list[int]:
     """A signature shape with unknown dimensions as -1, as both protocols write them."""
     return [-1 if dim is None else int(dim) for dim in shape]
-
-
-def v2_model_metadata(model: LoadedModel, versions: Sequence[int]) -> dict[str, Any]:
-    """The Open Inference Protocol's model metadata (REST body; gRPC message fields)."""
-
-    def tensor(info: TensorInfo) -> dict[str, Any]:
-        return {
-            "name": info.name,
-            "datatype": V2_DATATYPES.get(info.dtype, info.dtype.upper()),
-            "shape": protocol_shape(info.shape),
-        }
-
-    return {
-        "name": MODEL_NAME,
-        "versions": [str(v) for v in versions],
-        "platform": PLATFORM,
-        "inputs": [tensor(t) for t in model.inputs],
-        "outputs": [tensor(t) for t in model.outputs],
-    }
 
 
 # --- the input tensor ----------------------------------------------------------------------

@@ -7,35 +7,40 @@ statuses. The input is the signature's own, raw uint8 images [N, 28, 28] in MNIS
 image decoding on this path), so the answers are the SavedModel signature's own output.
 
 Starlette matches ``/v1/models/{model_name}:predict`` as written: a path parameter stops at
-``/``, and the literal ``:predict`` after it is part of the route's pattern.
+``/``, and the literal ``:predict`` after it is part of the route's pattern. Each verb (status,
+metadata, predict) is written once and registered for the model, one version and a labelled
+version from a table (:mod:`app.protocols.routing`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep
 from app.protocols.common import (
     MODEL_NAME,
-    TF_DATATYPES,
+    ModelRef,
     check_image_shape,
     images_from_values,
     invalid,
     not_found,
     parse_version,
     protocol_shape,
+    resolve,
     resolve_model,
 )
-from app.protocols.errors import ProtocolRoute, protocol_error_responses
+from app.protocols.errors import ProtocolRoute
+from app.protocols.routing import Operation, Verb, add_routes
 from app.protocols.tensor_json import dumps, loads, uint8_images
-from app.serving.store import INPUT_KEY, SIGNATURE, LoadedModel, ModelStore, TensorInfo
+from app.serving.loaded import LoadedModel
+from app.serving.runtime import INPUT_KEY, SIGNATURE, TensorInfo
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 
@@ -43,12 +48,8 @@ router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"], route_class
 
 #: Bodies parsed on the event loop; larger ones in the thread pool.
 INLINE_MAX_BYTES: Final = 64 * 1024
-
-ModelName = Annotated[
-    str, Path(description=f"The model's name: `{MODEL_NAME}`.", examples=[MODEL_NAME])
-]
-Version = Annotated[str, Path(description="A model version (an integer).", examples=["1"])]
-Label = Annotated[str, Path(description="A version label, e.g. `stable`.", examples=["stable"])]
+#: The signature's dtypes in TF Serving's spelling.
+TF_DATATYPES: Final = {"uint8": "DT_UINT8", "float32": "DT_FLOAT", "int64": "DT_INT64"}
 
 
 # --- answers, as TF Serving documents them ----------------------------------------------------
@@ -170,11 +171,11 @@ def _store(request: Request) -> ModelStore:
 # --- model status ----------------------------------------------------------------------------
 
 
-def _status(request: Request, name: str, version: str | None, label: str | None) -> Response:
+async def _status(request: Request, ref: ModelRef) -> Response:
     store = _store(request)
-    wanted = parse_version(version)
-    if label is not None or name != MODEL_NAME:
-        resolve_model(store, name, wanted, label)  # raises the protocol's 404 (or 503)
+    wanted = parse_version(ref.version)
+    if ref.label is not None or ref.name != MODEL_NAME:
+        resolve_model(store, ref.name, wanted, ref.label)  # raises the protocol's 404 (or 503)
     states: list[dict[str, Any]] = []
     if store.current is not None:
         states.append(_version_status(store.current.version, "AVAILABLE", "OK", ""))
@@ -195,42 +196,6 @@ def _version_status(version: int, state: str, code: str, message: str) -> dict[s
     }
 
 
-@router.get(
-    "/{model_name}",
-    summary="TF Serving: model status",
-    description=_STATUS_DESCRIPTION,
-    response_model=TFServingModelStatus,
-    responses=protocol_error_responses(404),
-)
-async def model_status(request: Request, model_name: ModelName) -> Response:
-    """Status of every version of the model."""
-    return _status(request, model_name, None, None)
-
-
-@router.get(
-    "/{model_name}/versions/{version}",
-    summary="TF Serving: status of one version",
-    description=_STATUS_DESCRIPTION,
-    response_model=TFServingModelStatus,
-    responses=protocol_error_responses(404),
-)
-async def version_status(request: Request, model_name: ModelName, version: Version) -> Response:
-    """Status of one version of the model."""
-    return _status(request, model_name, version, None)
-
-
-@router.get(
-    "/{model_name}/labels/{label}",
-    summary="TF Serving: status of a labelled version",
-    description=_STATUS_DESCRIPTION,
-    response_model=TFServingModelStatus,
-    responses=protocol_error_responses(404, 503),
-)
-async def label_status(request: Request, model_name: ModelName, label: Label) -> Response:
-    """Status of the version a label names."""
-    return _status(request, model_name, None, label)
-
-
 # --- model metadata --------------------------------------------------------------------------
 
 
@@ -245,8 +210,8 @@ def _tensor(info: TensorInfo) -> dict[str, Any]:
     }
 
 
-def _metadata(request: Request, name: str, version: str | None, label: str | None) -> Response:
-    model = resolve_model(_store(request), name, parse_version(version), label)
+async def _metadata(request: Request, ref: ModelRef) -> Response:
+    model = resolve(_store(request), ref)
     signature = {
         "inputs": {t.name: _tensor(t) for t in model.inputs},
         "outputs": {t.name: _tensor(t) for t in model.outputs},
@@ -258,42 +223,6 @@ def _metadata(request: Request, name: str, version: str | None, label: str | Non
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}},
         }
     )
-
-
-@router.get(
-    "/{model_name}/metadata",
-    summary="TF Serving: model metadata",
-    description=_METADATA_DESCRIPTION,
-    response_model=TFServingModelMetadata,
-    responses=protocol_error_responses(404, 503),
-)
-async def model_metadata(request: Request, model_name: ModelName) -> Response:
-    """The served version's signature."""
-    return _metadata(request, model_name, None, None)
-
-
-@router.get(
-    "/{model_name}/versions/{version}/metadata",
-    summary="TF Serving: metadata of one version",
-    description=_METADATA_DESCRIPTION,
-    response_model=TFServingModelMetadata,
-    responses=protocol_error_responses(404, 503),
-)
-async def version_metadata(request: Request, model_name: ModelName, version: Version) -> Response:
-    """One version's signature."""
-    return _metadata(request, model_name, version, None)
-
-
-@router.get(
-    "/{model_name}/labels/{label}/metadata",
-    summary="TF Serving: metadata of a labelled version",
-    description=_METADATA_DESCRIPTION,
-    response_model=TFServingModelMetadata,
-    responses=protocol_error_responses(404, 503),
-)
-async def label_metadata(request: Request, model_name: ModelName, label: Label) -> Response:
-    """The signature of the version a label names."""
-    return _metadata(request, model_name, None, label)
 
 
 # --- predict ---------------------------------------------------------------------------------
@@ -409,10 +338,10 @@ def _bulk_images(body: bytes, max_images: int) -> tuple[npt.NDArray[np.uint8], b
     return images, row
 
 
-async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
+async def _predict(request: Request, ref: ModelRef) -> Response:
     state = request.app.state
     settings: Settings = state.settings
-    model: LoadedModel = resolve_model(state.store, name, parse_version(version), label)
+    model: LoadedModel = resolve(state.store, ref)
     body = await request.body()
     if len(body) <= INLINE_MAX_BYTES:
         images, row = parse_predict(body, settings.max_batch_size)
@@ -435,43 +364,45 @@ async def _predict(request: Request, name: str, version: str | None, label: str 
     return _json({"outputs": {"probabilities": probabilities, "digit": digits}})
 
 
-@router.post(
-    "/{model_name}:predict",
-    summary="TF Serving: predict",
-    description=_PREDICT_DESCRIPTION,
-    response_model=TFServingPredictResponse,
-    responses=protocol_error_responses(400, 401, 404, 503),
-    dependencies=[ApiKeyDep],
-    openapi_extra=_PREDICT_BODY,
+# --- the routes: each verb for the model, one version and a labelled version -------------------
+
+_LOOKUP_ERRORS: Final = (404, 503)
+
+add_routes(
+    router,
+    Verb("GET", "", _status, _STATUS_DESCRIPTION, TFServingModelStatus, (404,)),
+    [
+        Operation("model", "model_status", "TF Serving: model status"),
+        Operation("version", "version_status", "TF Serving: status of one version"),
+        Operation("label", "label_status", "TF Serving: status of a labelled version", (404, 503)),
+    ],
 )
-async def predict(request: Request, model_name: ModelName) -> Response:
-    """Classify images with the served version."""
-    return await _predict(request, model_name, None, None)
-
-
-@router.post(
-    "/{model_name}/versions/{version}:predict",
-    summary="TF Serving: predict with one version",
-    description=_PREDICT_DESCRIPTION,
-    response_model=TFServingPredictResponse,
-    responses=protocol_error_responses(400, 401, 404, 503),
-    dependencies=[ApiKeyDep],
-    openapi_extra=_PREDICT_BODY,
+add_routes(
+    router,
+    Verb(
+        "GET", "/metadata", _metadata, _METADATA_DESCRIPTION, TFServingModelMetadata, _LOOKUP_ERRORS
+    ),
+    [
+        Operation("model", "model_metadata", "TF Serving: model metadata"),
+        Operation("version", "version_metadata", "TF Serving: metadata of one version"),
+        Operation("label", "label_metadata", "TF Serving: metadata of a labelled version"),
+    ],
 )
-async def predict_version(request: Request, model_name: ModelName, version: Version) -> Response:
-    """Classify images with the version named."""
-    return await _predict(request, model_name, version, None)
-
-
-@router.post(
-    "/{model_name}/labels/{label}:predict",
-    summary="TF Serving: predict with a labelled version",
-    description=_PREDICT_DESCRIPTION,
-    response_model=TFServingPredictResponse,
-    responses=protocol_error_responses(400, 401, 404, 503),
-    dependencies=[ApiKeyDep],
-    openapi_extra=_PREDICT_BODY,
+add_routes(
+    router,
+    Verb(
+        "POST",
+        ":predict",
+        _predict,
+        _PREDICT_DESCRIPTION,
+        TFServingPredictResponse,
+        (400, 401, 404, 503),
+        api_key=True,
+        openapi_extra=_PREDICT_BODY,
+    ),
+    [
+        Operation("model", "predict", "TF Serving: predict"),
+        Operation("version", "predict_version", "TF Serving: predict with one version"),
+        Operation("label", "predict_label", "TF Serving: predict with a labelled version"),
+    ],
 )
-async def predict_label(request: Request, model_name: ModelName, label: Label) -> Response:
-    """Classify images with the version a label names."""
-    return await _predict(request, model_name, None, label)

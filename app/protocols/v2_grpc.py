@@ -15,13 +15,16 @@ The message and service code is the protocol's own, as generated from Triton's
 ``service_pb2_grpc``): the reference implementation's clients are built from the same code, and
 no copy of the ``.proto`` nor a build step has to be kept in step with it. The other methods of
 the service (repository, shared memory, statistics, streaming) answer UNIMPLEMENTED.
+
+This door only translates protobuf messages: the checks, the outputs and the metadata are the
+protocol core's (:mod:`app.protocols.v2`), shared with the REST door, and the API key is checked
+by :func:`app.core.security.check_api_key` as on every HTTP route.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -30,21 +33,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from app.api.deps import API_KEY_HEADER
-from app.protocols.common import (
-    EXTENSIONS,
-    MODEL_NAME,
-    SERVER_NAME,
-    ProtocolError,
-    images_from_bytes,
-    images_from_flat,
-    invalid,
-    parse_version,
-    resolve_model,
-    served_models,
-    v2_model_metadata,
-)
-from app.serving.store import INPUT_KEY, OUTPUTS, ModelStore
+from app.core.errors import ApiError
+from app.core.security import API_KEY_METADATA, check_api_key
+from app.protocols import v2
+from app.protocols.common import MODEL_NAME, ModelRef, ProtocolError, invalid, resolve
+from app.serving.runtime import INPUT_KEY
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from app.settings import Settings
 from app.telemetry import Telemetry
@@ -60,7 +54,6 @@ _STATUS: Final = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
 }
-_METADATA_KEY: Final = API_KEY_HEADER.lower()  # gRPC metadata keys are lower case
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -86,18 +79,16 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
         """A model version is loaded and warmed up."""
-        return service_pb2.ServerReadyResponse(ready=self._store.current is not None)
+        return service_pb2.ServerReadyResponse(ready=v2.server_ready(self._store))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         """Name, version and extensions."""
-        return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=EXTENSIONS
-        )
+        return service_pb2.ServerMetadataResponse(**v2.server_metadata(self._version))
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """Whether the model (and version, if named) can answer; false for unknown ones."""
         try:
-            resolve_model(self._store, request.name, parse_version(request.version))
+            v2.ready_model(self._store, ModelRef(request.name, request.version))
         except ProtocolError:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
@@ -105,13 +96,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         """The model's versions, platform and tensors."""
         try:
-            wanted = parse_version(request.version)
-            model = resolve_model(self._store, request.name, wanted)
+            metadata = v2.model_metadata(self._store, ModelRef(request.name, request.version))
         except ProtocolError as exc:
             await self._abort(context, exc)
-        served = [m.version for m in served_models(self._store)]
-        versions = [wanted] if wanted is not None else served
-        metadata = v2_model_metadata(model, versions)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
             name=metadata["name"],
@@ -125,10 +112,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         """Classify images [N, 28, 28] of UINT8 with the model (and version) named."""
         try:
             self._check_api_key(context)
-            model = resolve_model(
-                self._store, request.model_name, parse_version(request.model_version)
-            )
-            outputs = self._outputs(request)
+            model = resolve(self._store, ModelRef(request.model_name, request.model_version))
+            outputs = [v2.RequestedOutput(v2.output_name(o.name)) for o in request.outputs]
             if request.raw_input_contents or len(request.inputs) != 1:
                 images = self._images(request)
             else:  # typed contents: a Python value per pixel, converted off the event loop
@@ -139,70 +124,49 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         # flight (app.serving.worker).
         self._telemetry.in_flight += 1
         try:
-            result = await self._worker.predict(model, images)
+            answer = await v2.infer(
+                self._worker,
+                model,
+                v2.InferRequest(images, request.id, outputs or v2.all_outputs()),
+            )
         finally:
             self._telemetry.in_flight -= 1
         self._telemetry.count_images("grpc:ModelInfer", len(images))
-        arrays = {
-            "probabilities": (result.probabilities.astype("<f4", copy=False), "FP32"),
-            "digit": (result.digits.astype("<i8", copy=False), "INT64"),
-        }
         response = service_pb2.ModelInferResponse(
-            model_name=MODEL_NAME, model_version=str(result.model_version), id=request.id
+            model_name=MODEL_NAME, model_version=answer.model_version, id=answer.id
         )
-        for name in outputs:
-            array, datatype = arrays[name]
-            response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-            response.raw_output_contents.append(array.tobytes())
+        for output in answer.outputs:
+            response.outputs.add(
+                name=output.name, datatype=output.datatype, shape=list(output.array.shape)
+            )
+            response.raw_output_contents.append(output.array.tobytes())
         return response
 
     def _check_api_key(self, context: Any) -> None:
-        expected = self._settings.api_key
-        if expected is None:
-            return
-        sent = dict(context.invocation_metadata() or ()).get(_METADATA_KEY)
-        if sent is None:
-            raise ProtocolError(
-                "unauthenticated",
-                f"This service requires an API key: send it in the {_METADATA_KEY} metadata.",
+        sent = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA)
+        try:
+            check_api_key(
+                None if sent is None else str(sent),
+                self._settings.api_key,
+                f"{API_KEY_METADATA} metadata",
             )
-        if not secrets.compare_digest(
-            str(sent).encode("utf-8"), expected.get_secret_value().encode("utf-8")
-        ):
-            raise ProtocolError(
-                "unauthenticated", f"The API key in the {_METADATA_KEY} metadata is not valid."
-            )
+        except ApiError as exc:
+            raise ProtocolError("unauthenticated", exc.message) from None
 
     def _images(self, request: Any) -> np.ndarray:
-        limit = self._settings.max_batch_size
-        if len(request.inputs) != 1:
-            raise invalid(f"The request must have exactly one input, '{INPUT_KEY}'.")
+        """The input's images, from raw_input_contents or typed contents (uint_contents)."""
+        v2.check_input_count(len(request.inputs))
         tensor = request.inputs[0]
-        if tensor.name != INPUT_KEY:
-            raise invalid(f"Unknown input {tensor.name!r}: the model has one input, '{INPUT_KEY}'.")
-        if tensor.datatype != "UINT8":
-            raise invalid(
-                f"Input '{INPUT_KEY}' must have datatype UINT8 (raw pixels 0-255), got "
-                f"{tensor.datatype!r}."
-            )
+        v2.check_input(tensor.name, tensor.datatype)
         shape = list(tensor.shape)
+        limit = self._settings.max_batch_size
         if request.raw_input_contents:
             if len(request.raw_input_contents) != 1:
                 raise invalid("raw_input_contents must hold one entry per input (one).")
             if tensor.HasField("contents"):
                 raise invalid(f"Input '{INPUT_KEY}' has both contents and raw_input_contents.")
-            return images_from_bytes(request.raw_input_contents[0], shape, limit)
-        return images_from_flat(list(tensor.contents.uint_contents), shape, limit)
-
-    @staticmethod
-    def _outputs(request: Any) -> list[str]:
-        if not request.outputs:
-            return list(OUTPUTS)
-        names = [output.name for output in request.outputs]
-        unknown = [name for name in names if name not in OUTPUTS]
-        if unknown:
-            raise invalid(f"Unknown output(s) {unknown}: the outputs are {', '.join(OUTPUTS)}.")
-        return names
+            return v2.input_images(shape, limit, raw=request.raw_input_contents[0])
+        return v2.input_images(shape, limit, data=list(tensor.contents.uint_contents))
 
     async def _abort(self, context: Any, error: ProtocolError) -> NoReturn:
         self._telemetry.count_error(error.code)

@@ -8,38 +8,30 @@ declare ``binary_data_size``, its length in the ``Inference-Header-Content-Lengt
 output asked for with ``binary_data`` (or every output, with the request parameter
 ``binary_data_output``, which ``tritonclient`` sets when it names no outputs) comes back the same
 way. Errors are ``{"error": "<message>"}``.
+
+This door only translates: the checks, the outputs and the metadata are the protocol core's
+(:mod:`app.protocols.v2`), shared with the gRPC door.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep
-from app.protocols.common import (
-    EXTENSIONS,
-    MODEL_NAME,
-    PLATFORM,
-    SERVER_NAME,
-    ProtocolError,
-    images_from_bytes,
-    images_from_flat,
-    invalid,
-    parse_version,
-    resolve_model,
-    served_models,
-    v2_model_metadata,
-)
-from app.protocols.errors import ProtocolRoute, protocol_error_responses
+from app.protocols import v2
+from app.protocols.common import MODEL_NAME, ModelRef, ProtocolError, invalid, resolve
+from app.protocols.errors import ProtocolRoute
+from app.protocols.routing import Operation, Verb, add_routes
 from app.protocols.tensor_json import dumps, loads
-from app.serving.store import INPUT_KEY, OUTPUTS, ModelStore
-from app.serving.worker import InferenceWorker, Prediction
+from app.protocols.v2 import EXTENSIONS, PLATFORM, InferRequest, InferResponse, RequestedOutput
+from app.serving.runtime import INPUT_KEY
+from app.serving.store import ModelStore
+from app.serving.worker import InferenceWorker
 from app.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"], route_class=ProtocolRoute)
@@ -47,11 +39,6 @@ router = APIRouter(prefix="/v2", tags=["open-inference-protocol"], route_class=P
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 #: Bodies parsed on the event loop; larger ones in the thread pool.
 INLINE_MAX_BYTES: Final = 64 * 1024
-
-ModelName = Annotated[
-    str, Path(description=f"The model's name: `{MODEL_NAME}`.", examples=[MODEL_NAME])
-]
-Version = Annotated[str, Path(description="A model version (an integer).", examples=["1"])]
 
 
 # --- answers, as the protocol defines them ---------------------------------------------------
@@ -223,9 +210,7 @@ def _store(request: Request) -> ModelStore:
 )
 async def server_metadata(request: Request) -> V2ServerMetadataResponse:
     """Name, version and extensions."""
-    return V2ServerMetadataResponse(
-        name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS
-    )
+    return V2ServerMetadataResponse(**v2.server_metadata(request.app.version))
 
 
 @router.get(
@@ -249,86 +234,23 @@ async def server_live() -> V2LiveResponse:
 )
 async def server_ready(request: Request) -> Response:
     """Whether inference requests can be answered now."""
-    ready = _store(request).current is not None
+    ready = v2.server_ready(_store(request))
     return _json({"ready": ready}, 200 if ready else 503)
 
 
 # --- models ----------------------------------------------------------------------------------
 
 
-def _metadata(request: Request, name: str, version: str | None) -> Response:
-    store = _store(request)
-    wanted = parse_version(version)
-    model = resolve_model(store, name, wanted)
-    versions = [wanted] if wanted is not None else [m.version for m in served_models(store)]
-    return _json(v2_model_metadata(model, versions))
+async def _metadata(request: Request, ref: ModelRef) -> Response:
+    return _json(v2.model_metadata(_store(request), ref))
 
 
-@router.get(
-    "/models/{model_name}",
-    summary="Open Inference Protocol: model metadata",
-    description=_METADATA_DESCRIPTION,
-    response_model=V2ModelMetadataResponse,
-    responses=protocol_error_responses(404, 503),
-)
-async def get_model_metadata(request: Request, model_name: ModelName) -> Response:
-    """The model's versions and tensors."""
-    return _metadata(request, model_name, None)
-
-
-@router.get(
-    "/models/{model_name}/versions/{version}",
-    summary="Open Inference Protocol: metadata of one version",
-    description=_METADATA_DESCRIPTION,
-    response_model=V2ModelMetadataResponse,
-    responses=protocol_error_responses(404, 503),
-)
-async def get_version_metadata(
-    request: Request, model_name: ModelName, version: Version
-) -> Response:
-    """One version's tensors."""
-    return _metadata(request, model_name, version)
-
-
-@router.get(
-    "/models/{model_name}/ready",
-    summary="Open Inference Protocol: model readiness",
-    description=_READY_DESCRIPTION,
-    response_model=V2ModelReadyResponse,
-    responses=protocol_error_responses(404, 503),
-)
-async def model_ready(request: Request, model_name: ModelName) -> V2ModelReadyResponse:
-    """Whether the model can answer."""
-    resolve_model(_store(request), model_name)
-    return V2ModelReadyResponse(name=MODEL_NAME, ready=True)
-
-
-@router.get(
-    "/models/{model_name}/versions/{version}/ready",
-    summary="Open Inference Protocol: version readiness",
-    description=_READY_DESCRIPTION,
-    response_model=V2ModelReadyResponse,
-    responses=protocol_error_responses(404, 503),
-)
-async def version_ready(
-    request: Request, model_name: ModelName, version: Version
-) -> V2ModelReadyResponse:
-    """Whether this version can answer."""
-    resolve_model(_store(request), model_name, parse_version(version))
+async def _ready(request: Request, ref: ModelRef) -> V2ModelReadyResponse:
+    v2.ready_model(_store(request), ref)
     return V2ModelReadyResponse(name=MODEL_NAME, ready=True)
 
 
 # --- infer -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    """What an infer request asks: the images, its id, and which outputs in which form."""
-
-    images: npt.NDArray[np.uint8]
-    id: str | None
-    outputs: list[tuple[str, bool]]
-    """(output name, as binary data), in the order to answer."""
 
 
 def parse_infer(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
@@ -363,8 +285,11 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
         raise invalid("The request 'id' must be a string.")
     parameters = _parameters(request.get("parameters"), "request")
     inputs = request.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise invalid(f"'inputs' must be a list of exactly one tensor, '{INPUT_KEY}'.")
+    if not isinstance(inputs, list):
+        raise invalid(v2.ONE_INPUT)
+    v2.check_input_count(len(inputs))
+    if not isinstance(inputs[0], dict):
+        raise invalid(v2.ONE_INPUT)
     images, used = _input_images(inputs[0], binary, max_images)
     if used != len(binary):
         raise invalid(
@@ -385,14 +310,8 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 def _input_images(
     tensor: dict[str, Any], binary: bytes, max_images: int
 ) -> tuple[npt.NDArray[np.uint8], int]:
-    name = tensor.get("name")
-    if name != INPUT_KEY:
-        raise invalid(f"Unknown input {name!r}: the model has one input, '{INPUT_KEY}'.")
-    datatype = tensor.get("datatype")
-    if datatype != "UINT8":
-        raise invalid(
-            f"Input '{INPUT_KEY}' must have datatype UINT8 (raw pixels 0-255), got {datatype!r}."
-        )
+    """The input's images (from ``data`` or the binary part), and how many binary bytes it used."""
+    v2.check_input(tensor.get("name"), tensor.get("datatype"))
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
@@ -405,7 +324,7 @@ def _input_images(
     if size is None:
         if "data" not in tensor:
             raise invalid(f"Input '{INPUT_KEY}' has no 'data' and no 'binary_data_size' parameter.")
-        return images_from_flat(tensor["data"], shape, max_images), 0
+        return v2.input_images(shape, max_images, data=tensor["data"]), 0
     if "data" in tensor:
         raise invalid(f"Input '{INPUT_KEY}' has both 'data' and 'binary_data_size': use one.")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
@@ -413,22 +332,20 @@ def _input_images(
             f"Input '{INPUT_KEY}' declares binary_data_size {size!r}, but {len(binary)} bytes "
             "follow the JSON."
         )
-    return images_from_bytes(binary[:size], shape, max_images), size
+    return v2.input_images(shape, max_images, raw=binary[:size]), size
 
 
-def _outputs(requested: Any, parameters: dict[str, Any]) -> list[tuple[str, bool]]:
+def _outputs(requested: Any, parameters: dict[str, Any]) -> list[RequestedOutput]:
     default_binary = parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise invalid("The request parameter 'binary_data_output' must be true or false.")
     if requested is None:
-        return [(name, default_binary) for name in OUTPUTS]
+        return v2.all_outputs(default_binary)
     if not isinstance(requested, list) or not requested:
         raise invalid("'outputs' must be a non-empty list of {\"name\": ...} objects.")
-    chosen: list[tuple[str, bool]] = []
+    chosen: list[RequestedOutput] = []
     for item in requested:
-        name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUTS:
-            raise invalid(f"Unknown output {name!r}: the outputs are {', '.join(OUTPUTS)}.")
+        name = v2.output_name(item.get("name") if isinstance(item, dict) else None)
         options = _parameters(item.get("parameters"), f"output '{name}'")
         if "classification" in options or "shared_memory_region" in options:
             raise invalid(
@@ -438,44 +355,38 @@ def _outputs(requested: Any, parameters: dict[str, Any]) -> list[tuple[str, bool
         binary = options.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise invalid(f"Output '{name}': 'binary_data' must be true or false.")
-        chosen.append((name, binary))
+        chosen.append(RequestedOutput(name, binary))
     return chosen
 
 
-def infer_response(
-    result: Prediction, request_id: str | None, outputs: list[tuple[str, bool]]
-) -> tuple[dict[str, Any], bytes]:
+def infer_response(answer: InferResponse) -> tuple[dict[str, Any], bytes]:
     """The response JSON and the binary output data that follows it (empty when none)."""
-    arrays = {
-        "probabilities": (result.probabilities.astype("<f4", copy=False), "FP32"),
-        "digit": (result.digits.astype("<i8", copy=False), "INT64"),
-    }
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
-    for name, binary in outputs:
-        array, datatype = arrays[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            data = array.tobytes()
+    for output in answer.outputs:
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.array.shape),
+        }
+        if output.binary:
+            data = output.array.tobytes()
             tensor["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            tensor["data"] = output.array.reshape(-1).tolist()
         tensors.append(tensor)
-    response: dict[str, Any] = {
-        "model_name": MODEL_NAME,
-        "model_version": str(result.model_version),
-    }
-    if request_id is not None:
-        response["id"] = request_id
+    response: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": answer.model_version}
+    if answer.id is not None:
+        response["id"] = answer.id
     response["outputs"] = tensors
     return response, b"".join(chunks)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def _infer(request: Request, ref: ModelRef) -> Response:
     state = request.app.state
     settings: Settings = state.settings
-    model = resolve_model(state.store, name, parse_version(version))
+    model = resolve(state.store, ref)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ProtocolError(
@@ -489,42 +400,59 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     else:
         parsed = await run_in_threadpool(parse_infer, body, header_length, settings.max_batch_size)
     worker: InferenceWorker = state.worker
-    result = await worker.predict(model, parsed.images)
+    answer = await v2.infer(worker, model, parsed)
     state.telemetry.count_images("v2:infer", len(parsed.images))
-    answer, binary = infer_response(result, parsed.id, parsed.outputs)
-    content = dumps(answer)
+    content, binary = infer_response(answer)
+    body_json = dumps(content)
     if not binary:
-        return Response(content, media_type="application/json")
+        return Response(body_json, media_type="application/json")
     return Response(
-        content + binary,
+        body_json + binary,
         media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(content))},
+        headers={HEADER_LENGTH: str(len(body_json))},
     )
 
 
-@router.post(
-    "/models/{model_name}/infer",
-    summary="Open Inference Protocol: infer",
-    description=_INFER_DESCRIPTION,
-    response_model=V2InferResponse,
-    responses=protocol_error_responses(400, 401, 404, 415, 503),
-    dependencies=[ApiKeyDep],
-    openapi_extra=_INFER_BODY,
-)
-async def infer(request: Request, model_name: ModelName) -> Response:
-    """Classify images with the served version."""
-    return await _infer(request, model_name, None)
+# --- the routes that name a model (and a version) ----------------------------------------------
 
+_LOOKUP_ERRORS: Final = (404, 503)
+_INFER_ERRORS: Final = (400, 401, 404, 415, 503)
 
-@router.post(
-    "/models/{model_name}/versions/{version}/infer",
-    summary="Open Inference Protocol: infer with one version",
-    description=_INFER_DESCRIPTION,
-    response_model=V2InferResponse,
-    responses=protocol_error_responses(400, 401, 404, 415, 503),
-    dependencies=[ApiKeyDep],
-    openapi_extra=_INFER_BODY,
+add_routes(
+    router,
+    Verb("GET", "", _metadata, _METADATA_DESCRIPTION, V2ModelMetadataResponse, _LOOKUP_ERRORS),
+    [
+        Operation("model", "get_model_metadata", "Open Inference Protocol: model metadata"),
+        Operation(
+            "version", "get_version_metadata", "Open Inference Protocol: metadata of one version"
+        ),
+    ],
+    base="/models",
 )
-async def infer_version(request: Request, model_name: ModelName, version: Version) -> Response:
-    """Classify images with the version named."""
-    return await _infer(request, model_name, version)
+add_routes(
+    router,
+    Verb("GET", "/ready", _ready, _READY_DESCRIPTION, V2ModelReadyResponse, _LOOKUP_ERRORS),
+    [
+        Operation("model", "model_ready", "Open Inference Protocol: model readiness"),
+        Operation("version", "version_ready", "Open Inference Protocol: version readiness"),
+    ],
+    base="/models",
+)
+add_routes(
+    router,
+    Verb(
+        "POST",
+        "/infer",
+        _infer,
+        _INFER_DESCRIPTION,
+        V2InferResponse,
+        _INFER_ERRORS,
+        api_key=True,
+        openapi_extra=_INFER_BODY,
+    ),
+    [
+        Operation("model", "infer", "Open Inference Protocol: infer"),
+        Operation("version", "infer_version", "Open Inference Protocol: infer with one version"),
+    ],
+    base="/models",
+)

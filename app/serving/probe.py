@@ -6,9 +6,10 @@ Pillow as dark ink on white paper and normalized exactly as an upload is
 (:func:`app.reading.normalize.ink_map`, :func:`app.reading.normalize.center_digit`). Two more
 images test the arithmetic only: a blank field and a field full of ink.
 
-:func:`check_outputs` holds the checks: finite probabilities in [0, 1] that sum to 1, ``digit``
-in 0..9 and equal to the argmax, and accuracy on the drawn digits at least a floor. A model
-that fails any of them is not servable, whatever its signature says.
+:func:`check_outputs` holds the checks: the answers pass the check every model call passes
+(:func:`app.serving.output_check.check_output`: finite probabilities in [0, 1] that sum to 1,
+``digit`` in 0..9), ``digit`` is the argmax, and accuracy on the drawn digits is at least a
+floor. A model that fails any of them is not servable, whatever its signature says.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw
 
 from app.reading.normalize import center_digit, ink_map
+from app.serving.output_check import ModelOutputError, check_output
 
 Point = tuple[float, float]
 Stroke = list[Point]
 PredictFn = Callable[[npt.NDArray[np.uint8]], tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]
 
-#: Tolerance on each probability's range and on their sum (float32 softmax rounding).
-PROBABILITY_TOLERANCE: Final = 1e-3
 _CANVAS: Final = 200
 
 
@@ -142,45 +142,19 @@ def probe_set() -> ProbeSet:
 def check_outputs(
     probabilities: npt.NDArray[np.float32],
     digits: npt.NDArray[np.int64],
-    labels: npt.NDArray[np.int64],
+    probe: ProbeSet,
     min_accuracy: float,
 ) -> ProbeResult:
-    """Check a model's answers on :func:`probe_set`'s images.
+    """Check a model's answers on the images of ``probe`` (:func:`probe_set`).
 
     Raises:
         ProbeError: naming the first check that failed.
     """
-    count = len(probabilities) if probabilities.ndim else 0
-    if probabilities.shape != (count, 10) or digits.shape != (count,):
-        raise ProbeError(
-            f"probe answers have shapes {probabilities.shape} and {digits.shape}, "
-            "expected (N, 10) and (N,)"
-        )
-    finite = np.isfinite(probabilities).all(axis=1)
-    if not finite.all():
-        raise ProbeError(
-            f"non-finite probabilities on {int((~finite).sum())} of {count} probe images"
-        )
-    tol = PROBABILITY_TOLERANCE
-    out_of_range = ((probabilities < -tol) | (probabilities > 1 + tol)).any(axis=1)
-    if out_of_range.any():
-        raise ProbeError(
-            f"probabilities outside [0, 1] on {int(out_of_range.sum())} of {count} probe images"
-        )
-    sums = probabilities.astype(np.float64).sum(axis=1)
-    bad_sum = np.abs(sums - 1.0) > tol
-    if bad_sum.any():
-        worst = float(sums[np.argmax(np.abs(sums - 1.0))])
-        raise ProbeError(
-            f"probabilities do not sum to 1 on {int(bad_sum.sum())} of {count} probe images "
-            f"(e.g. {worst:.4g})"
-        )
-    outside = (digits < 0) | (digits > 9)
-    if outside.any():
-        raise ProbeError(
-            f"'digit' outside 0..9 on {int(outside.sum())} of {count} probe images "
-            f"(e.g. {int(digits[np.argmax(outside)])})"
-        )
+    count = len(probe.images)
+    try:
+        check_output(probabilities, digits, count, what="probe images")
+    except ModelOutputError as exc:
+        raise ProbeError(exc.problem) from exc
     # A tie may be broken either way; anything else must be the argmax.
     chosen = probabilities[np.arange(count), digits]
     not_argmax = chosen < probabilities.max(axis=1) - 1e-6
@@ -189,6 +163,7 @@ def check_outputs(
             f"'digit' is not the most probable class on {int(not_argmax.sum())} of {count} "
             "probe images"
         )
+    labels = probe.labels
     drawn = len(labels)
     accuracy = float((digits[:drawn] == labels).mean()) if drawn else 1.0
     if accuracy < min_accuracy:
@@ -210,4 +185,4 @@ def run_probe(predict: PredictFn, min_accuracy: float) -> ProbeResult:
         probabilities, digits = predict(probe.images.copy())
     except Exception as exc:  # a model that cannot answer the probe is just as unservable
         raise ProbeError(f"probe call failed: {type(exc).__name__}") from exc
-    return check_outputs(np.asarray(probabilities), np.asarray(digits), probe.labels, min_accuracy)
+    return check_outputs(np.asarray(probabilities), np.asarray(digits), probe, min_accuracy)

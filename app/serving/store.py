@@ -1,91 +1,50 @@
-"""Model versions on disk: find them, check them, load and warm them, and serve them by policy.
+"""The model store: which versions are loaded and served, by policy, and how requests get one.
 
 The layout is TensorFlow Serving's: ``<models_dir>/<version>/`` holding a SavedModel with the
-``serving_default`` signature and a ``metrics.json``. Which versions are loaded and which one
-answers by default is the :class:`~app.serving.policy.VersionPolicy`'s decision (``latest``
-behind a promotion gate, ``specific``, labels). Before a version becomes routable it is loaded,
-warmed and checked on the built-in probe set (:mod:`app.serving.probe`); a version that fails is
-remembered with its reason, counted, never served, and retried only when its content changes
-(relative paths, sizes and modification times of its files).
+``serving_default`` signature and a ``metrics.json`` (:mod:`app.serving.model_dir` reads the
+directory). Which versions are loaded and which one answers by default is the
+:class:`~app.serving.policy.VersionPolicy`'s decision (``latest`` behind a promotion gate,
+``specific``, labels). Before a version becomes routable it is loaded, warmed and checked on the
+built-in probe set (:func:`app.serving.loaded.load_version`); a version that fails is remembered
+with its reason, counted, never served, and retried only when its content changes (relative
+paths, sizes and modification times of its files).
 
-Requests take a :class:`LoadedModel` once, when they start (:attr:`ModelStore.current` or
-:meth:`ModelStore.get`), and keep it; a refresh replaces the store's state object, never a
-model, so a request in flight finishes on the version it started with.
+Requests take a :class:`~app.serving.loaded.LoadedModel` once, when they start
+(:attr:`ModelStore.current` or :meth:`ModelStore.get`), and keep it; a refresh replaces the
+store's state object, never a model, so a request in flight finishes on the version it started
+with.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import os
-import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
-
-import numpy as np
+from typing import Any, Protocol
 
 from app.core.errors import DomainError
-from app.reading.calibration import ReaderCalibration, load_calibration
+from app.serving.loaded import LoadedModel, load_version
+from app.serving.model_dir import IgnoredEntry, content_fingerprint, scan_versions, scrub_paths
 from app.serving.models_config import MAX_CONFIG_BYTES, ConfigError, policy_from_config
-from app.serving.policy import VersionPolicy, parse_version_name
-from app.serving.probe import PROBABILITY_TOLERANCE, ProbeError, ProbeResult, run_probe
+from app.serving.policy import VersionPolicy
 from app.serving.report import ModelReport, read_report
-from app.serving.runtime import (
-    INPUT_KEY,
-    OUTPUTS,
-    SIGNATURE,
-    Answers,
-    Images,
-    Loader,
-    ModelLoadError,
-    Predictor,
-    TensorInfo,
-    configure_tensorflow,
-    first_line,
-)
+from app.serving.runtime import Loader, ModelLoadError, first_line
 from app.serving.runtime import load as load_predictor
 
 __all__ = [
-    "INPUT_KEY",
-    "OUTPUTS",
-    "SIGNATURE",
     "FailedVersion",
     "HeldVersion",
-    "IgnoredEntry",
-    "LoadedModel",
-    "ModelLoadError",
     "ModelNotReadyError",
-    "ModelOutputError",
     "ModelStore",
     "StoreObserver",
     "StoreStatus",
-    "TensorInfo",
     "VersionNotFoundError",
-    "configure_tensorflow",
-    "content_fingerprint",
-    "load_version",
-    "scan_versions",
-    "versions_on_disk",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Entries of the models directory looked at per scan; the rest are not seen.
-MAX_DIR_ENTRIES: Final = 10_000
-#: Newest versions considered per scan (the policy and the gate look no further back).
-MAX_VERSIONS: Final = 256
-#: Files and depth a content fingerprint walks; beyond that the walk stops (still deterministic).
-FINGERPRINT_MAX_FILES: Final = 10_000
-FINGERPRINT_MAX_DEPTH: Final = 8
-#: Ignored entries reported in /model (and logged), at most.
-MAX_REPORTED_ENTRIES: Final = 20
-MAX_REASON_CHARS: Final = 400
 
 
 class VersionNotFoundError(DomainError):
@@ -98,12 +57,6 @@ class ModelNotReadyError(DomainError):
     """No model version is loaded yet."""
 
     code = "model_not_ready"
-
-
-class ModelOutputError(DomainError):
-    """A served version answered a request with values no model may give (NaN, digit 12...)."""
-
-    code = "model_output_invalid"
 
 
 @dataclass(frozen=True)
@@ -126,207 +79,6 @@ class HeldVersion:
     reason: str
     held_at: datetime
     test_accuracy: float | None
-
-
-@dataclass(frozen=True)
-class IgnoredEntry:
-    """A directory in the models directory that is not a valid version name."""
-
-    name: str
-    """The name, printable and shortened."""
-    reason: str
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """One loaded, warmed and probed model version: call :meth:`predict` from the worker."""
-
-    version: int
-    path: Path
-    predictor: Predictor = field(repr=False)
-    report: ModelReport | None
-    """Its metrics.json, typed; None when it has none."""
-    probe: ProbeResult | None
-    loaded_at: datetime
-    load_seconds: float
-    calibration: ReaderCalibration = field(default_factory=ReaderCalibration)
-    """Its reader calibration (reader.json and the likeness basis), loaded and swapped with it."""
-
-    def predict(self, images: Images) -> Answers:
-        """Probabilities [N, 10] and digits [N] for uint8 images [N, 28, 28]: one model call.
-
-        Raises:
-            ModelOutputError: when the answers are not probabilities and digits (the probe
-                check makes this unlikely; no caller may then loop on such values).
-        """
-        probabilities, digits = self.predictor.predict(images)
-        count = len(images)
-        if (
-            probabilities.shape != (count, 10)
-            or digits.shape != (count,)
-            or not np.isfinite(probabilities).all()
-            or (count and (probabilities.min() < -PROBABILITY_TOLERANCE))
-            or (count and (probabilities.max() > 1 + PROBABILITY_TOLERANCE))
-            or (count and (digits.min() < 0 or digits.max() > 9))
-        ):
-            raise ModelOutputError(
-                f"Model version {self.version} gave an invalid answer for this input; it has "
-                "been logged. Try another version (?version=) or report it.",
-                {"model_version": self.version},
-            )
-        return probabilities, digits
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        """The signature's input tensors."""
-        return self.predictor.describe().inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        """The signature's output tensors."""
-        return self.predictor.describe().outputs
-
-    @property
-    def metrics(self) -> dict[str, Any] | None:
-        """metrics.json as read (prefer :attr:`report`)."""
-        return dict(self.report.raw) if self.report is not None else None
-
-    @property
-    def test_accuracy(self) -> float | None:
-        """The test accuracy from metrics.json, if it has one."""
-        return self.report.test_accuracy if self.report is not None else None
-
-    @property
-    def session_fast_path(self) -> bool:
-        """Whether the TensorFlow predictor runs its session callable."""
-        return bool(getattr(self.predictor, "session_fast_path", False))
-
-
-def load_version(
-    path: Path,
-    version: int,
-    *,
-    loader: Loader = load_predictor,
-    probe_min_accuracy: float = 0.0,
-) -> LoadedModel:
-    """Load one version directory, warm it up and check it on the probe set.
-
-    Raises:
-        ModelLoadError: with the reason, when the version is not servable.
-    """
-    started = time.perf_counter()
-    predictor = loader(path)
-    predictor.warm()
-    try:
-        probe = run_probe(predictor.predict, probe_min_accuracy)
-    except ProbeError as exc:
-        raise ModelLoadError(f"probe check failed: {exc}") from exc
-    return LoadedModel(
-        version=version,
-        path=path,
-        predictor=predictor,
-        report=read_report(path),
-        probe=probe,
-        loaded_at=datetime.now(UTC),
-        load_seconds=time.perf_counter() - started,
-        calibration=load_calibration(path),
-    )
-
-
-# --- the directory ---------------------------------------------------------------------------
-
-
-def _printable(name: str) -> str:
-    text = name.encode("ascii", "backslashreplace").decode("ascii")
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def scan_versions(models_dir: Path) -> tuple[list[int], list[IgnoredEntry]]:
-    """Version directories (oldest first, the newest :data:`MAX_VERSIONS`) and bad names.
-
-    Hidden entries (staging copies such as ``.tmp-3``) and plain files are skipped silently;
-    any other directory whose name is not a version number is reported, never fatal.
-    """
-    versions: list[int] = []
-    ignored: list[IgnoredEntry] = []
-    try:
-        with os.scandir(models_dir) as entries:
-            for entry in itertools.islice(entries, MAX_DIR_ENTRIES):
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if not entry.is_dir():
-                        continue
-                except OSError:
-                    continue
-                parsed = parse_version_name(entry.name)
-                if isinstance(parsed, int):
-                    versions.append(parsed)
-                elif len(ignored) < MAX_REPORTED_ENTRIES:
-                    ignored.append(IgnoredEntry(_printable(entry.name), parsed))
-    except OSError:
-        return [], []
-    versions.sort()
-    return versions[-MAX_VERSIONS:], sorted(ignored, key=lambda e: e.name)
-
-
-def versions_on_disk(models_dir: Path) -> list[int]:
-    """Valid version directories, newest first; hidden and other names are ignored."""
-    return scan_versions(models_dir)[0][::-1]
-
-
-def content_fingerprint(path: Path) -> str:
-    """A digest of every file's relative path, size and modification time under ``path``.
-
-    Bounded by :data:`FINGERPRINT_MAX_FILES` and :data:`FINGERPRINT_MAX_DEPTH`. A copy in
-    progress changes it with every file written; a finished copy leaves it fixed.
-    """
-    digest = hashlib.sha256()
-    seen = 0
-    stack: list[tuple[Path, str, int]] = [(path, "", 0)]
-    while stack:
-        directory, relative, depth = stack.pop()
-        try:
-            with os.scandir(directory) as iterator:
-                entries = sorted(
-                    itertools.islice(iterator, FINGERPRINT_MAX_FILES - seen + 1),
-                    key=lambda e: e.name,
-                )
-        except OSError as exc:
-            digest.update(f"!{relative}:{type(exc).__name__}\n".encode())
-            continue
-        for entry in entries:
-            seen += 1
-            if seen > FINGERPRINT_MAX_FILES:
-                digest.update(b"...")
-                return digest.hexdigest()
-            name = f"{relative}/{entry.name}"
-            try:
-                stat = entry.stat(follow_symlinks=True)
-                is_dir = entry.is_dir()
-            except OSError:
-                digest.update(f"?{name}\n".encode("utf-8", "backslashreplace"))
-                continue
-            digest.update(
-                f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{int(is_dir)}\n".encode(
-                    "utf-8", "backslashreplace"
-                )
-            )
-            if is_dir and depth < FINGERPRINT_MAX_DEPTH:
-                stack.append((Path(entry.path), name, depth + 1))
-    return digest.hexdigest()
-
-
-_ABSOLUTE_PATH: Final = re.compile(r"(?<![\w.~-])/(?:[^\s/:'\"]+/)*[^\s/:'\",;)\]]*")
-
-
-def scrub_paths(text: str, version_dir: Path) -> str:
-    """A reason with no absolute paths: the version's own files named relative to it."""
-    for base in {str(version_dir.resolve()), str(version_dir.absolute()), str(version_dir)}:
-        if base not in {"", "."}:
-            text = text.replace(base, version_dir.name)
-    text = _ABSOLUTE_PATH.sub(lambda m: Path(m.group()).name or "/", text)
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
 # --- the store -------------------------------------------------------------------------------

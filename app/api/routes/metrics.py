@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app.api.deps import StoreDep, TelemetryDep
 from app.api.schemas import EvaluationFigures, MetricsResponse, ModelEvaluation, ServiceFigures
-from app.serving.store import LoadedModel
+from app.serving.loaded import LoadedModel
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from app.api.schemas import (
     error_responses,
 )
 from app.reading.calibration import calibration_for
-from app.serving.store import SIGNATURE
+from app.serving.runtime import SIGNATURE
 
 # Behind the API key like the prediction routes: it lists the models directory's contents and
 # why versions failed, which is for operators and the service's clients, not for anyone.

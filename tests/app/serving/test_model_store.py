@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app.serving.store import INPUT_KEY, SIGNATURE, load_version
+from app.serving.loaded import load_version
+from app.serving.runtime import INPUT_KEY, SIGNATURE
 
 
 def test_session_fast_path_matches_the_signature(

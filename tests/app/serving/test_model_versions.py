@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from app.main import create_app
 from app.serving.runtime import Predictor
 from app.serving.runtime import load as load_predictor
-from app.serving.store import ModelStore, versions_on_disk
+from app.serving.store import ModelStore
 from app.serving.worker import InferenceWorker
 from tests.app.conftest import ModelsDir, encode, make_settings
 
@@ -41,14 +41,6 @@ def wait_for(condition: object, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
-
-
-def test_versions_on_disk_ignores_hidden_and_non_integer_names(tmp_path: Path) -> None:
-    for name in ("1", "10", "2", ".tmp-3", "latest", "4.bak"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "5").write_text("a file, not a directory")
-    assert versions_on_disk(tmp_path) == [10, 2, 1]
-    assert versions_on_disk(tmp_path / "missing") == []
 
 
 def test_newest_version_is_served(models: ModelsDir) -> None:
