@@ -23,8 +23,8 @@ __all__ = [
     "READING_MARGIN",
     "READING_WEIGHTS",
     "Reading",
+    "as_scores",
     "best_partition",
-    "check_probabilities",
     "choose_reading",
     "invalid_model_output",
     "reading_features",
@@ -89,25 +89,22 @@ def invalid_model_output() -> DomainError:
     )
 
 
-def check_probabilities(probabilities: npt.ArrayLike, count: int) -> npt.NDArray[np.float64]:
-    """The model's scores for ``count`` images as float64 [count, 10], checked to be probabilities.
+def as_scores(probabilities: npt.ArrayLike, count: int) -> npt.NDArray[np.float64]:
+    """The model's scores for ``count`` images as float64 [count, 10], clipped to [0, 1].
 
-    Every later step (logarithms, sums, the best-reading search) relies on finite scores in
-    [0, 1]; a model that answers NaN or negative values is refused here, before any of them.
+    The model's answer was checked where it was made (``app.serving.output_check``: the one
+    check, within float32 rounding); the clip keeps that rounding out of the logarithms below.
+    What no check passed (another shape, a value that is not finite) is still refused here, so
+    the search stays bounded whatever calls it.
 
     Raises:
-        DomainError: 503 ``model_output_invalid`` when they are not.
+        DomainError: 503 ``model_output_invalid`` for scores of another shape or not finite.
     """
     scores = np.asarray(probabilities, dtype=np.float64)
-    if (
-        scores.shape != (count, 10)
-        or not np.isfinite(scores).all()
-        or float(scores.min(initial=0.0)) < 0.0
-        or float(scores.max(initial=0.0)) > 1.0 + _PROBABILITY_SLACK
-        or bool((np.abs(scores.sum(axis=1) - 1.0) > _PROBABILITY_SLACK).any())
-    ):
+    if scores.shape != (count, 10) or not np.isfinite(scores).all():
         raise invalid_model_output()
-    return scores
+    clipped: npt.NDArray[np.float64] = np.clip(scores, 0.0, 1.0)
+    return clipped
 
 
 def reading_features(
@@ -119,11 +116,11 @@ def reading_features(
     from geometry alone (the two probability features are then 0).
 
     Raises:
-        DomainError: 503 ``model_output_invalid`` when ``probabilities`` are not probabilities
-            (:func:`check_probabilities`).
+        DomainError: 503 ``model_output_invalid`` when ``probabilities`` are not scores of the
+            candidates (:func:`as_scores`).
     """
     if probabilities is not None:
-        probabilities = check_probabilities(probabilities, len(lattice.candidates))
+        probabilities = as_scores(probabilities, len(lattice.candidates))
     rows = np.zeros((len(lattice.candidates), len(FEATURES)), np.float64)
     for index, cand in enumerate(lattice.candidates):
         w, h = cand.width_ratio, cand.height_ratio

@@ -41,7 +41,6 @@ from app.core.errors import ApiError, DomainError
 from app.core.tracing import child_span
 from app.reading.decode import open_image
 from app.reading.normalize import Normalize, prepare_digit, prepare_opened
-from app.reading.reader import invalid_model_output
 from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
@@ -67,10 +66,7 @@ NormalizeQuery = Annotated[
 
 
 def _digit(probabilities: np.ndarray, digit: int, normalized: bool) -> dict[str, object]:
-    # A model answering a digit outside 0-9 or non-finite scores gives no answer at all, not a
-    # crash and not a number that looks like one.
-    if not 0 <= digit <= 9 or not np.isfinite(probabilities).all():
-        raise invalid_model_output()
+    # The worker's answer is checked (app.serving.output_check): a digit in 0-9, probabilities.
     return {
         "digit": digit,
         "confidence": float(probabilities[digit]),
