@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from tritonclient.grpc import service_pb2_grpc
 
 from app.main import create_app
+from harness.servers import free_port
 from tests.app.conftest import ModelsDir, make_settings
-from tests.support.servers import free_port
 
 #: The API key the :func:`doors` app is started with.
 KEY = "sesame"
