@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     for name in (".pre-commit-config.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
     (root / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    for package in ("app", "training"):
+    # The packages mypy checks as a whole (pyproject.toml's [tool.mypy] files).
+    for package in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]["files"]:
         (root / package).mkdir()
         (root / package / "__init__.py").write_text(f'"""The {package} package."""\n')
     (root / "app" / "module.py").write_text(CLEAN)

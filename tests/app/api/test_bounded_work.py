@@ -27,6 +27,7 @@ from app.reading.decode import open_image, run_in_image_slot, run_in_large_image
 from app.reading.lattice import MAX_WORK_PIXELS, MAX_WORK_SIDE, build_lattice, find_candidates
 from app.reading.normalize import center_digit, prepare_digit
 from app.reading.reader import best_partition, choose_reading
+from app.serving.output_check import check_output
 from harness.attacks import (
     bar_png,
     long_stroke_png,
@@ -361,10 +362,11 @@ def test_a_jpeg_with_too_many_scans_is_refused_by_every_endpoint(model_one: Mode
     [(np.full(10, 0.1, np.float32), 12), (np.full(10, np.nan, np.float32), 3)],
     ids=["digit 12", "NaN scores"],
 )
-def test_predict_refuses_a_model_answer_that_is_not_a_digit(
+def test_a_model_answer_that_is_not_a_digit_is_refused(
     probabilities: np.ndarray, digit: int
 ) -> None:
+    # The one check every door's answer passes (LoadedModel.predict calls it).
     with pytest.raises(DomainError) as caught:
-        predict_module._digit(probabilities, digit, True)
+        check_output(probabilities[None, :], np.array([digit]), 1)
     assert DOMAIN_STATUS[caught.value.code] == 503
     assert caught.value.code == "model_output_invalid"
