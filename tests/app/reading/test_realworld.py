@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.reading.normalize import ink_map, normalize_image
-from harness.realdigits import MISSING, Item, load_items, set_dir
+from harness.realdigits import MISSING, Item, is_held_out, load_items, set_dir
 from tests.app.conftest import encode
 
 
@@ -160,3 +160,13 @@ def test_orand_amounts_are_read_without_their_punctuation(bundled_client: TestCl
     assert unflagged_wrong <= 1
     # Target 0.20 on the whole set: 4 of 20 expected; 2 leaves room for the sample's spread.
     assert right >= 2
+
+
+def test_the_held_out_part_is_a_fixed_fifth_by_file_name() -> None:
+    names = [f"item-{i:05d}.png" for i in range(10_000)]
+    held = [n for n in names if is_held_out(n)]
+    assert 0.18 < len(held) / len(names) < 0.22
+    # Fixed: the same names are held out on every call, whatever the order.
+    assert held == [n for n in reversed(names) if is_held_out(n)][::-1]
+    item = Item(Path("/anywhere") / held[0], "7")
+    assert item.held_out
