@@ -22,6 +22,7 @@ _REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.OFF_THE_LINE: "a digit is above or below the line of the others.",
     ReasonCode.SPANS_THE_IMAGE: "a digit is hairlines across the whole image (ruled lines).",
     ReasonCode.CUT_BY_THE_EDGE: "a digit runs into the edge of the image (a neighbour's ink).",
+    ReasonCode.SEVERAL_DIGITS: "an image sent as one digit holds several (`/predict` only).",
 }
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -48,6 +49,26 @@ _PROBS_EXAMPLE: list[JsonValue] = [
 ]
 
 
+class ReviewReason(BaseModel):
+    """One reason to send a reading to a person."""
+
+    code: ReasonCode = Field(
+        description="What kind of reason: a fixed set, for programs (and metrics). "
+        + " ".join(f"`{code.value}`: {_REASON_TEXT[code]}" for code in ReasonCode),
+        examples=["low_confidence"],
+    )
+    message: str = Field(
+        description="The reason for a person, with the figures that made it.",
+        examples=["digit 4 of 5 was read with confidence 0.86, below the threshold 0.90"],
+    )
+    position: int | None = Field(
+        default=None,
+        ge=1,
+        description="The digit it is about, counted from 1 (null: the whole string).",
+        examples=[4],
+    )
+
+
 class DigitPrediction(BaseModel):
     """The model's reading of one digit image."""
 
@@ -64,6 +85,16 @@ class DigitPrediction(BaseModel):
         ),
         examples=[False],
     )
+    needs_review: bool = Field(
+        description="True when a person should check the reading: its confidence is below the "
+        "review threshold, the image does not look like a handwritten digit, or it holds "
+        "several digits side by side (send strings to `/recognize`).",
+        examples=[False],
+    )
+    review_reasons: list[ReviewReason] = Field(
+        description="Why the reading needs review, one entry per reason (empty when not).",
+        examples=[[]],
+    )
 
 
 class PredictResponse(DigitPrediction):
@@ -78,6 +109,8 @@ class PredictResponse(DigitPrediction):
                     "probabilities": _PROBS_EXAMPLE,
                     "model_version": 1,
                     "normalized": False,
+                    "needs_review": False,
+                    "review_reasons": [],
                 }
             ]
         }
@@ -121,6 +154,8 @@ class BatchResponse(BaseModel):
                                 "confidence": 0.9904,
                                 "probabilities": _PROBS_EXAMPLE,
                                 "normalized": False,
+                                "needs_review": False,
+                                "review_reasons": [],
                             },
                             "error": None,
                         },
@@ -199,26 +234,6 @@ class ImageSize(BaseModel):
 
     width: int = Field(ge=1, examples=[400])
     height: int = Field(ge=1, examples=[100])
-
-
-class ReviewReason(BaseModel):
-    """One reason to send a reading to a person."""
-
-    code: ReasonCode = Field(
-        description="What kind of reason: a fixed set, for programs (and metrics). "
-        + " ".join(f"`{code.value}`: {_REASON_TEXT[code]}" for code in ReasonCode),
-        examples=["low_confidence"],
-    )
-    message: str = Field(
-        description="The reason for a person, with the figures that made it.",
-        examples=["digit 4 of 5 was read with confidence 0.86, below the threshold 0.90"],
-    )
-    position: int | None = Field(
-        default=None,
-        ge=1,
-        description="The digit it is about, counted from 1 (null: the whole string).",
-        examples=[4],
-    )
 
 
 class RecognizeResponse(BaseModel):

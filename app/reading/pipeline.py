@@ -1,4 +1,4 @@
-"""Read a whole handwritten digit string: prepare the image, read it, judge it.
+"""Read a whole handwritten digit string: prepare the image, read it, judge it; judge one digit.
 
 What ``POST /recognize`` does, as functions a benchmark, a command line or a test can call
 without HTTP. Two steps, because the model call between them belongs to the caller (the service
@@ -11,7 +11,8 @@ batches it with other requests; a script may call a model in-process):
    (:mod:`app.reading.reader`) and judge it (:mod:`app.reading.review`, with the digit-likeness
    of :mod:`app.reading.likeness`), with the served version's calibration.
 
-:func:`recognize_image` runs both around a ``predict`` callable. Everything raises
+:func:`recognize_image` runs both around a ``predict`` callable. :func:`judge_digit` gives the
+review reasons of one digit read alone (``/predict``). Everything raises
 :class:`app.core.errors.DomainError` with a code, never an HTTP status.
 """
 
@@ -31,8 +32,9 @@ from app.reading.decode import load_image, open_image, run_in_large_image_slot
 from app.reading.lattice import MAX_WORK_PIXELS, Lattice, find_candidates, normalize_candidates
 from app.reading.likeness import mass_outside, unlikeness
 from app.reading.marks import Mark, is_hairline
-from app.reading.reader import choose_reading
+from app.reading.reader import Reading, choose_reading
 from app.reading.review import (
+    ReasonCode,
     ReviewReason,
     geometry_reasons,
     page_has_marks,
@@ -46,6 +48,8 @@ __all__ = [
     "PreparedString",
     "ReadingLimits",
     "StringReading",
+    "judge_digit",
+    "looks_like_several_digits",
     "prepare_string",
     "read_string",
     "recognize_image",
@@ -54,6 +58,14 @@ __all__ = [
 #: Segmentation turns up to MAX_WORK_PIXELS into several float arrays at once: from this many
 #: pixels up it runs within the large-image limit, like the decode of a large photo.
 SEGMENT_ALONE_PIXELS: Final = 250_000
+
+#: An image read as one digit whose ink is this many times wider than tall is a string: a
+#: normalized digit is fitted to 20×20 by its longer side, and digits are taller than wide.
+_SEVERAL_ASPECT: Final = 2.0
+#: ... or whose ink falls into column runs, apart, of which at least two hold this share of it.
+_SEVERAL_SHARE: Final = 0.15
+#: Pixels at least this bright (of 255) are ink, for the two tests above.
+_INK_LEVEL: Final = 64
 
 #: The model: a batch of 28×28 uint8 digits (MNIST polarity) → one row of ten probabilities each.
 Predict = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.floating]]
@@ -217,6 +229,71 @@ def recognize_image(
     )
 
 
+def judge_digit(
+    image: npt.NDArray[np.uint8],
+    probabilities: npt.NDArray[np.floating],
+    calibration: ReaderCalibration,
+    *,
+    threshold: float | None = None,
+    operator_threshold: float | None = None,
+) -> tuple[ReviewReason, ...]:
+    """Why a person should check one digit read alone (empty: it can be trusted).
+
+    ``image`` is the 28×28 digit the model read (MNIST polarity), ``probabilities`` its ten
+    scores. The digit is held to the same threshold as a digit of a string (the request's, the
+    operator's, else the version's calibrated one) and to the same likeness judge; an image that
+    holds several digits side by side is flagged too (``/recognize`` reads strings).
+    """
+    digit = int(np.argmax(probabilities))
+    confidence = float(probabilities[digit])
+    reasons = []
+    if looks_like_several_digits(image):
+        reasons.append(
+            ReviewReason(
+                ReasonCode.SEVERAL_DIGITS,
+                "the image holds several digits side by side: send it to /recognize to read "
+                "a string",
+            )
+        )
+    unlike = _not_digit_like(calibration, image[np.newaxis], probabilities[np.newaxis], [0])
+    if unlike is not None and unlike[0]:
+        reasons.append(
+            ReviewReason(
+                ReasonCode.NOT_DIGIT_LIKE,
+                "the image does not look like a handwritten digit (it may be a line, a mark or "
+                "part of one)",
+                1,
+            )
+        )
+    limit = review_threshold(threshold, operator_threshold, calibration.review_threshold)
+    if confidence < limit:
+        reasons.extend(
+            r
+            for r in review_reasons([confidence], limit, None, _ALONE)
+            if r.code is ReasonCode.LOW_CONFIDENCE
+        )
+    return tuple(reasons)
+
+
+def looks_like_several_digits(image: npt.NDArray[np.uint8]) -> bool:
+    """Whether a normalized 28×28 image holds a string rather than one digit: its ink is much
+    wider than tall, or falls into two or more column runs apart that each hold a good share."""
+    ink = np.asarray(image) >= _INK_LEVEL
+    columns = np.flatnonzero(ink.any(axis=0))
+    rows = np.flatnonzero(ink.any(axis=1))
+    if columns.size == 0:
+        return False
+    width = int(columns[-1] - columns[0]) + 1
+    height = int(rows[-1] - rows[0]) + 1
+    if width >= _SEVERAL_ASPECT * height:
+        return True
+    mass = np.where(ink, image, 0).sum(axis=0).astype(np.float64)
+    total = float(mass.sum())
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    shares = [float(mass[run].sum()) / total for run in runs]
+    return sum(share >= _SEVERAL_SHARE for share in shares) >= 2
+
+
 def _hairlines_on_a_form(
     lattice: Lattice, chosen: Sequence[int], unlike: list[bool] | None
 ) -> list[bool] | None:
@@ -229,6 +306,10 @@ def _hairlines_on_a_form(
         return unlike
     flags = unlike or [False] * len(chosen)
     return [f or is_hairline(lattice.candidates[i].ink) for f, i in zip(flags, chosen, strict=True)]
+
+
+#: A reading of one candidate with no doubt about its cut or count (a digit read alone).
+_ALONE: Final = Reading(candidates=(0,), count_margin=float("inf"), runner_up=None)
 
 
 def _not_digit_like(

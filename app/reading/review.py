@@ -114,6 +114,8 @@ class ReasonCode(StrEnum):
     """A digit drawn in hairlines across the whole image (ruled lines crossing the writing)."""
     CUT_BY_THE_EDGE = "cut_by_the_edge"
     """A digit runs into the edge of an image not cropped to the writing (a neighbour's ink)."""
+    SEVERAL_DIGITS = "several_digits"
+    """An image sent as one digit holds several side by side (a string: read it as one)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,8 +39,10 @@ from app.api.schemas import BatchResponse, PredictResponse, error_responses
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError, DomainError
 from app.core.tracing import child_span
+from app.reading.calibration import calibration_for
 from app.reading.decode import open_image
 from app.reading.normalize import Normalize, prepare_digit, prepare_opened
+from app.reading.pipeline import judge_digit
 from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
@@ -65,13 +67,45 @@ NormalizeQuery = Annotated[
 ]
 
 
-def _digit(probabilities: np.ndarray, digit: int, normalized: bool) -> dict[str, object]:
-    # The worker's answer is checked (app.serving.output_check): a digit in 0-9, probabilities.
+ThresholdQuery = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="A digit read with lower confidence than this is flagged for review. "
+        "Default: `DIGITS_REVIEW_THRESHOLD` when set, else the served version's calibrated "
+        "threshold, else 0.98 (as `/recognize`).",
+        examples=[0.98],
+    ),
+]
+
+
+def _digit(
+    image: np.ndarray,
+    probabilities: np.ndarray,
+    digit: int,
+    normalized: bool,
+    serving: Serving,
+    threshold: float | None,
+) -> dict[str, object]:
+    """One digit's answer, judged for review (the worker's answer is already checked:
+    app.serving.output_check)."""
+    reasons = judge_digit(
+        image,
+        probabilities,
+        calibration_for(serving.model),
+        threshold=threshold,
+        operator_threshold=serving.settings.review_threshold,
+    )
     return {
         "digit": digit,
         "confidence": float(probabilities[digit]),
         "probabilities": probabilities.tolist(),
         "normalized": normalized,
+        "needs_review": bool(reasons),
+        "review_reasons": [
+            {"code": r.code.value, "message": r.message, "position": r.position} for r in reasons
+        ],
     }
 
 
@@ -155,17 +189,18 @@ async def _predict_plain(
     request: Request, file: Annotated[UploadFile, File(description="The image of one digit.")]
 ) -> Response:
     """``predict`` for a request that passed :func:`~app.api.deps.passes_default_checks`."""
-    return await _predict_one(file, "auto", current_serving(request))
+    return await _predict_one(file, "auto", current_serving(request), None)
 
 
 async def predict(
     file: Annotated[UploadFile, File(description="The image of one digit.")],
     normalize: NormalizeQuery = "auto",
+    threshold: ThresholdQuery = None,
     *,
     serving: ServingDep,
 ) -> Response:
     """Classify one uploaded digit image."""
-    return await _predict_one(file, normalize, serving)
+    return await _predict_one(file, normalize, serving, threshold)
 
 
 router.add_api_route(
@@ -186,7 +221,9 @@ router.add_api_route(
 )
 
 
-async def _predict_one(file: UploadFile, normalize: Normalize, serving: Serving) -> Response:
+async def _predict_one(
+    file: UploadFile, normalize: Normalize, serving: Serving, threshold: float | None
+) -> Response:
     data = await file.read()
     # One span: app.reading decodes and normalizes in one call (decoding JPEGs at reduced size).
     with child_span("decode_normalize", {"digits.images": 1}):
@@ -194,7 +231,7 @@ async def _predict_one(file: UploadFile, normalize: Normalize, serving: Serving)
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
     digit = int(result.digits[0])
-    answer = _digit(result.probabilities[0], digit, normalized)
+    answer = _digit(image, result.probabilities[0], digit, normalized, serving, threshold)
     serving.telemetry.observe_answer("/predict", digit, float(result.probabilities[0][digit]))
     answer["model_version"] = result.model_version
     # Serialized here rather than validated against PredictResponse and encoded by FastAPI:
@@ -307,6 +344,7 @@ async def predict_batch(
         list[UploadFile], File(description="The images, one digit each, in the order wanted.")
     ],
     normalize: NormalizeQuery = "auto",
+    threshold: ThresholdQuery = None,
     *,
     serving: ServingDep,
 ) -> dict[str, object]:
@@ -338,7 +376,9 @@ async def predict_batch(
         else:
             assert predictions is not None
             digit = int(predictions.digits[row])
-            entry["prediction"] = _digit(predictions.probabilities[row], digit, item[1])
+            entry["prediction"] = _digit(
+                item[0], predictions.probabilities[row], digit, item[1], serving, threshold
+            )
             telemetry.observe_answer(
                 "/predict/batch", digit, float(predictions.probabilities[row][digit])
             )

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from app.main import create_app
 from tests.app.conftest import ModelsDir, encode, make_settings, png_header
+from tests.app.reading.test_segmentation import as_photo, draw_string, one, seven, zero
 
 
 def digit_png(size: int = 28) -> bytes:
@@ -46,13 +47,47 @@ def test_predict_answers_with_the_documented_shape(client: TestClient) -> None:
     response = post(client, digit_png())
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"digit", "confidence", "probabilities", "model_version", "normalized"}
+    assert set(body) == {
+        "digit",
+        "confidence",
+        "probabilities",
+        "model_version",
+        "normalized",
+        "needs_review",
+        "review_reasons",
+    }
     assert body["digit"] == 1  # the fixture model always answers 1
     assert body["model_version"] == 1
     assert len(body["probabilities"]) == 10
     assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     assert body["confidence"] == pytest.approx(max(body["probabilities"]))
     assert body["normalized"] is False
+    # The fixture model's confidence (0.94) is below the default threshold (0.98).
+    assert body["needs_review"] is True
+    assert [r["code"] for r in body["review_reasons"]] == ["low_confidence"]
+
+
+def test_a_digit_is_flagged_by_the_threshold_asked_for(client: TestClient) -> None:
+    data = digit_png()
+    assert post(client, data, threshold=0.9).json()["needs_review"] is False
+    flagged = post(client, data, threshold=0.95).json()
+    assert flagged["needs_review"] is True
+    (reason,) = flagged["review_reasons"]
+    assert reason["code"] == "low_confidence"
+    assert "below the threshold 0.95" in reason["message"]
+    batch = client.post(
+        "/predict/batch", files=[("files", ("a.png", data))] * 2, params={"threshold": 0.95}
+    ).json()
+    assert [r["prediction"]["needs_review"] for r in batch["results"]] == [True, True]
+
+
+def test_a_string_sent_as_one_digit_is_flagged(client: TestClient) -> None:
+    # Three digits side by side, drawn dark on light paper as a photo would be.
+    ink, _ = draw_string([seven, zero, one])
+    body = post(client, encode(as_photo(ink)), threshold=0.0).json()
+    assert body["needs_review"] is True
+    assert [r["code"] for r in body["review_reasons"]] == ["several_digits"]
+    assert "/recognize" in body["review_reasons"][0]["message"]
 
 
 def test_normalize_query_parameter(client: TestClient) -> None:

@@ -161,6 +161,7 @@ def test_the_documented_operation_is_unchanged(models: ModelsDir) -> None:
     assert operation["operationId"] == "predict_predict_post"
     assert [(p["name"], p["in"], p.get("required", False)) for p in operation["parameters"]] == [
         ("normalize", "query", False),
+        ("threshold", "query", False),
         ("version", "query", False),
         ("label", "query", False),
     ]
