@@ -36,6 +36,7 @@ from app.api.deps import (
 from app.api.disconnect import stop_if_client_gone
 from app.api.fastapi_compat import route_as_included
 from app.api.schemas import BatchResponse, PredictResponse, error_responses
+from app.api.uploads import raw_body_openapi, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import ApiError, DomainError
 from app.core.tracing import child_span
@@ -185,22 +186,30 @@ class _PredictRoute(APIRoute):
         return handler
 
 
-async def _predict_plain(
-    request: Request, file: Annotated[UploadFile, File(description="The image of one digit.")]
-) -> Response:
+#: The multipart field; optional, since the image may be the request's body instead.
+FileField = Annotated[
+    UploadFile | None,
+    File(description="The image of one digit (or send the image itself as the body)."),
+]
+
+
+async def _predict_plain(request: Request, file: FileField = None) -> Response:
     """``predict`` for a request that passed :func:`~app.api.deps.passes_default_checks`."""
-    return await _predict_one(file, "auto", current_serving(request), None)
+    data = await upload_bytes(request, file, "file")
+    return await _predict_one(data, "auto", current_serving(request), None)
 
 
 async def predict(
-    file: Annotated[UploadFile, File(description="The image of one digit.")],
+    request: Request,
+    file: FileField = None,
     normalize: NormalizeQuery = "auto",
     threshold: ThresholdQuery = None,
     *,
     serving: ServingDep,
 ) -> Response:
     """Classify one uploaded digit image."""
-    return await _predict_one(file, normalize, serving, threshold)
+    data = await upload_bytes(request, file, "file")
+    return await _predict_one(data, normalize, serving, threshold)
 
 
 router.add_api_route(
@@ -214,17 +223,20 @@ router.add_api_route(
         "BMP, GIF (first frame) or WebP). A 28×28 white-on-black image is read as it is; any "
         "other image, such as a photo of a digit written on paper, is first normalized the "
         "way MNIST was built: EXIF orientation, transparency and colour handled, dark ink on "
-        "light paper inverted, cropped to the ink, fitted to 20×20 and centred in 28×28."
+        "light paper inverted, cropped to the ink, fitted to 20×20 and centred in 28×28.\n\n"
+        "The image may also be sent as the request body itself, with its image Content-Type "
+        "(`curl --data-binary @digit.png -H 'Content-Type: image/png'`): no multipart "
+        "parsing, the same limits and answers."
     ),
+    openapi_extra=raw_body_openapi("The image of one digit."),
     response_model=PredictResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 
 
 async def _predict_one(
-    file: UploadFile, normalize: Normalize, serving: Serving, threshold: float | None
+    data: bytes, normalize: Normalize, serving: Serving, threshold: float | None
 ) -> Response:
-    data = await file.read()
     # One span: app.reading decodes and normalizes in one call (decoding JPEGs at reduced size).
     with child_span("decode_normalize", {"digits.images": 1}):
         image, normalized = await _prepare(data, normalize, serving.settings)

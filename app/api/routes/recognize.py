@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
 from app.api.schemas import RecognizeResponse, error_responses
+from app.api.uploads import raw_body_openapi, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
 from app.core.tracing import child_span
 from app.reading.calibration import calibration_for
@@ -42,14 +43,20 @@ router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKey
         "the same or another number of digits, is almost as likely), or when the number of "
         "digits differs from `expected_length`: such readings should go to a person.\n\n"
         "An image with no ink answers 422 `no_digits_found`; more digits than "
-        "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`."
+        "`DIGITS_MAX_DIGITS` (12 by default) answers 422 `too_many_digits`.\n\n"
+        "The image may also be sent as the request body itself, with its image Content-Type "
+        "(`curl --data-binary @code.png -H 'Content-Type: image/png'`)."
     ),
+    openapi_extra=raw_body_openapi("The image of the digit string."),
     response_model=RecognizeResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 async def recognize(
     request: Request,
-    file: Annotated[UploadFile, File(description="The image of the digit string.")],
+    file: Annotated[
+        UploadFile | None,
+        File(description="The image of the digit string (or send the image itself as the body)."),
+    ] = None,
     expected_length: Annotated[
         int | None,
         Query(
@@ -75,7 +82,7 @@ async def recognize(
 ) -> dict[str, object]:
     """Read the digit string in one uploaded image."""
     settings = serving.settings
-    data = await file.read()
+    data = await upload_bytes(request, file, "file")
     limits = reading_limits(settings)
     with request_deadline(settings.request_deadline_seconds):
         prepared = await run_in_threadpool(prepare_string, data, limits)

@@ -101,7 +101,10 @@ def test_examples_and_parameters_are_documented(openapi: dict[str, Any]) -> None
     assert normalize["schema"]["enum"] == ["auto", "always", "never"]
     body = predict["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     form = schemas[body.rsplit("/", 1)[1]]
-    assert form["required"] == ["file"]
+    # The field is optional in the form: the image may be the body itself instead.
+    assert set(form["properties"]) == {"file"}
+    assert predict["requestBody"]["required"] is True
+    assert predict["requestBody"]["content"]["image/png"]["schema"]["format"] == "binary"
     # No key configured for this app: the document must not claim one is needed.
     assert "securitySchemes" not in openapi.get("components", {})
     assert "security" not in predict

@@ -307,3 +307,47 @@ def test_operational_endpoints_need_no_key(keyed_client: TestClient) -> None:
         assert keyed_client.get(path).status_code == 200, path
     assert_error(keyed_client.get("/model"), 401, "missing_api_key")
     assert keyed_client.get("/model", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+
+
+def raw(client: TestClient, path: str, data: bytes, kind: str = "image/png", **params: Any) -> Any:
+    return client.post(path, content=data, headers={"Content-Type": kind}, params=params)
+
+
+def test_the_image_may_be_the_request_body(client: TestClient) -> None:
+    data = digit_png()
+    multipart = post(client, data).json()
+    # The plain request (the short cut) and one with a query (the full route) alike.
+    assert raw(client, "/predict", data).json() == multipart
+    assert raw(client, "/predict", data, "application/octet-stream").json() == multipart
+    assert raw(client, "/predict", data, normalize="always").json()["normalized"] is True
+    flagged = raw(client, "/predict", data, threshold=0.95).json()
+    assert flagged["needs_review"] is True
+
+
+def test_a_raw_body_gets_the_same_errors(client: TestClient) -> None:
+    assert_error(raw(client, "/predict", b""), 400, "empty_file")
+    assert_error(raw(client, "/predict", b"not an image at all"), 400, "not_an_image")
+    error = assert_error(client.post("/predict", json={"image": "x"}), 422, "invalid_request")
+    assert "Content-Type" in str(error["message"])
+    assert error["details"] == {"content_type": "application/json"}
+
+
+def test_a_raw_body_is_held_to_the_upload_limit(models: ModelsDir) -> None:
+    models.add(1, digit=1)
+    with TestClient(create_app(make_settings(models.path, max_upload_bytes=2048))) as small:
+        assert_error(raw(small, "/predict", b"\x89PNG" + b"\0" * 4096), 413, "payload_too_large")
+
+
+def test_recognize_takes_the_image_as_the_body_too(client: TestClient) -> None:
+    ink, _ = draw_string([seven, zero, one])
+    data = encode(as_photo(ink))
+    multipart = client.post("/recognize", files={"file": ("c.png", data)}).json()
+    assert raw(client, "/recognize", data).json() == multipart
+    assert_error(client.post("/recognize", data={"x": "1"}), 422, "invalid_request")
+
+
+def test_the_raw_body_is_documented(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/predict", "/recognize"):
+        content = paths[path]["post"]["requestBody"]["content"]
+        assert {"multipart/form-data", "image/png", "image/jpeg"} <= set(content), path

@@ -88,12 +88,14 @@ def test_with_the_key_a_bad_form_is_the_same_422(keyed: TestClient) -> None:
     plain = keyed.post("/predict", headers=headers, data={"x": "1"})
     full = keyed.post("/predict", headers=headers, params={"normalize": "auto"}, data={"x": "1"})
     error = assert_error(plain, 422, "invalid_request")
-    assert "'file' is missing" in str(error["message"])
+    assert "field 'file'" in str(error["message"])
     assert plain.json() == full.json()
     wrong_field = keyed.post(
         "/predict", headers=headers, files={"image": ("d.png", digit_png(), "image/png")}
     )
-    assert wrong_field.json() == plain.json()
+    # The same answer, but for the content type it names.
+    assert wrong_field.json()["error"]["message"] == plain.json()["error"]["message"]
+    assert wrong_field.json()["error"]["details"] == {"content_type": "multipart/form-data"}
 
 
 def test_query_parameters_are_still_validated_and_honoured(
