@@ -377,7 +377,11 @@ class VersionPolicyInfo(BaseModel):
     )
     error: str | None = Field(
         default=None,
-        description="Why the models.config file is not used now (the policy shown stays).",
+        examples=["models.config: a FIFO, not a regular file"],
+        description="Why the models.config file is not used now: a syntax error, nesting or a "
+        "number past the parser's limits, a file that cannot be read or is not a regular file. "
+        "The policy shown stays in force and new versions are still loaded under it; null "
+        "when the file is used (or none is configured).",
     )
     latest_versions: int = Field(
         default=1, description="How many gate-passing newest versions 'latest' loads."
@@ -431,7 +435,12 @@ class ModelResponse(BaseModel):
     served_versions: list[ServedVersionInfo] = Field(
         default_factory=list, description="Loaded, routable versions, newest first."
     )
-    held_versions: list[HeldVersionInfo] = Field(default_factory=list)
+    held_versions: list[HeldVersionInfo] = Field(
+        default_factory=list,
+        description="Newer versions the promotion gate keeps from being served ('latest' "
+        "policy), with the reason; the served version keeps answering. Pin one "
+        "(DIGITS_VERSIONS, or 'specific' in models.config) to serve it anyway.",
+    )
     ignored_entries: list[IgnoredEntryInfo] = Field(
         default_factory=list,
         description="Directories whose names are not version numbers (ASCII digits, at most "
@@ -441,7 +450,10 @@ class ModelResponse(BaseModel):
     probe_accuracy: float | None = Field(
         default=None, description="Share of the probe digits the default version read correctly."
     )
-    poll_interval_seconds: float = Field(description="0 when polling for new versions is off.")
+    poll_interval_seconds: float = Field(
+        description="How often the models directory and models.config are checked "
+        "(DIGITS_MODEL_POLL_SECONDS); 0 when polling is off."
+    )
     last_checked: datetime | None = Field(description="When the directory was last scanned.")
     reader_calibration: ReaderCalibrationInfo | None = Field(
         default=None, description="The served version's reader calibration (null while none)."

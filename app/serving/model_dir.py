@@ -4,6 +4,11 @@ The layout is TensorFlow Serving's: ``<models_dir>/<version>/``, the version an 
 :func:`scan_versions` lists them (bounded, whatever the directory holds) and reports names that
 are not versions; :func:`content_fingerprint` says whether a version's files changed since it
 failed; :func:`scrub_paths` keeps absolute paths out of the reasons shown in ``/model``.
+
+Only regular files are ever read from it (and the version policy file): a FIFO blocks a reader
+until someone writes to it and ``/dev/zero`` never ends, and either would stop the poller for
+good. :func:`read_regular_file` reads such a file bounded; :func:`non_regular_files` lists what
+a version directory holds besides regular files and directories, before it is loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -28,6 +34,62 @@ FINGERPRINT_MAX_DEPTH: Final = 8
 #: Ignored entries reported in /model (and logged), at most.
 MAX_REPORTED_ENTRIES: Final = 20
 MAX_REASON_CHARS: Final = 400
+#: Files that are not regular named in a version's failure reason, at most.
+MAX_REPORTED_FILES: Final = 5
+
+
+class NotRegularFileError(ValueError):
+    """A file that is not read: not a regular file (a FIFO, a device, a directory), or too large."""
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, for a reason a person reads ("a FIFO")."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file (symlinks followed) of at most ``max_bytes``.
+
+    Anything else is refused before a byte is read: the type is checked with ``stat`` before
+    opening (so no device is ever opened) and again with ``fstat`` on the descriptor, opened
+    non-blocking (so a FIFO swapped in between cannot block), and at most ``max_bytes + 1``
+    bytes are read (so a file growing meanwhile cannot make the read unbounded).
+
+    Raises:
+        NotRegularFileError: not a regular file, or larger than ``max_bytes``.
+        OSError: it cannot be opened or read.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(path, flags)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(descriptor)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise NotRegularFileError(f"larger than {max_bytes} bytes")
+    return data
 
 
 @dataclass(frozen=True)
@@ -118,6 +180,43 @@ def content_fingerprint(path: Path) -> str:
             if is_dir and depth < FINGERPRINT_MAX_DEPTH:
                 stack.append((Path(entry.path), name, depth + 1))
     return digest.hexdigest()
+
+
+def non_regular_files(path: Path) -> list[str]:
+    """What under ``path`` is neither a regular file nor a directory (symlinks followed).
+
+    A version holding a FIFO, a device or a socket is not loaded: reading it could block the
+    store for good. Bounded like :func:`content_fingerprint`; entries that vanish while walked
+    are skipped (the content fingerprint tells the store when to look again). Names are
+    relative to ``path``, with their kind ("metrics.json (a FIFO)"), the first
+    :data:`MAX_REPORTED_FILES` in walking order.
+    """
+    found: list[str] = []
+    seen = 0
+    stack: list[tuple[Path, str, int]] = [(path, "", 0)]
+    while stack and seen <= FINGERPRINT_MAX_FILES and len(found) < MAX_REPORTED_FILES:
+        directory, relative, depth = stack.pop()
+        try:
+            with os.scandir(directory) as iterator:
+                entries = sorted(
+                    itertools.islice(iterator, FINGERPRINT_MAX_FILES - seen + 1),
+                    key=lambda e: e.name,
+                )
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                mode = entry.stat(follow_symlinks=True).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                if depth < FINGERPRINT_MAX_DEPTH:
+                    stack.append((Path(entry.path), name, depth + 1))
+            elif not stat.S_ISREG(mode) and len(found) < MAX_REPORTED_FILES:
+                found.append(f"{_printable(name)} ({file_kind(mode)})")
+    return found
 
 
 _ABSOLUTE_PATH: Final = re.compile(r"(?<![\w.~-])/(?:[^\s/:'\"]+/)*[^\s/:'\",;)\]]*")

@@ -11,13 +11,21 @@ directory remains ``DIGITS_MODELS_DIR``.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final
 
+from app.serving.model_dir import NotRegularFileError, read_regular_file
 from app.serving.policy import MAX_LISTED, VersionPolicy, parse_version_name
 
 #: A config larger than this is refused (a real one is a few hundred bytes).
 MAX_CONFIG_BYTES: Final = 64 * 1024
+#: Deepest nesting of messages accepted (a real models.config nests 4 deep). The parser checks
+#: it itself: a file must never reach Python's recursion limit.
+MAX_NESTING: Final = 32
+#: Longest number accepted, in digits (an int64 has 19, a uint64 20): ``int()`` refuses strings
+#: of over 4,300 digits with a ValueError of its own, and anything this long is no version.
+MAX_NUMBER_DIGITS: Final = 20
 MODEL_NAME: Final = "mnist"
 
 _TOKEN: Final = re.compile(
@@ -33,23 +41,40 @@ class ConfigError(ValueError):
     """The config file cannot be used; the message says where and why."""
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class _Token:
+    kind: str
+    value: str
+    line: int
+
+    def is_punct(self, text: str) -> bool:
+        return self.kind == "punct" and self.value == text
+
+
+def _tokens(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
     position = 0
+    line = 1
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            line = text.count("\n", 0, position) + 1
             raise ConfigError(f"line {line}: unexpected {text[position : position + 10]!r}")
-        position = match.end()
         kind = match.lastgroup
         if kind is not None:
-            tokens.append((kind, match.group(kind)))
+            value = match.group(kind)
+            if kind == "number" and len(value.lstrip("+-")) > MAX_NUMBER_DIGITS:
+                raise ConfigError(f"line {line}: a number of more than {MAX_NUMBER_DIGITS} digits")
+            tokens.append(_Token(kind, value, line))
+        line += text.count("\n", position, match.end())
+        position = match.end()
     return tokens
 
 
 def parse_text_proto(text: str) -> Message:
     """A protobuf text-format message as nested dicts of repeated values.
+
+    Nesting deeper than :data:`MAX_NESTING` and numbers longer than :data:`MAX_NUMBER_DIGITS`
+    are syntax errors here, so that every problem of a file is a :class:`ConfigError`.
 
     Raises:
         ConfigError: on a syntax error.
@@ -57,7 +82,7 @@ def parse_text_proto(text: str) -> Message:
     tokens = _tokens(text)
     position = 0
 
-    def message(closing: str | None) -> Message:
+    def message(closing: str | None, depth: int) -> Message:
         nonlocal position
         fields: Message = {}
         while True:
@@ -65,33 +90,61 @@ def parse_text_proto(text: str) -> Message:
                 if closing is not None:
                     raise ConfigError(f"a '{closing}' is missing at the end")
                 return fields
-            kind, value = tokens[position]
-            if kind == "punct" and value == closing:
+            token = tokens[position]
+            if closing is not None and token.is_punct(closing):
                 position += 1
                 return fields
-            if kind != "name":
-                raise ConfigError(f"a field name was expected, found {value!r}")
+            if token.kind != "name":
+                raise ConfigError(
+                    f"line {token.line}: a field name was expected, found {token.value!r}"
+                )
+            name = token.value
             position += 1
-            if position < len(tokens) and tokens[position] == ("punct", ":"):
+            if position < len(tokens) and tokens[position].is_punct(":"):
                 position += 1
             if position >= len(tokens):
-                raise ConfigError(f"field '{value}' has no value")
-            next_kind, next_value = tokens[position]
+                raise ConfigError(f"line {token.line}: field '{name}' has no value")
+            value = tokens[position]
             position += 1
             item: Value
-            if next_kind == "punct" and next_value in "{<":
-                item = message("}" if next_value == "{" else ">")
-            elif next_kind == "number":
-                item = int(next_value)
-            elif next_kind == "string":
-                item = next_value[1:-1]
-            elif next_kind == "name":
-                item = next_value  # an enum value
+            if value.is_punct("{") or value.is_punct("<"):
+                if depth >= MAX_NESTING:
+                    raise ConfigError(
+                        f"line {value.line}: messages nested more than {MAX_NESTING} deep"
+                    )
+                item = message("}" if value.value == "{" else ">", depth + 1)
+            elif value.kind == "number":
+                item = int(value.value)  # at most MAX_NUMBER_DIGITS digits
+            elif value.kind == "string":
+                item = value.value[1:-1]
+            elif value.kind == "name":
+                item = value.value  # an enum value
             else:
-                raise ConfigError(f"field '{value}' has no value")
-            fields.setdefault(value, []).append(item)
+                raise ConfigError(f"line {value.line}: field '{name}' has no value")
+            fields.setdefault(name, []).append(item)
 
-    return message(None)
+    return message(None, 0)
+
+
+def read_config_file(path: Path) -> str:
+    """The text of a ``models.config``: a regular UTF-8 file of at most MAX_CONFIG_BYTES.
+
+    A FIFO, a device (``/dev/zero``, through a symlink too), a directory or a larger file is
+    refused without blocking or reading more than ``MAX_CONFIG_BYTES + 1`` bytes.
+
+    Raises:
+        ConfigError: naming why the file cannot be read.
+    """
+    try:
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except NotRegularFileError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot be read ({type(exc).__name__})") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})") from exc
 
 
 def _one(fields: Message, name: str) -> Message | None:
@@ -118,7 +171,17 @@ def policy_from_config(text: str, base: VersionPolicy) -> VersionPolicy:
     """
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"the config is larger than {MAX_CONFIG_BYTES} bytes")
-    root = parse_text_proto(text)
+    try:
+        return _policy(parse_text_proto(text), base)
+    except ConfigError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # The limits above make this unreachable; should one be missed, the file is still a
+        # config error, not a failure of the poller.
+        raise ConfigError(f"cannot be read as a models.config ({type(exc).__name__})") from exc
+
+
+def _policy(root: Message, base: VersionPolicy) -> VersionPolicy:
     config_list = _one(root, "model_config_list")
     configs = [c for c in (config_list or {}).get("config", []) if isinstance(c, dict)]
     chosen = [c for c in configs if c.get("name") == [MODEL_NAME]]

@@ -18,6 +18,8 @@ with.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,9 +29,17 @@ from typing import Any, Protocol
 
 from app.core.errors import DomainError
 from app.serving.loaded import LoadedModel, load_version
-from app.serving.model_dir import IgnoredEntry, content_fingerprint, scan_versions, scrub_paths
-from app.serving.models_config import MAX_CONFIG_BYTES, ConfigError, policy_from_config
+from app.serving.model_dir import (
+    IgnoredEntry,
+    content_fingerprint,
+    file_kind,
+    non_regular_files,
+    scan_versions,
+    scrub_paths,
+)
+from app.serving.models_config import ConfigError, policy_from_config, read_config_file
 from app.serving.policy import VersionPolicy
+from app.serving.report import FILE_NAME as REPORT_FILE
 from app.serving.report import ModelReport, read_report
 from app.serving.runtime import Loader, ModelLoadError, first_line
 from app.serving.runtime import load as load_predictor
@@ -45,6 +55,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: What says that a file changed: inode, mode, modification time, size.
+_FileKey = tuple[int, int, int, int]
 
 
 class VersionNotFoundError(DomainError):
@@ -150,7 +163,7 @@ class ModelStore:
         """Where :attr:`policy` comes from: 'settings' or the policy file's name."""
         self.policy_error: str | None = None
         """Why the policy file could not be used (the previous policy stays), or None."""
-        self._policy_key: tuple[int, int] | None = None
+        self._policy_key: _FileKey | None = None
         self.probe_min_accuracy = probe_min_accuracy
         self._on_change = on_change
         self._observer = observer
@@ -162,7 +175,7 @@ class ModelStore:
         self._verified: dict[int, str] = {}
         self._ignored: list[IgnoredEntry] = []
         self._on_disk: list[int] = []
-        self._reports: dict[int, tuple[tuple[int, int] | None, ModelReport | None]] = {}
+        self._reports: dict[int, tuple[_FileKey | None, ModelReport | None]] = {}
         self._logged_ignored: set[str] = set()
         self._last_status_key: tuple[object, ...] | None = None
         self._refresh_lock = threading.Lock()
@@ -322,25 +335,34 @@ class ModelStore:
             return self._state.default
 
     def _reload_policy(self) -> None:
-        """Read the policy file again when it changed; keep the previous policy if it is bad."""
+        """Read the policy file again when it changed; keep the previous policy if it is bad.
+
+        Whatever the file holds (a syntax error, nesting or numbers past the parser's limits, a
+        FIFO or a device instead of a file), the outcome is a reason in :attr:`policy_error`,
+        logged once per change of the reason, and the versions are still scanned and loaded
+        with the policy in force: nothing in this file may stop a poll.
+        """
         path = self.policy_file
         if path is None:
             return
+        unexpected: Exception | None = None
         try:
-            stat = path.stat()
-            key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            found = os.stat(path)
+            # The inode and mode too: a file replaced whole (renamed over, or by a FIFO) is read
+            # again even with the same size and modification time.
+            key: _FileKey | None = (found.st_ino, found.st_mode, found.st_mtime_ns, found.st_size)
         except OSError as exc:
             key, problem = None, f"{path.name} cannot be read ({type(exc).__name__})"
         if key is not None and key == self._policy_key:
             return
         if key is not None:
             try:
-                if stat.st_size > MAX_CONFIG_BYTES:
-                    raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes")
-                policy = policy_from_config(path.read_text(encoding="utf-8"), self._base_policy)
-            except (OSError, UnicodeDecodeError, ConfigError) as exc:
-                detail = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
-                problem = f"{path.name}: {detail}"
+                policy = policy_from_config(read_config_file(path), self._base_policy)
+            except ConfigError as exc:
+                problem = f"{path.name}: {exc}"
+            except Exception as exc:  # a bug of the parser: a reason, with its traceback once
+                unexpected = exc
+                problem = f"{path.name}: cannot be used ({type(exc).__name__})"
             else:
                 self._policy_key = key
                 if policy != self.policy or self.policy_error is not None:
@@ -351,7 +373,10 @@ class ModelStore:
         self._policy_key = key
         if problem != self.policy_error:
             logger.error(
-                "version policy file not used, keeping %s: %s", self.policy.describe(), problem
+                "version policy file not used, keeping %s: %s",
+                self.policy.describe(),
+                problem,
+                exc_info=unexpected,
             )
         self.policy_error = problem
 
@@ -401,16 +426,30 @@ class ModelStore:
         return wanted, default, held
 
     def _accuracy(self, version: int) -> float | None:
-        """The version's metrics.json test accuracy, read again only when the file changes."""
+        """The version's metrics.json test accuracy, read again only when the file changes.
+
+        Read at every poll that finds it changed, so only a regular file is read: a FIFO or a
+        device there would block the poller for good. Anything else counts as no report.
+        """
         path = self.models_dir / str(version)
         try:
-            stat = (path / "metrics.json").stat()
-            key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            found = (path / REPORT_FILE).stat()
+            key: _FileKey | None = (found.st_ino, found.st_mode, found.st_mtime_ns, found.st_size)
         except OSError:
             key = None
         cached = self._reports.get(version)
         if cached is None or cached[0] != key:
-            cached = (key, read_report(path) if key is not None else None)
+            report: ModelReport | None = None
+            if key is not None and not stat.S_ISREG(key[1]):
+                logger.warning(
+                    "model %d: %s is %s, not a regular file; not read",
+                    version,
+                    REPORT_FILE,
+                    file_kind(key[1]),
+                )
+            elif key is not None:
+                report = read_report(path)
+            cached = (key, report)
             self._reports[version] = cached
         report = cached[1]
         return report.test_accuracy if report is not None else None
@@ -418,6 +457,13 @@ class ModelStore:
     def _try_load(self, version: int, fingerprint: str) -> LoadedModel | None:
         path = self.models_dir / str(version)
         try:
+            # Loading reads every file of the version: one that is not a regular file (a FIFO
+            # never written to, a device) would block it, and the poller with it, for good.
+            special = non_regular_files(path)
+            if special:
+                raise ModelLoadError(
+                    f"holds what is not a regular file, not read: {', '.join(special)}"
+                )
             model = load_version(
                 path, version, loader=self._loader, probe_min_accuracy=self.probe_min_accuracy
             )
@@ -549,9 +595,21 @@ class ModelStore:
             self._poller = None
 
     def _poll(self, interval: float) -> None:
+        failure: str | None = None
+        repeats = 0
         while not self._stop.wait(interval):
             try:
                 self.refresh()
-            except Exception:
-                # The poller must outlive any surprise; the next round tries again.
-                logger.exception("model poll failed")
+            except Exception as exc:
+                # The poller must outlive any surprise; the next round tries again. The same
+                # failure at every poll is logged (with its traceback) once, not every poll.
+                now = f"{type(exc).__name__}: {exc}"
+                if now != failure:
+                    logger.exception("model poll failed")
+                    failure, repeats = now, 0
+                else:
+                    repeats += 1
+                continue
+            if failure is not None:
+                logger.info("model poll works again (after %d more failures)", repeats)
+                failure = None

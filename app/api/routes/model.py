@@ -32,10 +32,12 @@ router = APIRouter(prefix="/model", tags=["model"], dependencies=[ApiKeyDep])
         "The version answering requests by default (null fields while none is loaded): its "
         "SavedModel signature, recipe, creation time, test accuracy and probe result. Then "
         "every served version (with its labels; `?version=` or `?label=` on the prediction "
-        "endpoints reaches it), the versions the promotion gate holds and why, the versions "
-        "that failed to load or failed the probe check and why, directory names that are not "
-        "versions, and the version policy. New version directories are picked up without "
-        "restart when polling is on (`DIGITS_MODEL_POLL_SECONDS`)."
+        "endpoints reaches it), the versions the promotion gate holds and why (a held version "
+        "is not served; pin it to serve it anyway), the versions that failed to load or failed "
+        "the probe check and why, directory names that are not versions, and the version "
+        "policy, with `policy.error` saying why a `models.config` (`DIGITS_VERSION_CONFIG`) is "
+        "not used. New version directories and edits of `models.config` are picked up without "
+        "restart: polling is on by default (`DIGITS_MODEL_POLL_SECONDS`, 0 turns it off)."
     ),
     response_model=ModelResponse,
     responses=error_responses(401),

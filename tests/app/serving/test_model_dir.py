@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from app.serving import model_dir
-from app.serving.model_dir import content_fingerprint, scan_versions, scrub_paths, versions_on_disk
+from app.serving.model_dir import (
+    NotRegularFileError,
+    content_fingerprint,
+    non_regular_files,
+    read_regular_file,
+    scan_versions,
+    scrub_paths,
+    versions_on_disk,
+)
 from app.serving.policy import MAX_VERSION
 
 # --- version names ---------------------------------------------------------------------------
@@ -123,3 +131,45 @@ def test_scrub_paths_keeps_only_relative_names(tmp_path: Path) -> None:
     assert "7/variables/variables.index" in scrubbed
     assert "x.so" in scrubbed
     assert "[None, 28, 28] (N, 10) 1/2" in scrubbed
+
+
+# --- only regular files are read ----------------------------------------------------------
+
+
+def test_read_regular_file_reads_a_bounded_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "models.config"
+    path.write_bytes(b"x" * 100)
+    assert read_regular_file(path, 100) == b"x" * 100
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    assert read_regular_file(link, 100) == b"x" * 100, "a symlink to a regular file is fine"
+    with pytest.raises(NotRegularFileError, match="larger than 99 bytes"):
+        read_regular_file(path, 99)
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(tmp_path / "missing", 100)
+
+
+def test_read_regular_file_refuses_a_fifo_and_a_device_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes to it: opening it for reading in blocking mode would hang
+    with pytest.raises(NotRegularFileError, match="a FIFO, not a regular file"):
+        read_regular_file(fifo, 100)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")  # endless
+    with pytest.raises(NotRegularFileError, match="a character device, not a regular file"):
+        read_regular_file(zero, 100)
+    with pytest.raises(NotRegularFileError, match="a directory, not a regular file"):
+        read_regular_file(tmp_path, 100)
+
+
+def test_non_regular_files_names_fifos_and_devices_in_a_version(tmp_path: Path) -> None:
+    path = version_dir(tmp_path)
+    assert non_regular_files(path) == []
+    os.mkfifo(path / "metrics.json")
+    (path / "variables" / "variables.data-00000-of-00001").symlink_to("/dev/zero")
+    (path / "assets").symlink_to(path / "variables")  # a symlinked directory is walked
+    found = non_regular_files(path)
+    assert "metrics.json (a FIFO)" in found
+    assert "variables/variables.data-00000-of-00001 (a character device)" in found
+    assert "assets/variables.data-00000-of-00001 (a character device)" in found
+    assert len(found) == 3

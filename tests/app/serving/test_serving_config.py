@@ -10,7 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.serving.models_config import ConfigError, parse_text_proto, policy_from_config
+from app.serving.models_config import (
+    MAX_CONFIG_BYTES,
+    MAX_NESTING,
+    ConfigError,
+    parse_text_proto,
+    policy_from_config,
+    read_config_file,
+)
 from app.serving.policy import Gate, VersionPolicy
 from harness.servers import REPO
 from tests.app.conftest import ModelsDir, make_settings
@@ -71,11 +78,50 @@ def test_text_format_details() -> None:
         (config("latest { num_versions: 0 }"), "num_versions"),
         (config("latest {}", 'version_labels { key: "../x" value: 1 }'), "is not a label"),
         ('model_config_list { config { name: "mnist" } } ;', "unexpected"),
+        # Past the parser's own limits: once a RecursionError and a ValueError of int().
+        ("model_config_list { " + "a { " * 3000 + "}" * 3001, "line 1: messages nested more"),
+        (config("latest { num_versions: " + "9" * 5000 + " }"), "line 8: a number of more than"),
+        (config("specific { versions: " + "1" * 4301 + " }"), "more than 20 digits"),
+        (config("latest {}", 'version_labels { key: "a" value: -' + "1" * 21 + " }"), "20 digits"),
+        (config("specific { versions: " + "9" * 20 + " }"), "not a version number"),
     ],
 )
 def test_bad_configs_are_refused_with_a_reason(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         policy_from_config(text, BASE)
+
+
+def test_nesting_is_bounded_by_the_parser_itself() -> None:
+    def nested(depth: int) -> str:
+        return "a " * (depth > 0) + "{ a " * (depth - 1) + "{ b: 1 " + "}" * depth
+
+    parsed = parse_text_proto(nested(MAX_NESTING))
+    for _ in range(MAX_NESTING):
+        parsed = parsed["a"][0]  # type: ignore[assignment]
+    assert parsed == {"b": [1]}
+    with pytest.raises(ConfigError, match=f"nested more than {MAX_NESTING} deep"):
+        parse_text_proto(nested(MAX_NESTING + 1))
+
+
+def test_the_config_file_is_read_only_when_it_is_a_small_regular_utf8_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "models.config"
+    path.write_text(config("latest {}"))
+    assert "model_config_list" in read_config_file(path)
+    path.write_bytes(b"#" * MAX_CONFIG_BYTES)
+    assert len(read_config_file(path)) == MAX_CONFIG_BYTES
+    for content, message in [
+        (b"#" * (MAX_CONFIG_BYTES + 1), f"larger than {MAX_CONFIG_BYTES} bytes"),
+        (b"# \xff\xfe", "not UTF-8 text"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=message):
+            read_config_file(path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_config_file(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="a directory, not a regular file"):
+        read_config_file(tmp_path)
 
 
 def test_rollback_by_editing_the_config_without_restart(tmp_path: Path) -> None:
