@@ -30,6 +30,7 @@ from app.api.routes import (
     recognize,
     web,
 )
+from app.api.uploads import too_many_files
 from app.core.errors import ApiError, DomainError, api_error
 from app.core.limits import BodySizeLimitMiddleware
 from app.core.logging import configure_logging
@@ -91,6 +92,7 @@ BODY_SCHEMAS: Final = {
     "Body_predict_predict_post": "PredictUpload",
     "Body_predict_batch_predict_batch_post": "BatchUpload",
     "Body_recognize_recognize_post": "RecognizeUpload",
+    "Body_recognize_batch_recognize_batch_post": "RecognizeBatchUpload",
 }
 
 
@@ -330,7 +332,7 @@ def _from_http_exception(request: Request, exc: StarletteHTTPException) -> ApiEr
     elif status == 400 and detail and detail.startswith("Too many files"):
         # The multipart parser's own cap, far above the batch limit: same answer as the limit.
         limit = request.app.state.settings.max_batch_size
-        return predict.too_many_files(None, limit)
+        return too_many_files(None, limit)
     elif status == 400 and detail:
         message = f"The request could not be read: {detail} Send multipart/form-data."
     else:

@@ -302,6 +302,22 @@ class RecognizeResponse(BaseModel):
     )
 
 
+class RecognizeBatchItem(BaseModel):
+    """The answer for one image of a batch: a reading or an error, never both."""
+
+    index: int = Field(ge=0, description="Position of the file in the request, from 0.")
+    filename: str | None = Field(description="The file name the client sent, if any.")
+    reading: RecognizeResponse | None = None
+    error: ItemError | None = None
+
+
+class RecognizeBatchResponse(BaseModel):
+    """Answer of ``POST /recognize/batch``: one entry per file, in the order they were sent."""
+
+    model_version: int = Field(description="Version of the model that answered.", examples=[2])
+    results: list[RecognizeBatchItem]
+
+
 class TensorSpec(BaseModel):
     """A tensor of the model's signature."""
 

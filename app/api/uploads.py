@@ -14,7 +14,13 @@ from fastapi import Request, UploadFile
 
 from app.core.errors import ApiError
 
-__all__ = ["RAW_IMAGE_TYPES", "raw_body_openapi", "upload_bytes"]
+__all__ = [
+    "RAW_IMAGE_TYPES",
+    "raw_body_openapi",
+    "too_many_files",
+    "too_many_pixels",
+    "upload_bytes",
+]
 
 #: Content types taken as a raw image body (the decoder checks what the bytes really are).
 RAW_IMAGE_TYPES: Final = (
@@ -54,3 +60,27 @@ def raw_body_openapi(description: str) -> dict[str, Any]:
     """The ``openapi_extra`` that documents the raw-body form beside the multipart one."""
     binary = {"schema": {"type": "string", "format": "binary", "description": description}}
     return {"requestBody": {"required": True, "content": dict.fromkeys(RAW_IMAGE_TYPES, binary)}}
+
+
+def too_many_pixels(pixels: int, limit: int, files: int) -> ApiError:
+    """The error for a request whose images hold more pixels in all than one request may."""
+    return ApiError(
+        413,
+        "too_many_pixels",
+        f"The {files} images of this request hold {pixels:,} pixels in all (width × height, "
+        f"summed); at most {limit:,} are decoded per request. Send fewer or smaller images "
+        "per request: split the batch, or resize the images.",
+        details={"pixels": pixels, "max_request_pixels": limit, "files": files},
+    )
+
+
+def too_many_files(count: int | None, limit: int) -> ApiError:
+    """The error for a batch with more files than allowed."""
+    sent = f"{count} files were sent; " if count is not None else ""
+    return ApiError(
+        413,
+        "too_many_files",
+        f"Too many files in one batch: {sent}at most {limit} are accepted. "
+        "Split the images over several requests.",
+        details={"max_files": limit, **({"files": count} if count is not None else {})},
+    )

@@ -24,6 +24,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from app.core.tracing import child_span
 from app.reading.calibration import ReaderCalibration
@@ -50,6 +51,8 @@ __all__ = [
     "StringReading",
     "judge_digit",
     "looks_like_several_digits",
+    "open_string",
+    "prepare_opened_string",
     "prepare_string",
     "read_string",
     "recognize_image",
@@ -132,7 +135,17 @@ def prepare_string(data: bytes, limits: ReadingLimits) -> PreparedString:
     A large image runs within the large-image limit, so the float arrays of segmentation are
     bounded by the same concurrency limit as the decode of a large photo.
     """
-    img = open_image(data, max_pixels=limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans)
+    return prepare_opened_string(open_string(data, limits), limits)
+
+
+def open_string(data: bytes, limits: ReadingLimits) -> Image.Image:
+    """Check an image's header against the limits, decoding no pixel (``width * height`` is
+    then what it declares, for a request's pixel budget)."""
+    return open_image(data, max_pixels=limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans)
+
+
+def prepare_opened_string(img: Image.Image, limits: ReadingLimits) -> PreparedString:
+    """:func:`prepare_string` for an image :func:`open_string` opened."""
 
     def segment() -> PreparedString:
         with child_span("decode"):

@@ -36,9 +36,9 @@ from app.api.deps import (
 from app.api.disconnect import stop_if_client_gone
 from app.api.fastapi_compat import route_as_included
 from app.api.schemas import BatchResponse, PredictResponse, error_responses
-from app.api.uploads import raw_body_openapi, upload_bytes
+from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
-from app.core.errors import ApiError, DomainError
+from app.core.errors import DomainError
 from app.core.tracing import child_span
 from app.reading.calibration import calibration_for
 from app.reading.decode import open_image
@@ -399,27 +399,3 @@ async def predict_batch(
         results.append(entry)
     version = predictions.model_version if predictions is not None else model.version
     return {"model_version": version, "results": results}
-
-
-def too_many_pixels(pixels: int, limit: int, files: int) -> ApiError:
-    """The error for a request whose images hold more pixels in all than one request may."""
-    return ApiError(
-        413,
-        "too_many_pixels",
-        f"The {files} images of this request hold {pixels:,} pixels in all (width × height, "
-        f"summed); at most {limit:,} are decoded per request. Send fewer or smaller images "
-        "per request: split the batch, or resize the images.",
-        details={"pixels": pixels, "max_request_pixels": limit, "files": files},
-    )
-
-
-def too_many_files(count: int | None, limit: int) -> ApiError:
-    """The error for a batch with more files than allowed."""
-    sent = f"{count} files were sent; " if count is not None else ""
-    return ApiError(
-        413,
-        "too_many_files",
-        f"Too many files in one batch: {sent}at most {limit} are accepted. "
-        "Split the images over several requests.",
-        details={"max_files": limit, **({"files": count} if count is not None else {})},
-    )

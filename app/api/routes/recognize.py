@@ -9,21 +9,54 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, ServingDep
 from app.api.disconnect import stop_if_client_gone
-from app.api.schemas import RecognizeResponse, error_responses
-from app.api.uploads import raw_body_openapi, upload_bytes
+from app.api.schemas import RecognizeBatchResponse, RecognizeResponse, error_responses
+from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
+from app.core.errors import DomainError
 from app.core.tracing import child_span
-from app.reading.calibration import calibration_for
+from app.reading.calibration import ReaderCalibration, calibration_for
 from app.reading.components import Box
-from app.reading.pipeline import ReadingLimits, StringReading, prepare_string, read_string
+from app.reading.pipeline import (
+    PreparedString,
+    ReadingLimits,
+    StringReading,
+    open_string,
+    prepare_opened_string,
+    prepare_string,
+    read_string,
+)
 from app.settings import Settings
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
+
+ExpectedLengthQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="How many digits the string should have (5 for a US ZIP code). A "
+        "different count flags the answer for review.",
+        examples=[5],
+    ),
+]
+ThresholdQuery = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="A digit read with lower confidence than this flags the answer for "
+        "review. Default: `DIGITS_REVIEW_THRESHOLD` when set, else the served version's "
+        "calibrated threshold (its `reader.json`), else 0.98.",
+        examples=[0.98],
+    ),
+]
 
 
 @router.post(
@@ -57,26 +90,8 @@ async def recognize(
         UploadFile | None,
         File(description="The image of the digit string (or send the image itself as the body)."),
     ] = None,
-    expected_length: Annotated[
-        int | None,
-        Query(
-            ge=1,
-            description="How many digits the string should have (5 for a US ZIP code). A "
-            "different count flags the answer for review.",
-            examples=[5],
-        ),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        Query(
-            ge=0.0,
-            le=1.0,
-            description="A digit read with lower confidence than this flags the answer for "
-            "review. Default: `DIGITS_REVIEW_THRESHOLD` when set, else the served version's "
-            "calibrated threshold (its `reader.json`), else 0.98.",
-            examples=[0.98],
-        ),
-    ] = None,
+    expected_length: ExpectedLengthQuery = None,
+    threshold: ThresholdQuery = None,
     *,
     serving: ServingDep,
 ) -> dict[str, object]:
@@ -109,6 +124,137 @@ async def recognize(
         telemetry.observe_answer("/recognize", segment.digit, segment.confidence)
     telemetry.observe_review(reason.code for reason in result.reasons)
     return answer(result, prediction.model_version)
+
+
+@router.post(
+    "/batch",
+    summary="Read many handwritten digit strings in one request",
+    description=(
+        "Upload several images of digit strings, repeating the multipart/form-data field "
+        "`files` once per image, with the same limits as `/predict/batch` (at most "
+        "`DIGITS_MAX_BATCH_SIZE` files holding at most `DIGITS_MAX_REQUEST_PIXELS` pixels in "
+        "all, checked from the headers before any pixel is decoded). Every image is read as "
+        "`/recognize` reads it; the candidate digits of all of them go to the model in one "
+        "call. The answer has one entry per file, in the order sent: a `reading` (the answer "
+        "`/recognize` gives) or an `error`, while the others are still read."
+    ),
+    response_model=RecognizeBatchResponse,
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+)
+async def recognize_batch(
+    request: Request,
+    files: Annotated[list[UploadFile], File(description="The images, one string each.")],
+    expected_length: ExpectedLengthQuery = None,
+    threshold: ThresholdQuery = None,
+    *,
+    serving: ServingDep,
+) -> dict[str, object]:
+    """Read the digit string in each of several uploaded images, with one model call."""
+    settings = serving.settings
+    if len(files) > settings.max_batch_size:
+        raise too_many_files(len(files), settings.max_batch_size)
+    items = [await f.read() for f in files]
+    limits = reading_limits(settings)
+    prepared: list[PreparedString | DomainError] = []
+    with request_deadline(settings.request_deadline_seconds):
+        opened = await run_in_threadpool(_open_all, items, limits)
+        declared = sum(i.width * i.height for i in opened if not isinstance(i, DomainError))
+        if declared > settings.max_request_pixels:
+            raise too_many_pixels(declared, settings.max_request_pixels, len(items))
+        for header in opened:
+            prepared.append(
+                header if isinstance(header, DomainError) else await _prepare_one(header, limits)
+            )
+            await stop_if_client_gone(request)
+            check_deadline()
+        valid = [p for p in prepared if not isinstance(p, DomainError)]
+        readings: list[StringReading | DomainError] = []
+        version = serving.model.version
+        if valid:
+            prediction = await serving.worker.predict(
+                serving.model, np.concatenate([p.batch for p in valid])
+            )
+            serving.telemetry.count_images("/recognize/batch", sum(len(p.batch) for p in valid))
+            version = prediction.model_version
+            with child_span("reading", {"digits.images": len(valid)}):
+                readings = await run_in_threadpool(
+                    _read_all,
+                    valid,
+                    prediction.probabilities,
+                    calibration_for(serving.model),
+                    limits,
+                    threshold,
+                    settings.review_threshold,
+                    expected_length,
+                )
+    results: list[dict[str, object]] = []
+    read = iter(readings)
+    for index, (upload, done) in enumerate(zip(files, prepared, strict=True)):
+        outcome = done if isinstance(done, DomainError) else next(read)
+        entry: dict[str, object] = {"index": index, "filename": upload.filename}
+        if isinstance(outcome, DomainError):
+            serving.telemetry.count_error(outcome.code)
+            entry.update(reading=None, error={"code": outcome.code, "message": outcome.message})
+        else:
+            for segment in outcome.segments:
+                serving.telemetry.observe_answer("/recognize", segment.digit, segment.confidence)
+            serving.telemetry.observe_review(reason.code for reason in outcome.reasons)
+            entry.update(reading=answer(outcome, version), error=None)
+        results.append(entry)
+    return {"model_version": version, "results": results}
+
+
+def _open_all(items: list[bytes], limits: ReadingLimits) -> list[Image.Image | DomainError]:
+    opened: list[Image.Image | DomainError] = []
+    for data in items:
+        try:
+            opened.append(open_string(data, limits))
+        except DomainError as exc:
+            opened.append(exc)
+    return opened
+
+
+async def _prepare_one(img: Image.Image, limits: ReadingLimits) -> PreparedString | DomainError:
+    try:
+        return await run_in_threadpool(prepare_opened_string, img, limits)
+    except DomainError as exc:
+        if exc.code == "deadline_exceeded":
+            raise
+        return exc
+
+
+def _read_all(
+    prepared: list[PreparedString],
+    probabilities: npt.NDArray[np.floating],
+    calibration: ReaderCalibration,
+    limits: ReadingLimits,
+    threshold: float | None,
+    operator_threshold: float | None,
+    expected_length: int | None,
+) -> list[StringReading | DomainError]:
+    """Each image's reading from its own rows of the one model call."""
+    out: list[StringReading | DomainError] = []
+    start = 0
+    for item in prepared:
+        rows = probabilities[start : start + len(item.batch)]
+        start += len(item.batch)
+        try:
+            out.append(
+                read_string(
+                    item,
+                    rows,
+                    calibration,
+                    max_digits=limits.max_digits,
+                    threshold=threshold,
+                    operator_threshold=operator_threshold,
+                    expected_length=expected_length,
+                )
+            )
+        except DomainError as exc:
+            if exc.code == "model_output_invalid":
+                raise
+            out.append(exc)
+    return out
 
 
 def reading_limits(settings: Settings) -> ReadingLimits:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 import app.api.routes.recognize
 import app.reading.reader
@@ -321,3 +322,41 @@ def test_a_code_shorter_than_expected_needs_review(
     assert len(body["digits"]) == 4
     assert body["needs_review"] is True
     assert "expected 5 digits but read 4" in [r["message"] for r in body["review_reasons"]]
+
+
+def batch(client: TestClient, images: list[bytes], **params: Any) -> Any:
+    files = [("files", (f"code-{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    return client.post("/recognize/batch", files=files, params=params)
+
+
+def test_a_batch_reads_every_string_as_recognize_does(client: TestClient) -> None:
+    first = three_digit_png()
+    ink, _ = draw_string([one, zero, zero, seven], gap=12)
+    second = encode(as_photo(ink))
+    response = batch(client, [first, b"not an image", second], threshold=0.9, expected_length=3)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == 1
+    results = body["results"]
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert results[1]["reading"] is None
+    assert results[1]["error"]["code"] == "not_an_image"
+    for index, data in ((0, first), (2, second)):
+        alone = post(client, data, threshold=0.9, expected_length=3).json()
+        assert results[index]["error"] is None
+        assert results[index]["reading"] == alone
+
+
+def test_a_batch_is_held_to_the_request_limits(models: ModelsDir) -> None:
+    models.add(1, digit=1)
+    small = make_settings(models.path, max_batch_size=2, max_request_pixels=200_000)
+    with TestClient(create_app(small)) as limited:
+        data = three_digit_png()
+        too_many = batch(limited, [data] * 3)
+        assert too_many.status_code == 413
+        assert too_many.json()["error"]["code"] == "too_many_files"
+        # Each within the per-image limit, the two above the request's budget.
+        big = encode(Image.new("L", (400, 375), 255))
+        too_big = batch(limited, [big, big])
+        assert too_big.status_code == 413
+        assert too_big.json()["error"]["code"] == "too_many_pixels"
