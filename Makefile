@@ -17,9 +17,35 @@ SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
 # The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
 export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
-.PHONY: install install-train install-dev serve train test test-fast lint bench browser docs lock clean
+.PHONY: install install-train install-dev serve train test test-fast lint bench browser docs lock clean python-check
 
-$(BIN)/python:
+# The Python versions the lock covers: pyproject.toml's requires-python (>= 3.11) up to its
+# [tool.uv] environments (< 3.14: TensorFlow publishes no wheels for newer ones). Another
+# version fails deep inside pip, so it is refused before anything is created; a .venv made by
+# another version is refused too, rather than reused.
+PYTHON_SUPPORTED := 3.11 3.12 3.13
+PYTHON_VERSION := -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])'
+CLEAN  := make clean$(if $(filter command line,$(origin VENV)), VENV=$(VENV))
+
+python-check:
+	@found=$$($(PYTHON) $(PYTHON_VERSION) 2>/dev/null); \
+	case " $(PYTHON_SUPPORTED) " in *" $${found%.*} "*) ;; *) \
+		echo "PYTHON=$(PYTHON) is $${found:+Python }$${found:-not a Python that runs here}; this project needs Python 3.11, 3.12 or 3.13 (the versions uv.lock covers)." >&2; \
+		echo "Choose one: make serve PYTHON=python3.11 (or PYTHON=/path/to/python3.12). Nothing was created." >&2; \
+		exit 1;; esac; \
+	if [ -e $(BIN)/python ] || [ -d $(VENV) ]; then \
+		made=$$($(BIN)/python $(PYTHON_VERSION) 2>/dev/null); \
+		case " $(PYTHON_SUPPORTED) " in *" $${made%.*} "*) ;; *) \
+			echo "$(VENV) $${made:+was made by Python }$${made:-holds no Python that runs (half-made, or its interpreter is gone)}; this project needs Python 3.11, 3.12 or 3.13." >&2; \
+			echo "Run $(CLEAN), then make again (e.g. make serve PYTHON=python3.11)." >&2; \
+			exit 1;; esac; \
+		if [ "$(origin PYTHON)" = "command line" ] && [ "$${made%.*}" != "$${found%.*}" ]; then \
+			echo "$(VENV) was made by Python $$made, not by PYTHON=$(PYTHON) (Python $$found)." >&2; \
+			echo "Run $(CLEAN) to rebuild it with $(PYTHON), or leave PYTHON out to keep it." >&2; \
+			exit 1; fi; \
+	fi
+
+$(BIN)/python: | python-check
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 

@@ -13,14 +13,26 @@ httptools protocol, kept with its measured reason and its public fallback (uvico
 head cap, taken when this uvicorn's private class does not fit) in :mod:`app.uvicorn_compat`.
 
 **Workers.** ``WEB_CONCURRENCY`` (uvicorn's convention) sets how many worker processes serve;
-without it, one per core the process may use (its CPU affinity, capped by a cgroup CPU quota
-such as ``docker run --cpus`` or a Kubernetes CPU limit). Each worker is a process of its own
-with its own model and event loop, started from the app's import string; the limits above apply
-in each worker to that worker's connections (``DIGITS_MAX_CONNECTIONS`` is per worker). The
-gRPC port (``DIGITS_GRPC_PORT``) can be bound by one process only: with several workers the
-first to bind it serves gRPC and the others serve HTTP alone (:mod:`app.protocols.v2_grpc`); the
-launcher checks the port is free before starting them, so a port taken by another program
-still fails the start.
+without it, one. Each worker is a process of its own with its own TensorFlow, model and event
+loop, started from the app's import string, so memory grows by a whole model per worker
+(docs/deployment.md gives the measured figure): a default of one per core would make a large
+host start tens of copies. More workers, or more replicas, are a choice made with the memory in
+view. The limits above apply in each worker to that worker's connections
+(``DIGITS_MAX_CONNECTIONS`` is per worker). The gRPC port (``DIGITS_GRPC_PORT``) can be bound by
+one process only: with several workers the first to bind it serves gRPC and the others serve
+HTTP alone (:mod:`app.protocols.v2_grpc`); the launcher checks the port is free before starting
+them, so a port taken by another program still fails the start.
+
+**Metrics of several workers.** A scrape is answered by whichever worker accepts it, so the
+launcher gives the workers a fresh private directory (``PROMETHEUS_MULTIPROC_DIR``, removed at
+exit) before they start, where each keeps its counts for the others to add up
+(:mod:`app.telemetry`), and tells prometheus_client when a worker has ended.
+
+**Start-up lines.** The model loads in each worker's lifespan, tens of seconds after the address
+is bound, so the launcher first logs ``starting: ...`` and, once ``/health/ready`` answers 200
+on its own address, one ``ready: serving model version N on http://host:port`` line. Listening
+on an address other than loopback without ``DIGITS_API_KEY`` logs a warning that the API is open
+to the network (containers bind ``0.0.0.0`` by design, so it is not refused).
 """
 
 from __future__ import annotations
@@ -28,21 +40,28 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import http.client
+import ipaddress
+import json
 import logging
-import math
 import os
 import resource
+import shutil
 import socket
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors import Multiprocess
 
 from app.core.logging import configure_logging
 from app.settings import Settings, get_settings
+from app.telemetry import MULTIPROCESS_DIR_ENV
 from app.uvicorn_compat import (
     BoundedHttpToolsProtocol,
     ConnectionLimits,
@@ -60,9 +79,16 @@ _M_ARENA_MAX: Final = -8
 ARENA_MAX: Final = 2
 #: uvicorn's (and gunicorn's) name for the number of worker processes.
 WORKERS_ENV: Final = "WEB_CONCURRENCY"
-_CGROUP_V2_CPU_MAX: Final = "/sys/fs/cgroup/cpu.max"
-_CGROUP_V1_QUOTA: Final = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
-_CGROUP_V1_PERIOD: Final = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+#: Worker processes without ``WEB_CONCURRENCY``: each holds a whole TensorFlow and model.
+DEFAULT_WORKERS: Final = 1
+#: prometheus_client's former, lower-case name for its multiprocess directory.
+_LEGACY_MULTIPROCESS_DIR_ENV: Final = "prometheus_multiproc_dir"
+READY_PATH: Final = "/health/ready"
+#: How often the launcher asks its own address whether the service is ready, while it loads.
+_READY_POLL_SECONDS: Final = 0.2
+#: The longest pause between asks once the service answers "not ready" (no model yet): each
+#: ask is an access-log line.
+_READY_BACKOFF_MAX_SECONDS: Final = 10.0
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -124,33 +150,8 @@ def tame_allocator() -> None:
     mallopt(_M_ARENA_MAX, ARENA_MAX)
 
 
-def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota if any."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores or 1, max(1, math.ceil(quota)))
-    return max(1, cores or 1)
-
-
-def _cgroup_cpu_quota() -> float | None:
-    """The cgroup's CPU quota in cores (``docker --cpus``, a Kubernetes CPU limit), or None."""
-    try:
-        with open(_CGROUP_V2_CPU_MAX) as file:
-            quota, period = file.read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(_CGROUP_V1_QUOTA) as quota_file, open(_CGROUP_V1_PERIOD) as period_file:
-            quota_us, period_us = int(quota_file.read()), int(period_file.read())
-        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
-    except (OSError, ValueError):
-        return None
-
-
 def worker_count(environ: dict[str, str] | os._Environ[str] | None = None) -> int:
-    """``WEB_CONCURRENCY`` when set, else :func:`available_cores`.
+    """``WEB_CONCURRENCY`` when set, else :data:`DEFAULT_WORKERS` (one).
 
     Raises:
         SystemExit: when ``WEB_CONCURRENCY`` is not a positive integer.
@@ -158,7 +159,7 @@ def worker_count(environ: dict[str, str] | os._Environ[str] | None = None) -> in
     env = os.environ if environ is None else environ
     text = env.get(WORKERS_ENV, "").strip()
     if not text:
-        return available_cores()
+        return DEFAULT_WORKERS
     try:
         workers = int(text)
     except ValueError:
@@ -166,9 +167,184 @@ def worker_count(environ: dict[str, str] | os._Environ[str] | None = None) -> in
     if workers < 1:
         raise SystemExit(
             f"{WORKERS_ENV}={text!r}: the number of worker processes must be a positive "
-            "integer (or unset for one per available core)."
+            f"integer (or unset for {DEFAULT_WORKERS})."
         )
     return workers
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``: a loopback address or a name that
+    resolves to loopback addresses only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(address).partition("%")[0]).is_loopback for address in addresses
+    )
+
+
+def exposure_warning(settings: Settings, host: str) -> str | None:
+    """What to tell an operator whose service listens beyond loopback without an API key.
+
+    Not refused: a container binds ``0.0.0.0`` by design and is reached through its network.
+    """
+    if settings.api_key is not None:
+        return None
+    exposed = [f"HTTP on {host}"] if not is_loopback(host) else []
+    if settings.grpc_port and not is_loopback(settings.grpc_host):
+        exposed.append(f"gRPC on {settings.grpc_host}")
+    if not exposed:
+        return None
+    return (
+        f"THE API IS OPEN TO THE NETWORK: listening for {' and '.join(exposed)} without "
+        "DIGITS_API_KEY, so anyone who can reach this address can use it. Set DIGITS_API_KEY "
+        "to a long random secret (clients send it as the X-API-Key header; e.g. "
+        "DIGITS_API_KEY=$(openssl rand -hex 32)), or listen on loopback only (--host 127.0.0.1; "
+        "make serve without HOST) behind a proxy that checks clients."
+    )
+
+
+def address_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def private_metrics_dir() -> str:
+    """A fresh directory, readable by this user only, for the workers' shared metrics.
+
+    Set in the environment before any worker starts; one inherited from the environment is
+    replaced (its files, from another run, would be added to this one's counts).
+    """
+    path = tempfile.mkdtemp(prefix="mnist-digits-metrics-")
+    os.environ.pop(_LEGACY_MULTIPROCESS_DIR_ENV, None)
+    os.environ[MULTIPROCESS_DIR_ENV] = path
+    return path
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The socket the worker processes share, bound (they listen once they are ready).
+
+    What uvicorn's ``Config.bind_socket`` does for a TCP address, without its "Uvicorn running
+    on" line, which would claim readiness tens of seconds before any worker has its model.
+
+    Raises:
+        SystemExit: naming the address when it cannot be bound.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        logger.error(
+            "cannot listen on %s (%s): is another process using the port?",
+            address_url(host, port),
+            exc.strerror,
+        )
+        sys.exit(STARTUP_FAILURE)
+    sock.set_inheritable(True)
+    return sock
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, which also tells the shared metrics when a
+    worker has ended (died and replaced, or retired by a restart), so that its in-progress
+    requests stop counting; its counts stay, so totals never go down."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket], metrics_dir: str) -> None:
+        super().__init__(config, sockets)
+        self._metrics_dir = metrics_dir
+        self._running: set[int] = set()
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's check of every worker (a dead one is replaced), then the bookkeeping."""
+        super().keep_subprocess_alive()
+        self.forget_ended_workers()
+
+    def forget_ended_workers(self) -> None:
+        """Mark the workers that are no longer running as dead in the shared metrics."""
+        running = {p.pid for p in self.processes if p.pid is not None and p.exitcode is None}
+        for pid in self._running - running:
+            mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        self._running = running
+
+
+class ReadyAnnouncer(threading.Thread):
+    """Logs one ``ready:`` line once the service's own address answers ``/health/ready``
+    with 200, the one test of readiness every orchestrator uses.
+
+    The model loads in each worker's lifespan, after uvicorn has bound the address; asking
+    the service itself is what makes the line true for one worker or several.
+    """
+
+    def __init__(self, host: str, port: int, workers: int) -> None:
+        super().__init__(name="ready-announcer", daemon=True)
+        self.url = address_url(host, port)
+        # A wildcard address is reached on loopback; any other is asked as given.
+        self._host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        self._port = port
+        self._workers = workers
+        self._stopping = threading.Event()
+        #: The version announced, once ready.
+        self.version: int | None = None
+
+    def stop(self) -> None:
+        """Stop asking (the server is stopping)."""
+        self._stopping.set()
+
+    def ask(self) -> tuple[int, Any] | None:
+        """``/health/ready``'s status and JSON answer, or None while nothing answers."""
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=10)
+        try:
+            connection.request("GET", READY_PATH, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            body = response.read()
+        except OSError:
+            return None
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(body)
+        except ValueError:
+            return response.status, None
+
+    def run(self) -> None:
+        """Ask until ready (then log the line) or stopped."""
+        pause = _READY_POLL_SECONDS
+        warned = False
+        while not self._stopping.wait(pause):
+            answer = self.ask()
+            if answer is None:  # not listening yet: every worker is still loading
+                continue
+            status, body = answer
+            if status == 200:
+                version = body.get("model_version") if isinstance(body, dict) else None
+                self.version = version if isinstance(version, int) else None
+                logger.info(
+                    "ready: serving model version %s on %s (%d worker process%s)",
+                    "?" if self.version is None else self.version,
+                    self.url,
+                    self._workers,
+                    "" if self._workers == 1 else "es",
+                )
+                return
+            if status == 404:  # an app without the readiness route: nothing to announce
+                return
+            if not warned:
+                logger.warning(
+                    "not ready: %s%s answers %d (no model version served yet, see above); a "
+                    "'ready:' line follows when it answers 200",
+                    self.url,
+                    READY_PATH,
+                    status,
+                )
+                warned = True
+            pause = min(2 * pause, _READY_BACKOFF_MAX_SECONDS)
 
 
 def ensure_grpc_port_free(host: str, port: int) -> None:
@@ -220,7 +396,7 @@ def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m app.serve",
         description="Serve the digit reader with its connection limits (settings: DIGITS_*; "
-        f"worker processes: {WORKERS_ENV}, default one per available core).",
+        f"worker processes: {WORKERS_ENV}, default {DEFAULT_WORKERS}).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -250,19 +426,49 @@ def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
         workers,
         "" if workers == 1 else "es (limits per worker)",
     )
-    if workers == 1:
-        server = uvicorn.Server(config)
-        server.run()
-        if not server.started:
-            # What uvicorn.run does: a server that never started (port taken, app import failed).
-            sys.exit(STARTUP_FAILURE)
-        return
-    if settings.grpc_port:
+    warning = exposure_warning(settings, args.host)
+    if warning is not None:
+        logger.warning("%s", warning)
+    if workers > 1 and settings.grpc_port:
         ensure_grpc_port_free(settings.grpc_host, settings.grpc_port)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
-    if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
-        sys.exit(STARTUP_FAILURE)
+    inherited = os.environ.get(MULTIPROCESS_DIR_ENV) or os.environ.get(_LEGACY_MULTIPROCESS_DIR_ENV)
+    # One worker keeps its metrics in its own memory, unless prometheus_client was told
+    # otherwise by the environment (it chose file-backed values when imported): then the
+    # directory is replaced by a fresh one too.
+    metrics_dir = private_metrics_dir() if workers > 1 or inherited else None
+    announcer = ReadyAnnouncer(args.host, args.port, workers)
+    try:
+        if workers == 1:
+            logger.info(
+                "starting: loading the model, then listening on %s (a 'ready:' line says when "
+                "it answers)",
+                announcer.url,
+            )
+            announcer.start()
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:
+                # What uvicorn.run does: a server that never started (port taken, app import
+                # failed).
+                sys.exit(STARTUP_FAILURE)
+            return
+        assert metrics_dir is not None
+        listener = bind_listener(args.host, args.port)
+        logger.info(
+            "starting: %d worker processes loading the model for %s (a 'ready:' line says "
+            "when it answers)",
+            workers,
+            announcer.url,
+        )
+        announcer.start()
+        supervisor = WorkerSupervisor(config, [listener], metrics_dir)
+        supervisor.run()
+        if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            sys.exit(STARTUP_FAILURE)
+    finally:
+        announcer.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,14 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    """A process's command line (empty once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time used so far by ``pid`` and every process under it."""
     total = 0.0
@@ -259,6 +267,44 @@ class RunningServer:
             raise
         server.ready_seconds = time.perf_counter() - started
         return server
+
+    @classmethod
+    def spawn(
+        cls,
+        models_dir: Path,
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        workers: int = 1,
+    ) -> RunningServer:
+        """Start the service under the launcher and return at once, before it is ready.
+
+        For tests of what happens while it starts (its log lines, its answers); stop it with
+        :meth:`stop`. ``env`` and ``workers`` as for :meth:`start`.
+        """
+        port = free_port()
+        environment = server_environment(
+            models_dir, {"WEB_CONCURRENCY": str(workers), **(env or {})}
+        )
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                launch_command(port),
+                cwd=REPO,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return cls(process, process.pid, port, log_path, workers)
+
+    def worker_pids(self) -> list[int]:
+        """The launcher's worker processes (none when it serves alone, in its own process).
+
+        Started by multiprocessing's spawn, unlike its resource tracker, which serves nothing.
+        """
+        return [
+            pid for pid in process_tree(self.pid)[1:] if b"multiprocessing.spawn" in _cmdline(pid)
+        ]
 
     @property
     def url(self) -> str:

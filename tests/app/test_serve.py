@@ -1,4 +1,6 @@
-"""The launcher (``python -m app.serve``): uvicorn options from the settings, allocator capped.
+"""The launcher (``python -m app.serve``): uvicorn options from the settings, allocator capped,
+one worker by default, a warning before listening beyond loopback without a key, the workers'
+shared metrics directory, and the ``ready:`` line.
 
 What the limits do to real connections is tested against a running server in
 tests/ops/test_connections.py; here, that the launcher hands uvicorn what the settings say.
@@ -7,20 +9,26 @@ tests/ops/test_connections.py; here, that the launcher hands uvicorn what the se
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import logging
 import os
 import pickle
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import uvicorn
-from uvicorn.config import Config
+from pydantic import SecretStr
+from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.importer import import_from_string
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,8 +37,14 @@ from uvicorn.server import ServerState
 from app.core.limits import DRAIN_FACTOR
 from app.serve import (
     ARENA_MAX,
+    DEFAULT_WORKERS,
     LauncherConfig,
-    available_cores,
+    ReadyAnnouncer,
+    WorkerSupervisor,
+    bind_listener,
+    exposure_warning,
+    is_loopback,
+    private_metrics_dir,
     uvicorn_options,
     worker_count,
 )
@@ -145,18 +159,214 @@ def test_the_launcher_caps_malloc_arenas_when_the_environment_does_not() -> None
     assert _arenas("launcher") <= ARENA_MAX
 
 
-def test_workers_follow_web_concurrency_else_the_available_cores() -> None:
+def test_workers_follow_web_concurrency_else_one() -> None:
     assert worker_count({"WEB_CONCURRENCY": "3"}) == 3
     assert worker_count({"WEB_CONCURRENCY": " 1 "}) == 1
-    assert worker_count({}) == available_cores()
-    assert worker_count({"WEB_CONCURRENCY": ""}) == available_cores()
+    # Each worker holds a whole TensorFlow and model: the default does not grow with the host.
+    assert worker_count({}) == DEFAULT_WORKERS == 1
+    assert worker_count({"WEB_CONCURRENCY": ""}) == 1
     for bad in ("0", "-2", "two", "1.5"):
         with pytest.raises(SystemExit, match="positive integer"):
             worker_count({"WEB_CONCURRENCY": bad})
 
 
-def test_available_cores_never_exceed_the_affinity() -> None:
-    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+# --- listening beyond loopback without a key -----------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
+def test_loopback_needs_no_key(host: str) -> None:
+    assert is_loopback(host)
+    assert exposure_warning(Settings(), host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "2001:db8::1", ""])
+def test_any_other_address_without_a_key_is_announced_as_open(host: str) -> None:
+    warning = exposure_warning(Settings(), host)
+    assert warning is not None
+    assert "OPEN TO THE NETWORK" in warning
+    assert f"HTTP on {host}" in warning
+    assert "DIGITS_API_KEY" in warning
+    assert "X-API-Key" in warning
+    assert "--host 127.0.0.1" in warning
+    assert exposure_warning(Settings(api_key=SecretStr("k" * 32)), host) is None
+
+
+def test_a_grpc_port_beyond_loopback_is_announced_too() -> None:
+    settings = Settings(grpc_port=8001, grpc_host="0.0.0.0")
+    warning = exposure_warning(settings, "127.0.0.1")
+    assert warning is not None
+    assert "gRPC on 0.0.0.0" in warning
+    assert "HTTP on" not in warning
+    assert exposure_warning(Settings(grpc_port=0, grpc_host="0.0.0.0"), "127.0.0.1") is None
+
+
+def test_the_launcher_warns_before_listening_on_every_interface(tmp_path: Path) -> None:
+    """The real launcher, on 0.0.0.0 without a key: the warning comes before any socket is
+    bound (a taken gRPC port stops this start right after it, so nothing is exposed)."""
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        busy = str(holder.getsockname()[1])
+        settings = {"WEB_CONCURRENCY": "2", "DIGITS_GRPC_PORT": busy, "DIGITS_GRPC_HOST": HOST}
+        results = {}
+        for name, extra in {"open": {}, "keyed": {"DIGITS_API_KEY": "s3cret-" * 6}}.items():
+            results[name] = subprocess.run(
+                [sys.executable, "-m", "app.serve", "--host", "0.0.0.0", "--port", "0"],
+                cwd=REPO,
+                env=server_environment(tmp_path, {**settings, **extra}),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+    for result in results.values():
+        assert result.returncode != 0
+        assert f"cannot listen on {HOST}:{busy}" in result.stderr, result.stderr
+    warning = [
+        line for line in results["open"].stderr.splitlines() if "OPEN TO THE NETWORK" in line
+    ]
+    assert len(warning) == 1, results["open"].stderr
+    assert "WARNING" in warning[0]
+    assert "HTTP on 0.0.0.0" in warning[0]
+    assert "OPEN TO THE NETWORK" not in results["keyed"].stderr
+
+
+# --- the workers' shared metrics and the start-up lines ------------------------------------
+
+
+def test_the_metrics_directory_is_fresh_and_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/somewhere/stale")
+    monkeypatch.setenv("prometheus_multiproc_dir", "/somewhere/stale")
+    path = Path(private_metrics_dir())
+    try:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
+        assert "prometheus_multiproc_dir" not in os.environ
+        assert list(path.iterdir()) == []
+        assert path.stat().st_mode & 0o777 == 0o700
+    finally:
+        path.rmdir()
+
+
+@dataclass
+class _Worker:
+    pid: int | None
+    exitcode: int | None = None
+
+
+def test_an_ended_worker_stops_counting_as_in_progress_but_keeps_its_counts(
+    tmp_path: Path,
+) -> None:
+    supervisor = WorkerSupervisor.__new__(WorkerSupervisor)  # no signal handlers in a test
+    supervisor._metrics_dir = str(tmp_path)
+    supervisor._running = set()
+    workers = [_Worker(101), _Worker(102)]
+    supervisor.processes = workers  # type: ignore[assignment]
+    for pid in (101, 102):
+        for kind in ("counter", "histogram", "gauge_livesum", "gauge_max"):
+            (tmp_path / f"{kind}_{pid}.db").write_bytes(b"")
+    supervisor.forget_ended_workers()
+    assert len(list(tmp_path.iterdir())) == 8
+    workers[1].exitcode = -9
+    supervisor.forget_ended_workers()
+    assert sorted(p.name for p in tmp_path.iterdir() if "102" in p.name) == [
+        "counter_102.db",
+        "gauge_max_102.db",
+        "histogram_102.db",
+    ]
+    # Replaced by a new worker: nothing more is removed.
+    workers[1] = _Worker(103)
+    supervisor.forget_ended_workers()
+    assert len(list(tmp_path.iterdir())) == 7
+
+
+def test_a_taken_address_fails_the_start_with_its_name(caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger("uvicorn.error").addHandler(caplog.handler)
+    try:
+        with socket.socket() as holder:
+            holder.bind((HOST, 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            with pytest.raises(SystemExit) as stopped:
+                bind_listener(HOST, port)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(caplog.handler)
+    assert stopped.value.code == STARTUP_FAILURE
+    assert f"cannot listen on http://{HOST}:{port}" in caplog.text
+
+
+class _ReadinessStub(http.server.BaseHTTPRequestHandler):
+    """/health/ready: 503 for the first answers, then 200 with a version."""
+
+    not_ready_answers = 2
+    answered: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        ready = len(self.answered) >= self.not_ready_answers
+        status = 200 if ready else 503
+        self.answered.append(status)
+        body = json.dumps({"status": "ready", "model_version": 7} if ready else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Lines(logging.Handler):
+    """The messages a logger writes, once each whatever else listens to it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_ready_is_announced_once_the_address_answers_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _ReadinessStub.answered = []
+    server = http.server.ThreadingHTTPServer((HOST, 0), _ReadinessStub)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    launcher_log = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(launcher_log, "level", logging.INFO)
+    written = _Lines()
+    launcher_log.addHandler(written)
+    try:
+        # Bound to every interface: asked on loopback, announced as bound.
+        announcer = ReadyAnnouncer("0.0.0.0", port, workers=2)
+        announcer.start()
+        announcer.join(timeout=30)
+        assert not announcer.is_alive()
+    finally:
+        launcher_log.removeHandler(written)
+        server.shutdown()
+        server.server_close()
+    assert _ReadinessStub.answered == [503, 503, 200]
+    assert announcer.version == 7
+    ready = [line for line in written.lines if line.startswith("ready:")]
+    assert ready == [
+        f"ready: serving model version 7 on http://0.0.0.0:{port} (2 worker processes)"
+    ]
+    # One warning while it answered "not ready", not one per ask, and before the ready line.
+    warned = [i for i, line in enumerate(written.lines) if line.startswith("not ready:")]
+    assert len(warned) == 1, written.lines
+    assert warned[0] < written.lines.index(ready[0])
+
+
+def test_nothing_is_announced_while_nothing_listens() -> None:
+    announcer = ReadyAnnouncer(HOST, free_port(), workers=1)
+    announcer.start()
+    time.sleep(1)
+    announcer.stop()
+    announcer.join(timeout=15)
+    assert not announcer.is_alive()
+    assert announcer.version is None
 
 
 def test_the_limits_travel_to_worker_processes() -> None:

@@ -1,12 +1,14 @@
 """Several worker processes (``WEB_CONCURRENCY``), started as production starts them.
 
 The launcher (``python -m app.serve``) runs uvicorn's workers: each one is a process with its
-own model and event loop, each enforces the connection limits, and exactly one of them serves
-the gRPC port.
+own model and event loop, each enforces the connection limits, exactly one of them serves the
+gRPC port, and a scrape of /metrics counts the requests of all of them, whichever answers.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
-from harness.servers import HOST, LAUNCHER, REPO, free_port, server_environment
+from harness.servers import HOST, LAUNCHER, REPO, free_port, rss_bytes, server_environment
 from tests.ops.conftest import ServedModel, ServerFactory
 
 pytestmark = pytest.mark.slow
@@ -84,6 +87,111 @@ def test_two_workers_both_answer_and_one_serves_grpc(
     log = server.log()
     assert log.count("gRPC service listening on") == 1, log
     assert log.count("is served by another worker process") == 1, log
+
+
+def prometheus_values(text: str) -> dict[str, float]:
+    """``name{label=value,...}`` → value, for every sample of a Prometheus text answer."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def shared_metrics_dir(worker: int) -> Path:
+    """The metrics directory the launcher gave a worker (in its environment at spawn)."""
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    (entry,) = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(entry.partition(b"=")[2].decode())
+
+
+def scrape_values(url: str) -> dict[str, float]:
+    """One scrape, on a new connection (either worker may answer it)."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return prometheus_values(client.get("/metrics", headers={"Accept": "text/plain"}).text)
+
+
+PREDICTED = "digits_http_requests_total{endpoint=/predict,method=POST,status=200}"
+SCRAPED = "digits_http_requests_total{endpoint=/metrics,method=GET,status=200}"
+
+
+def test_every_scrape_counts_the_requests_of_both_workers(
+    start_server: ServerFactory, models_dir: Path, served_model: ServedModel
+) -> None:
+    server = start_server(models_dir, {"WEB_CONCURRENCY": "2"})
+    workers = server.worker_pids()
+    assert len(workers) == 2, server.tail()
+    directory = shared_metrics_dir(workers[0])
+    assert shared_metrics_dir(workers[1]) == directory
+    assert directory.stat().st_mode & 0o777 == 0o700, "private to the service's user"
+
+    # Each request on a connection of its own, so that both workers take some.
+    requests = 20
+    for index in range(requests):
+        png = served_model.pngs[index % len(served_model.pngs)]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            response = client.post("/predict", files={"file": ("d.png", png, "image/png")})
+        assert response.status_code == 200, response.text
+
+    # A worker counts a request just after its answer has left: let the last one land.
+    deadline = time.monotonic() + 10
+    while scrape_values(server.url)[PREDICTED] != requests:
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.1)
+
+    # Scrape, each time on a new connection, until each worker has answered at least twice:
+    # every scrape gives the replica's count, and no count ever goes down.
+    scrapes: list[dict[str, float]] = []
+    by_worker: dict[str, int] = {}
+    deadline = time.monotonic() + BOTH_READY_SECONDS
+    while len(by_worker) < 2 or min(by_worker.values()) < 2:
+        assert time.monotonic() < deadline, f"answered by {by_worker}:\n{server.tail()}"
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            text = client.get("/metrics", headers={"Accept": "text/plain"}).text
+            # The same connection, so the same worker: JSON names it by its start time.
+            service = client.get("/metrics").json()["service"]
+        values = prometheus_values(text)
+        assert values[PREDICTED] == requests, (by_worker, values[PREDICTED])
+        assert service["endpoints"]["POST /predict"]["requests"] == requests
+        assert service["images_predicted"] == requests
+        assert service["inference"]["requests"] == requests
+        if scrapes:
+            previous = scrapes[-1]
+            for name, value in previous.items():
+                if name.endswith("_total") and not name.startswith("process_"):
+                    assert values.get(name, 0.0) >= value, name
+        scrapes.append(values)
+        by_worker[service["started_at"]] = by_worker.get(service["started_at"], 0) + 1
+    assert (
+        scrapes[-1]["process_resident_memory_bytes{}"]
+        > sum(rss_bytes(pid) for pid in workers) * 0.9
+    ), "process_* covers every process of the replica"
+
+    # A worker that dies is replaced; its counts stay and its requests in flight stop counting.
+    os.kill(workers[1], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(directory.glob(f"gauge_live*_{workers[1]}.db")):
+        assert time.monotonic() < deadline, "the launcher never marked the worker dead"
+        time.sleep(0.1)
+    for _ in range(3):
+        values = scrape_values(server.url)
+        assert values[PREDICTED] == requests
+        assert values["digits_http_requests_in_progress{}"] == 1, "the scrape itself only"
+
+    log = server.log()
+    # uvicorn's "running on" is not logged at bind time, before any worker has its model.
+    assert "Uvicorn running on" not in log
+    deadline = time.monotonic() + 30
+    while "ready: serving model version 1" not in (log := server.log()):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
+    assert log.count("ready: serving") == 1
+    assert log.index("starting: 2 worker processes") < log.index("ready: serving")
+    assert f"ready: serving model version 1 on {server.url} (2 worker processes)" in log
+
+    server.stop()
+    assert not directory.exists(), "the launcher removes the metrics directory at exit"
 
 
 def run_launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,9 @@
 """``GET /metrics``: the model's test evaluation and live figures, as JSON or for Prometheus.
 
 One URL for people and scrapers: a Prometheus scraper sends ``Accept: text/plain`` or
-``application/openmetrics-text`` and gets that format; anything else gets JSON.
+``application/openmetrics-text`` and gets that format; anything else gets JSON. Under several
+worker processes both forms count the whole replica, whichever worker answers
+(:mod:`app.telemetry`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def _evaluation(model: LoadedModel) -> ModelEvaluation:
     description=(
         "JSON by default: the served model's evaluation on the 10,000 MNIST test images "
         "(accuracy, loss, per-class precision/recall/F1, confusion matrix, from the model's "
-        "metrics.json) and live figures of this process (requests, latencies, errors by "
-        "code, images predicted, model calls). With `Accept: text/plain` or "
+        "metrics.json) and live figures since the service started (requests, latencies, "
+        "errors by code, images predicted, model calls), added up over all its worker "
+        "processes; `started_at` and `uptime_seconds` are those of the worker process that "
+        "answered, and the model is the one it serves. With `Accept: text/plain` or "
         "`Accept: application/openmetrics-text` (what a Prometheus scraper sends) the same "
         "endpoint answers in that text format: request counts and latency histograms by "
         "endpoint and status, error counts, images predicted, model test accuracy (gauge) and "

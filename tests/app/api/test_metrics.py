@@ -1,16 +1,24 @@
-"""GET /metrics: JSON for people, Prometheus text for scrapers, and counters that move."""
+"""GET /metrics: JSON for people, Prometheus text for scrapers, and counters that move; under
+several worker processes, the replica's counts whichever worker answers."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
+from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.logging import JsonFormatter, configure_logging
+from harness.servers import REPO
 from tests.app.conftest import encode
 
 
@@ -134,3 +142,119 @@ def test_label_values_stay_bounded(client: TestClient) -> None:
     values = scrape(client)
     assert values["digits_http_requests_total{endpoint=unmatched,method=OTHER,status=404}"] == 5
     assert not any("BREW" in key or "/random" in key for key in values)
+
+
+# --- several worker processes (prometheus_client's multiprocess mode) ----------------------
+
+#: One worker process of a replica: answers some /predict requests, makes one model call,
+#: and ends with one request still in flight (as a worker that dies would).
+_WORKER = """
+import os, sys
+from app.telemetry import Telemetry
+telemetry = Telemetry()
+answered = int(sys.argv[1])
+for _ in range(answered):
+    telemetry.observe_request("/predict", "POST", 200, 0.004)
+telemetry.count_images("/predict", answered)
+telemetry.count_error("not_an_image")
+telemetry.observe_batch(answered, answered, 0.001)
+telemetry.in_flight += 1
+print(os.getpid())
+"""
+
+#: The worker that answers a scrape: both forms, as /metrics gives them.
+_SCRAPE = """
+import json
+from app.telemetry import Telemetry
+telemetry = Telemetry()
+body, _ = telemetry.prometheus("text/plain")
+print(json.dumps({"text": body.decode(), "figures": telemetry.live_figures()}, default=str))
+"""
+
+
+def run_in_worker(code: str, directory: Path, *args: str) -> str:
+    """Run ``code`` in a new interpreter sharing ``directory`` as a worker of the launcher would
+    (prometheus_client reads the variable when it is first imported)."""
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout
+
+
+def scrape_workers(directory: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    answer = json.loads(run_in_worker(_SCRAPE, directory))
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(answer["text"]):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values, answer["figures"]
+
+
+def test_a_scrape_adds_up_every_worker_process(tmp_path: Path) -> None:
+    first = int(run_in_worker(_WORKER, tmp_path, "3"))
+    run_in_worker(_WORKER, tmp_path, "4")
+    values, figures = scrape_workers(tmp_path)
+
+    ok = "digits_http_requests_total{endpoint=/predict,method=POST,status=200}"
+    assert values[ok] == 7
+    assert (
+        values[
+            "digits_http_request_duration_seconds_count{endpoint=/predict,method=POST,status=200}"
+        ]
+        == 7
+    )
+    assert values["digits_images_predicted_total{endpoint=/predict}"] == 7
+    assert values["digits_errors_total{code=not_an_image}"] == 2
+    assert values["digits_inference_batch_images_count{}"] == 2
+    assert values["digits_inference_requests_total{}"] == 7
+    assert values["digits_inference_largest_batch_images{}"] == 4
+    # Both workers ended with a request in flight; nobody has marked them dead yet.
+    assert values["digits_http_requests_in_progress{}"] == 2
+    # The served state is the answering worker's (no model here), process_* the replica's.
+    assert values["digits_ready{}"] == 0
+    assert values["process_resident_memory_bytes{}"] > 0
+    assert not any("pid" in key for key in values)
+
+    service = figures
+    assert service["requests_total"] == 7
+    assert service["endpoints"]["POST /predict"]["requests"] == 7
+    assert service["endpoints"]["POST /predict"]["mean_latency_ms"] == pytest.approx(4.0)
+    assert service["errors_by_code"] == {"not_an_image": 2}
+    assert service["images_predicted"] == 7
+    assert service["requests_in_progress"] == 2
+    assert service["inference"] == {
+        "model_calls": 2,
+        "images": 7,
+        "requests": 7,
+        "mean_images_per_call": 3.5,
+        "mean_requests_per_call": 3.5,
+        "largest_call": 4,
+    }
+
+    # The launcher marks an ended worker dead: its requests in flight stop counting, its
+    # counts stay (a total never goes down while the replica runs).
+    mark_process_dead(first, str(tmp_path))  # type: ignore[no-untyped-call]
+    values, figures = scrape_workers(tmp_path)
+    assert values["digits_http_requests_in_progress{}"] == 1
+    assert values[ok] == 7
+    assert figures["requests_total"] == 7
+
+
+def test_one_process_keeps_its_metrics_in_memory(client: TestClient) -> None:
+    telemetry = client.app.state.telemetry  # type: ignore[attr-defined]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert telemetry.exposed is telemetry.registry
+    client.post("/predict", files={"file": ("d.png", stroke_png(), "image/png")})
+    inference = client.get("/metrics").json()["service"]["inference"]
+    assert inference["model_calls"] == 1
+    assert inference["requests"] == 1
+    assert inference["largest_call"] == 1
+    assert scrape(client)["digits_inference_requests_total{}"] == 1
