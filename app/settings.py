@@ -163,6 +163,54 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request head (request line and headers); 431 and closed above it.",
     )
+    # The gRPC port's connections (DIGITS_GRPC_PORT): its own limits, applied by grpc's core.
+    grpc_max_connections: int = Field(
+        default=256,
+        gt=0,
+        description="Most connections open at once on the gRPC port; one more is closed as it "
+        "is accepted.",
+    )
+    grpc_handshake_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Time a new gRPC connection has to open its HTTP/2 session (preface and "
+        "settings); then it is closed.",
+    )
+    grpc_max_connection_idle_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="A gRPC connection with no call in progress for this long is closed (GOAWAY, "
+        "then the socket); clients reconnect on their next call.",
+    )
+    grpc_max_connection_age_seconds: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="A gRPC connection is asked to close (GOAWAY) after this long, however busy, "
+        "so clients spread over workers and replicas again.",
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="How long calls in progress may finish on a connection past its age; then it "
+        "is closed.",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=32,
+        gt=0,
+        description="Most calls in progress on one gRPC connection; a client queues the others.",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=256,
+        gt=0,
+        description="Most gRPC calls in progress at once over all connections; one more is "
+        "answered RESOURCE_EXHAUSTED.",
+    )
+    grpc_keepalive_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="The gRPC server pings a connection with a call in progress after this long "
+        "without traffic, and closes it when the ping is not answered within 20 s.",
+    )
     graceful_shutdown_seconds: int = Field(
         default=20,
         gt=0,

@@ -1,9 +1,11 @@
 """Logging for the service: plain text or one JSON object per line (``Settings.log_format``).
 
 Every line carries the id of the request it was written for (``request_id``, see
-:mod:`app.core.request_id`). The service's format applies to uvicorn's lines and TensorFlow's
-Python lines too, so a JSON log is JSON throughout; TensorFlow's C++ start-up chatter is
-silenced unless the operator asks for it (``TF_CPP_MIN_LOG_LEVEL``).
+:mod:`app.core.request_id`) and, while a traced request's span is current
+(:mod:`app.core.tracing`), its ``trace_id`` and ``span_id`` in W3C's hex form, so a line leads
+to its trace and a trace to its lines. The service's format applies to uvicorn's lines and
+TensorFlow's Python lines too, so a JSON log is JSON throughout; TensorFlow's C++ start-up
+chatter is silenced unless the operator asks for it (``TF_CPP_MIN_LOG_LEVEL``).
 
 In text format every control character of a line is escaped: a request path holding ``%0A``
 must not start a forged log line. Each record is one line; only a traceback continues on
@@ -23,6 +25,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from opentelemetry import trace
+
 from app.core.request_id import current_request_id
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is data.
@@ -34,6 +38,11 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "color_message",
 }
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
+#: The text format of a line written while a span is current.
+TRACED_TEXT_FORMAT: Final = (
+    "%(asctime)s %(levelname)-7s [%(request_id)s trace_id=%(trace_id)s span_id=%(span_id)s] "
+    "%(name)s: %(message)s"
+)
 NO_REQUEST: Final = "-"
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators some viewers split on.
@@ -58,12 +67,18 @@ def _escape_one(match: re.Match[str]) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` (the current request's, or ``-``) to every record it sees."""
+    """Adds ``request_id`` (the current request's, or ``-``) to every record it sees, and
+    ``trace_id`` and ``span_id`` while a span is current."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate the record; never drops it."""
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id() or NO_REQUEST
+        if not hasattr(record, "trace_id"):
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                record.trace_id = trace.format_trace_id(span.trace_id)
+                record.span_id = trace.format_span_id(span.span_id)
         return True
 
 
@@ -72,9 +87,12 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._traced = logging.PercentStyle(TRACED_TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        """The record's line, escaped."""
+        """The record's line, escaped; with the trace and span ids when it has them."""
+        if hasattr(record, "trace_id") and hasattr(record, "span_id"):
+            return escape_controls(self._traced.format(record))
         return escape_controls(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:  # noqa: N802
@@ -91,7 +109,8 @@ def _indented(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, request id, message, extras, traceback."""
+    """One JSON object per line: time, level, logger, request id, message, the trace and span
+    ids (while a span is current), extras, traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a JSON line."""

@@ -5,6 +5,12 @@ it: in the ``X-API-Key`` header over HTTP (the service's own API, TF Serving RES
 Inference Protocol REST) and in the ``x-api-key`` metadata over gRPC. :func:`check_api_key` is
 the check all of them run; :func:`api_key_dependency` wires it into FastAPI.
 
+The key must be sent exactly once. HTTP and gRPC both let a request repeat a header or a
+metadata key, and the two stacks read different copies (Starlette the first, gRPC's list in
+order, a dict of it the last), so a proxy or a log that looks at one copy would see another key
+than the check: more than one value is refused (``invalid_api_key``) whatever they are, by
+:func:`check_api_key_values`, which every door runs on all the values it received.
+
 This module knows no settings: a door hands it the configured key, or a function that reads it
 from the request (:data:`ExpectedKey`).
 """
@@ -12,7 +18,7 @@ from the request (:data:`ExpectedKey`).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import Request, Security
@@ -67,17 +73,44 @@ def check_api_key(given: str | None, expected: SecretStr | None, where: str) -> 
         raise ApiError(401, "invalid_api_key", f"The API key in the {where} is not valid.")
 
 
-def api_key_dependency(expected: ExpectedKey) -> ApiKeyCheck:
-    """A FastAPI dependency that runs :func:`check_api_key` on the ``X-API-Key`` header.
+def check_api_key_values(values: Sequence[str], expected: SecretStr | None, where: str) -> None:
+    """:func:`check_api_key` on every value a request sent for the key (its header's or its
+    metadata's, in any order): none, or one empty value, is a missing key; more than one is
+    refused, even when one of them is right.
 
-    The header is read through :data:`api_key_scheme` (its first value; an empty one counts as
-    missing), so every route that uses it documents the same security scheme.
+    Raises:
+        ApiError: 401 ``missing_api_key`` or ``invalid_api_key``.
+    """
+    if expected is None:
+        return
+    if len(values) > 1:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            f"The {where} was sent {len(values)} times: send exactly one API key.",
+        )
+    check_api_key(values[0] if values and values[0] else None, expected, where)
+
+
+def passes_api_key(values: Sequence[str], expected: SecretStr | None) -> bool:
+    """Whether :func:`check_api_key_values` lets these values through (a door's short cut)."""
+    if expected is None:
+        return True
+    return len(values) == 1 and values[0] != "" and key_matches(values[0], expected)
+
+
+def api_key_dependency(expected: ExpectedKey) -> ApiKeyCheck:
+    """A FastAPI dependency that runs :func:`check_api_key_values` on the ``X-API-Key`` header.
+
+    Every value of the header is read (:func:`check_api_key_values`). The dependency declares
+    :data:`api_key_scheme`, so every route that uses it documents the same security scheme.
     """
 
     async def require_api_key(
         request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None
     ) -> None:
         """Check the X-API-Key header when the service has an API key configured (401 otherwise)."""
-        check_api_key(api_key, expected(request), f"{API_KEY_HEADER} header")
+        values = request.headers.getlist(API_KEY_HEADER)
+        check_api_key_values(values, expected(request), f"{API_KEY_HEADER} header")
 
     return require_api_key

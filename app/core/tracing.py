@@ -6,13 +6,18 @@ installed ``opentelemetry_traces_exporter`` entry point) or an OTLP endpoint is 
 ``OTEL_SDK_DISABLED`` is not ``true``. The exporters, sampler and resource read their own
 ``OTEL_*`` variables as the SDK documents them.
 
-Every request gets a server span (its parent taken from a W3C ``traceparent`` header), with
-child spans for the stages of the work (:func:`child_span`) and for the model call, which runs
-on the inference worker's thread: the request's context is captured when the job is submitted
-(:func:`capture`) and the span recorded from there (:func:`record_model_call`).
+Every request gets a server span (its parent taken from a W3C ``traceparent`` header, or the
+same key in gRPC metadata), with child spans for the stages of the work (:func:`child_span`) and
+for the model call, which runs on the inference worker's thread: the request's context is
+captured when the job is submitted (:func:`capture`) and the span recorded from there
+(:func:`record_model_call`). :class:`TracingMiddleware` opens the span of an HTTP request; a
+door of another transport opens its calls' spans with :func:`server_span` (the gRPC door's
+interceptor, :mod:`app.protocols.grpc_server`), with the tracer provider the app was built
+with (:func:`tracer_provider_of`). While a span is current every log line carries its
+``trace_id`` and ``span_id`` (:mod:`app.core.logging`).
 
-When tracing is off no span object is created anywhere: the middleware is not installed and
-:func:`child_span` / :func:`capture` cost one context-variable lookup.
+When tracing is off no span object is created anywhere: the middleware and the interceptor are
+not installed and :func:`child_span` / :func:`capture` cost one context-variable lookup.
 """
 
 from __future__ import annotations
@@ -20,16 +25,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.request_id import current_request_id
@@ -124,7 +130,6 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        parent = propagate.extract(carrier)
         method = scope.get("method", "")
         attributes: dict[str, Any] = {
             "http.request.method": method,
@@ -142,14 +147,10 @@ class TracingMiddleware:
                 status = message["status"]
             await send(message)
 
-        with self.tracer.start_as_current_span(
-            method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
-            token = _tracer.set(self.tracer)
+        with server_span(self.tracer, method, carrier, attributes, errors=True) as span:
             try:
                 await self.app(scope, receive, observed_send)
             finally:
-                _tracer.reset(token)
                 route = getattr(scope.get("route"), "path", None)
                 if isinstance(route, str):
                     span.update_name(f"{method} {route}")
@@ -157,6 +158,47 @@ class TracingMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
+
+
+@contextlib.contextmanager
+def server_span(
+    tracer: trace.Tracer,
+    name: str,
+    carrier: Mapping[str, str],
+    attributes: Attributes = None,
+    *,
+    errors: bool = False,
+) -> Iterator[trace.Span]:
+    """The server span of one request or call, current while it runs, child of the caller's
+    W3C ``traceparent`` in ``carrier`` (headers or metadata) when it sent one.
+
+    :func:`child_span` and :func:`capture` work inside it. With ``errors``, an exception that
+    leaves the block is recorded on the span and marks it as failed; without, the caller sets
+    the span's status (a gRPC abort is an answer, not a failure of the server).
+    """
+    parent = propagate.extract(carrier)
+    with tracer.start_as_current_span(
+        name,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        record_exception=errors,
+        set_status_on_exception=errors,
+    ) as span:
+        token = _tracer.set(tracer)
+        try:
+            yield span
+        finally:
+            _tracer.reset(token)
+
+
+def tracer_provider_of(app: Starlette) -> TracerProvider | None:
+    """The tracer provider the app's :class:`TracingMiddleware` was added with; None when the
+    app does not trace. Other doors of the app trace their calls with the same provider."""
+    for middleware in app.user_middleware:
+        if middleware.cls is TracingMiddleware:  # type: ignore[comparison-overlap]
+            return cast("TracerProvider | None", middleware.kwargs.get("tracer_provider"))
+    return None
 
 
 def child_span(name: str, attributes: Attributes = None) -> AbstractContextManager[Any]:

@@ -14,7 +14,7 @@ outputs, ``probabilities`` FP32 [N, 10] and ``digit`` INT64 [N].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -159,6 +159,28 @@ def output_name(name: object) -> str:
     return name
 
 
+def output_names(names: Iterable[object]) -> list[str]:
+    """The outputs a request names, in its order: each one of the model's, and named once.
+
+    The answer is built once per output named, so a request may name at most as many outputs
+    as the model has. A name repeated is refused as soon as it is met: whatever the length of
+    the request's list, at most ``len(OUTPUTS) + 1`` of its names are read.
+
+    Raises:
+        ProtocolError: ``invalid_argument`` naming an unknown or repeated output.
+    """
+    chosen: list[str] = []
+    for name in names:
+        known = output_name(name)
+        if known in chosen:
+            raise invalid(
+                f"Output {known!r} is requested more than once: name each output at most once "
+                f"(the model has {len(OUTPUTS)}: {', '.join(OUTPUTS)})."
+            )
+        chosen.append(known)
+    return chosen
+
+
 def all_outputs(binary: bool = False) -> list[RequestedOutput]:
     """Every output, in the model's order: what a request that names none gets."""
     return [RequestedOutput(name, binary) for name in OUTPUTS]
@@ -171,7 +193,11 @@ class InferRequest:
     images: npt.NDArray[np.uint8]
     id: str | None
     outputs: list[RequestedOutput]
-    """In the order to answer."""
+    """In the order to answer; each of the model's outputs at most once."""
+
+    def __post_init__(self) -> None:
+        # Whatever a door read, the answer is built once per output of the model at most.
+        output_names(output.name for output in self.outputs)
 
 
 @dataclass(frozen=True)

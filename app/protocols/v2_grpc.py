@@ -5,26 +5,31 @@ ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfe
 in ``raw_output_contents``, as Triton answers). It runs in the app's process, on the app's event
 loop (``grpc.aio``), started and stopped by the lifespan when ``DIGITS_GRPC_PORT`` is set, and
 uses the same model store and inference worker as every other door, so requests arriving over
-gRPC and HTTP at the same moment share model calls. With several worker processes
-(``WEB_CONCURRENCY``, :mod:`app.serve`) one port cannot be bound by all of them: the first
-worker to bind it serves gRPC, the others serve HTTP alone (the launcher has checked the port
-was free, so a failed bind there means a sibling has it).
+gRPC and HTTP at the same moment share model calls. The server's limits (connections, idle and
+age, calls in progress), its port among several worker processes and its spans are
+:mod:`app.protocols.grpc_server`'s: with several workers (``WEB_CONCURRENCY``, :mod:`app.serve`)
+the first to claim the port serves gRPC, the others serve HTTP alone (the launcher has checked
+the port was free, so a port taken there means a sibling has it).
 
 The message and service code is the protocol's own, as generated from Triton's
 ``grpc_service.proto`` and shipped in ``tritonclient.grpc`` (``service_pb2``,
 ``service_pb2_grpc``): the reference implementation's clients are built from the same code, and
-no copy of the ``.proto`` nor a build step has to be kept in step with it. The other methods of
-the service (repository, shared memory, statistics, streaming) answer UNIMPLEMENTED.
+no copy of the ``.proto`` nor a build step has to be kept in step with it. Every other method
+of the service (repository, shared memory, statistics, streaming, whatever the installed
+``service_pb2`` lists) answers UNIMPLEMENTED, quietly: a debug line, no traceback (the
+generated servicer's defaults raise, and grpc.aio logs each call as an error).
 
 This door only translates protobuf messages: the checks, the outputs and the metadata are the
 protocol core's (:mod:`app.protocols.v2`), shared with the REST door, and the API key is checked
-by :func:`app.core.security.check_api_key` as on every HTTP route.
+by :func:`app.core.security.check_api_key_values` as on every HTTP route (every ``x-api-key``
+value of the metadata: more than one is refused).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -33,9 +38,10 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from app.core.errors import ApiError
-from app.core.security import API_KEY_METADATA, check_api_key
-from app.protocols import v2
+from app.core.errors import ApiError, DomainError, api_error
+from app.core.security import API_KEY_METADATA, check_api_key_values
+from app.core.tracing import tracer_provider_of
+from app.protocols import grpc_server, v2
 from app.protocols.common import MODEL_NAME, ModelRef, ProtocolError, invalid, resolve
 from app.serving.runtime import INPUT_KEY
 from app.serving.store import ModelStore
@@ -54,6 +60,8 @@ _STATUS: Final = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
 }
+#: The service as the protocol describes it: every method a client may call.
+SERVICE: Final = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -113,22 +121,31 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         try:
             self._check_api_key(context)
             model = resolve(self._store, ModelRef(request.model_name, request.model_version))
-            outputs = [v2.RequestedOutput(v2.output_name(o.name)) for o in request.outputs]
+            # Each output once: the answer is built per output named.
+            names = v2.output_names(output.name for output in request.outputs)
+            outputs = [v2.RequestedOutput(name) for name in names]
             if request.raw_input_contents or len(request.inputs) != 1:
                 images = self._images(request)
             else:  # typed contents: a Python value per pixel, converted off the event loop
                 images = await run_in_threadpool(self._images, request)
+            wanted = v2.InferRequest(images, request.id, outputs or v2.all_outputs())
         except ProtocolError as exc:
             await self._abort(context, exc)
         # Counted with the HTTP requests: the worker batches a call only when others are in
         # flight (app.serving.worker).
         self._telemetry.in_flight += 1
         try:
-            answer = await v2.infer(
-                self._worker,
-                model,
-                v2.InferRequest(images, request.id, outputs or v2.all_outputs()),
+            answer = await v2.infer(self._worker, model, wanted)
+        except DomainError as exc:  # the model answered garbage (app.serving.output_check)
+            error = api_error(exc)
+            self._telemetry.count_error(error.code)
+            status = (
+                grpc.StatusCode.UNAVAILABLE
+                if error.status_code == 503
+                else grpc.StatusCode.INTERNAL
             )
+            await context.abort(status, error.message)
+            raise AssertionError("context.abort raises") from None  # pragma: no cover
         finally:
             self._telemetry.in_flight -= 1
         self._telemetry.count_images("grpc:ModelInfer", len(images))
@@ -143,13 +160,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         return response
 
     def _check_api_key(self, context: Any) -> None:
-        sent = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA)
+        sent = [
+            str(value)
+            for key, value in (context.invocation_metadata() or ())
+            if key == API_KEY_METADATA
+        ]
         try:
-            check_api_key(
-                None if sent is None else str(sent),
-                self._settings.api_key,
-                f"{API_KEY_METADATA} metadata",
-            )
+            check_api_key_values(sent, self._settings.api_key, f"{API_KEY_METADATA} metadata")
         except ApiError as exc:
             raise ProtocolError("unauthenticated", exc.message) from None
 
@@ -175,38 +192,77 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         raise AssertionError("context.abort raises")  # pragma: no cover
 
 
+Method = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
+
+
+def _unimplemented(name: str) -> Method:
+    """A method of the protocol this server does not serve: UNIMPLEMENTED, and a debug line."""
+    message = (
+        f"{SERVICE.full_name}/{name} is not implemented by this server; it serves "
+        f"{', '.join(IMPLEMENTED)}."
+    )
+
+    async def unimplemented(self: Any, request: Any, context: Any) -> None:
+        logger.debug("gRPC %s: not implemented", name)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    unimplemented.__name__ = unimplemented.__qualname__ = name
+    unimplemented.__doc__ = f"UNIMPLEMENTED: {name} is not served."
+    return unimplemented
+
+
+#: The protocol's methods this server answers; :data:`UNIMPLEMENTED` are all the others.
+IMPLEMENTED: Final = tuple(m.name for m in SERVICE.methods if m.name in vars(InferenceService))
+UNIMPLEMENTED: Final = tuple(m.name for m in SERVICE.methods if m.name not in IMPLEMENTED)
+for _name in UNIMPLEMENTED:
+    setattr(InferenceService, _name, _unimplemented(_name))
+
+
 async def start(app: FastAPI) -> grpc.aio.Server | None:
-    """Start the gRPC service on the running event loop when ``DIGITS_GRPC_PORT`` is set."""
+    """Start the gRPC service on the running event loop when ``DIGITS_GRPC_PORT`` is set.
+
+    Returns None without binding when another worker process of the service has the port.
+
+    Raises:
+        RuntimeError: when the port cannot be had (another program has it), naming the address.
+    """
     settings: Settings = app.state.settings
     if not settings.grpc_port:
         return None
-    server = grpc.aio.server(
-        options=[
-            # The same body limit as HTTP: a message is refused before it is parsed.
-            ("grpc.max_receive_message_length", settings.max_upload_bytes),
-            # gRPC shares a port with any other process by default (SO_REUSEPORT): a second
-            # instance would silently take half the calls. A port in use must fail the start.
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc_server.new_server(settings, tracer_provider_of(app))
     service = InferenceService(
         app.state.store, app.state.worker, settings, app.state.telemetry, app.version
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as exc:
-        if _several_workers():
-            logger.info("gRPC on %s is served by another worker process", address)
-            return None
-        raise RuntimeError(
-            f"the gRPC service cannot listen on {address}: is another process using the port? "
-            "Set DIGITS_GRPC_PORT (and DIGITS_GRPC_HOST) to a free address."
-        ) from exc
+    address = grpc_server.address(settings.grpc_host, settings.grpc_port)
+    with grpc_server.claim(settings.grpc_port) as claimed:
+        # Checked before grpc binds: a failed bind in grpc's core prints a line of its own.
+        if not claimed or not grpc_server.port_free(settings.grpc_host, settings.grpc_port):
+            if _several_workers():
+                logger.info("gRPC on %s is served by another worker process", address)
+                return None
+            raise _port_taken(address)
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise _port_taken(address) from exc
     await server.start()
-    logger.info("Open Inference Protocol gRPC service listening on %s", address)
+    logger.info(
+        "Open Inference Protocol gRPC service listening on %s (at most %d connections, idle "
+        "ones closed after %g s, %d calls at once)",
+        address,
+        settings.grpc_max_connections,
+        settings.grpc_max_connection_idle_seconds,
+        settings.grpc_max_concurrent_rpcs,
+    )
     return server
+
+
+def _port_taken(address: str) -> RuntimeError:
+    return RuntimeError(
+        f"the gRPC service cannot listen on {address}: is another process using the port? "
+        "Set DIGITS_GRPC_PORT (and DIGITS_GRPC_HOST) to a free address."
+    )
 
 
 def _several_workers() -> bool:

@@ -343,9 +343,12 @@ def _outputs(requested: Any, parameters: dict[str, Any]) -> list[RequestedOutput
         return v2.all_outputs(default_binary)
     if not isinstance(requested, list) or not requested:
         raise invalid("'outputs' must be a non-empty list of {\"name\": ...} objects.")
+    # The names first: a list naming an output twice is refused after reading a few entries.
+    names = v2.output_names(
+        item.get("name") if isinstance(item, dict) else None for item in requested
+    )
     chosen: list[RequestedOutput] = []
-    for item in requested:
-        name = v2.output_name(item.get("name") if isinstance(item, dict) else None)
+    for item, name in zip(requested, names, strict=True):
         options = _parameters(item.get("parameters"), f"output '{name}'")
         if "classification" in options or "shared_memory_region" in options:
             raise invalid(

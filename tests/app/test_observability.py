@@ -17,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.core.logging import (
     TextFormatter,
@@ -119,6 +122,66 @@ def test_every_log_line_of_a_request_carries_its_id(
     logging.getLogger("app.somewhere").warning("idle line")
     [idle] = _json_lines(capsys.readouterr().err)
     assert "request_id" not in idle
+
+
+def test_every_log_line_of_a_traced_request_carries_its_trace_and_span_ids(
+    models: ModelsDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    models.add(1, digit=1)
+    settings = make_settings(models.path, log_format="json")
+    app = create_app(settings, tracer_provider=provider)
+
+    async def chatty() -> dict[str, str]:
+        logging.getLogger("app.somewhere").warning("service line")
+        logging.getLogger("uvicorn.error").warning("uvicorn line")
+        return {}
+
+    app.add_api_route("/chatty", chatty)
+    try:
+        with TestClient(app) as client:
+            capsys.readouterr()
+            client.get("/chatty", headers={"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+            lines = _json_lines(capsys.readouterr().err)
+    finally:
+        configure_logging("INFO", "text")
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "GET /chatty"]
+    assert span.context is not None
+    trace_id, span_id = format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
+    assert trace_id == "ab" * 16
+    by_message = {line["message"]: line for line in lines}
+    [access] = [line for line in lines if line["logger"] == "app.access"]
+    for line in [by_message["service line"], by_message["uvicorn line"], access]:
+        assert (line["trace_id"], line["span_id"]) == (trace_id, span_id), line
+
+
+def test_lines_outside_a_span_have_no_trace_ids(
+    json_client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    json_client.get("/health/live", headers={"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    logging.getLogger("app.somewhere").warning("idle line")
+    lines = _json_lines(capsys.readouterr().err)
+    assert lines
+    assert not [line for line in lines if "trace_id" in line or "span_id" in line], lines
+
+
+def test_a_text_line_in_a_span_names_its_trace_and_span(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    configure_logging("INFO", "text")
+    capsys.readouterr()
+    with tracer.start_as_current_span("work") as span:
+        logging.getLogger("app.somewhere").warning("inside")
+    logging.getLogger("app.somewhere").warning("outside")
+    inside, outside = capsys.readouterr().err.splitlines()
+    context = span.get_span_context()
+    ids = f"trace_id={context.trace_id:032x} span_id={context.span_id:016x}"
+    assert inside.endswith(f"[- {ids}] app.somewhere: inside"), inside
+    assert outside.endswith("[-] app.somewhere: outside"), outside
 
 
 def test_uvicorns_default_handlers_give_way_to_the_services(

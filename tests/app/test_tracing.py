@@ -11,20 +11,28 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
+from typing import Any
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from app.core import tracing
-from app.core.tracing import TracingMiddleware, tracer_provider_from_environment
+from app.core.tracing import (
+    TracingMiddleware,
+    tracer_provider_from_environment,
+    tracer_provider_of,
+)
 from app.main import create_app
-from harness.servers import REPO, server_environment
+from harness.servers import REPO, free_port, server_environment
 from tests.app.api.test_recognize import three_digit_png
 from tests.app.conftest import FIXTURE_MODEL_ENV, ModelsDir, encode, make_settings
 from tests.app.reading.test_segmentation import as_photo, draw_string, seven
@@ -184,6 +192,103 @@ def test_failed_stages_and_unmatched_paths_are_recorded(
     [unmatched] = [s for s in spans if s.name == "GET"]
     assert unmatched.attributes is not None
     assert unmatched.attributes["http.response.status_code"] == 404
+
+
+# --- gRPC: a span per call ---------------------------------------------------------------------
+
+GRPC_SERVICE = "inference.GRPCInferenceService"
+
+
+@pytest.fixture
+def traced_grpc(models: ModelsDir, exporter: InMemorySpanExporter) -> Iterator[Any]:
+    """A stub on the gRPC port of an app tracing into ``exporter``."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    models.add(1, digit=1)
+    port = free_port()
+    settings = make_settings(models.path, grpc_port=port)
+    with (
+        TestClient(create_app(settings, tracer_provider=provider)),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        exporter.clear()
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def grpc_span(exporter: InMemorySpanExporter, method: str) -> ReadableSpan:
+    """The server span of the one call to ``method`` (it may end just after the answer left)."""
+    deadline = time.monotonic() + 5
+    while True:
+        spans = [s for s in exporter.get_finished_spans() if s.name == f"{GRPC_SERVICE}/{method}"]
+        if spans or time.monotonic() > deadline:
+            [span] = spans
+            assert span.kind == SpanKind.SERVER
+            return span
+        time.sleep(0.01)
+
+
+def infer_request(images: int = 1) -> Any:
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="images", datatype="UINT8", shape=[images, 28, 28])
+    request.raw_input_contents.append(bytes(784 * images))
+    return request
+
+
+def test_a_grpc_call_has_a_server_span_with_the_model_span(
+    traced_grpc: Any, exporter: InMemorySpanExporter
+) -> None:
+    metadata = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("x-request-id", "grpc-7"))
+    traced_grpc.ModelInfer(infer_request(2), metadata=metadata)
+    root = grpc_span(exporter, "ModelInfer")
+    assert root.context is not None
+    assert root.parent is not None
+    assert format(root.context.trace_id, "032x") == TRACE_ID
+    assert format(root.parent.span_id, "016x") == PARENT_ID
+    assert dict(root.attributes or {}) == {
+        "rpc.system": "grpc",
+        "rpc.service": GRPC_SERVICE,
+        "rpc.method": "ModelInfer",
+        "rpc.grpc.status_code": 0,
+        "rpc.grpc.request.metadata.x-request-id": ("grpc-7",),
+    }
+    assert root.status.status_code == StatusCode.UNSET
+    model = children(exporter.get_finished_spans(), root)["model.predict"]
+    assert model.attributes is not None
+    assert model.attributes["digits.batch.images"] == 2
+
+
+def test_a_grpc_calls_status_is_on_its_span(
+    traced_grpc: Any, exporter: InMemorySpanExporter
+) -> None:
+    """A refusal is the client's error (status unset); an unimplemented method the server's."""
+    with pytest.raises(grpc.RpcError):
+        traced_grpc.ModelInfer(service_pb2.ModelInferRequest(model_name="mnist"))
+    refused = grpc_span(exporter, "ModelInfer")
+    assert refused.parent is None
+    assert (refused.attributes or {})[
+        "rpc.grpc.status_code"
+    ] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert refused.status.status_code == StatusCode.UNSET
+    assert not refused.events  # an abort is an answer, not an exception of the server
+    with pytest.raises(grpc.RpcError):
+        traced_grpc.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+    missing = grpc_span(exporter, "RepositoryIndex")
+    assert (missing.attributes or {})[
+        "rpc.grpc.status_code"
+    ] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    assert missing.status.status_code == StatusCode.ERROR
+    assert traced_grpc.ServerLive(service_pb2.ServerLiveRequest()).live
+    assert (grpc_span(exporter, "ServerLive").attributes or {})["rpc.grpc.status_code"] == 0
+
+
+def test_grpc_calls_make_no_spans_with_tracing_off(models: ModelsDir) -> None:
+    models.add(1, digit=1)
+    port = free_port()
+    with TestClient(create_app(make_settings(models.path, grpc_port=port))) as client:
+        assert tracer_provider_of(client.app) is None  # type: ignore[arg-type]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(infer_request()).model_version == "1"
 
 
 # --- off by default, on by the standard variables ------------------------------------------

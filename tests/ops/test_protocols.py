@@ -233,6 +233,55 @@ def test_tritonclient_grpc_errors(served: Served) -> None:
     assert no_version.value.status() == "StatusCode.NOT_FOUND"
 
 
+# --- hostile requests, from the real clients ---------------------------------------------------
+
+
+def test_an_output_named_many_times_is_refused_at_once_by_both_clients(served: Served) -> None:
+    """The attack: the same output named thousands of times made an answer of hundreds of MiB,
+    built on the event loop (tritonclient sends whatever list it is given)."""
+    images = served.images
+    many = 5_000
+    http = triton_http.InferenceServerClient(served.http_url, network_timeout=30)
+    try:
+        tensor = triton_http.InferInput("images", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        repeated = [triton_http.InferRequestedOutput("probabilities")] * many
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException, match="more than once") as over_http:
+            http.infer("mnist", [tensor], outputs=repeated)
+        http_seconds = time.monotonic() - started
+    finally:
+        http.close()
+    with triton_grpc.InferenceServerClient(served.grpc_url) as client:
+        tensor = triton_grpc.InferInput("images", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        repeated_grpc = [triton_grpc.InferRequestedOutput("probabilities")] * many
+        with pytest.raises(InferenceServerException, match="more than once") as over_grpc:
+            client.infer("mnist", [tensor], outputs=repeated_grpc, client_timeout=30)
+        assert client.is_server_live()  # the server is not frozen
+    assert over_http.value.status() == "400"
+    assert over_grpc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'probabilities'" in str(over_grpc.value)
+    # A bound on a refusal, far above its cost (the attack took seconds per request).
+    assert http_seconds < 5, http_seconds
+
+
+def test_unimplemented_grpc_methods_leave_no_error_in_the_log(served: Served) -> None:
+    with grpc.insecure_channel(served.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        stream = stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest()]))
+        with pytest.raises(grpc.RpcError) as streamed:
+            next(stream)
+        assert streamed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    log = served.server.log()
+    assert "Traceback" not in log
+    assert "NotImplementedError" not in log
+
+
 # --- TF Serving REST, as its documentation shows it -----------------------------------------
 
 

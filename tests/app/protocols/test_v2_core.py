@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from tritonclient.grpc import service_pb2
 
 from app.protocols import v2
 from app.protocols.common import ProtocolError
+from harness.attacks_protocols import repeated_outputs_grpc, repeated_outputs_rest
 from tests.app.protocols.conftest import KEY, MAX_IMAGES, Doors
 
 HEADER = "Inference-Header-Content-Length"
@@ -87,6 +89,11 @@ BAD_REQUESTS = {
     "bytes short": (Case(raw=bytes(783)), ["784", "783"]),
     "bytes for two images": (Case(raw=bytes(2 * 784)), ["784", "1568"]),
     "unknown output": (Case(outputs=["logits"]), ["logits", "probabilities, digit"]),
+    "output twice": (Case(outputs=["digit", "digit"]), ["'digit'", "more than once"]),
+    "output twice, apart": (
+        Case(outputs=["probabilities", "digit", "probabilities"]),
+        ["'probabilities'", "more than once"],
+    ),
     "two inputs": (Case(inputs=2), ["exactly one"]),
 }
 
@@ -104,6 +111,27 @@ def test_the_same_bad_request_gets_the_same_refusal_through_both_doors(
     assert message == refused.value.details()
     for word in words:
         assert word in message
+
+
+def test_an_output_named_thousands_of_times_is_refused_at_once_by_both_doors(
+    doors: Doors,
+) -> None:
+    """The attack: the answer was built once per entry, on the event loop (256 images and
+    'probabilities' × 20,000 gave a 973 MiB answer after 26 s over REST, 196 MiB over gRPC)."""
+    images = np.zeros((MAX_IMAGES, 28, 28), np.uint8)
+    body, headers = repeated_outputs_rest(images, "probabilities", 20_000)
+    rest = doors.rest.post(
+        "/v2/models/mnist/infer", content=body, headers={**headers, "X-API-Key": KEY}
+    )
+    attack = repeated_outputs_grpc(images, "probabilities", 20_000)
+    with pytest.raises(grpc.RpcError) as refused:
+        doors.grpc.ModelInfer(attack, metadata=GRPC_KEY)
+    assert rest.status_code == 400, rest.text[:200]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = rest.json()["error"]
+    assert message == refused.value.details()
+    assert "'probabilities' is requested more than once" in message
+    assert len(rest.content) < 1000
 
 
 def test_an_unknown_model_is_not_found_the_same_way(doors: Doors) -> None:
@@ -165,3 +193,33 @@ def test_outputs_are_the_models_and_all_by_default() -> None:
             v2.output_name(bad)
     with pytest.raises(ProtocolError, match="exactly one"):
         v2.check_input_count(0)
+
+
+def test_each_output_is_named_once_and_few_names_are_read() -> None:
+    assert v2.output_names(["digit", "probabilities"]) == ["digit", "probabilities"]
+    assert v2.output_names([]) == []
+    read = 0
+
+    def names() -> Iterator[str]:
+        nonlocal read
+        for _ in range(1_000_000):
+            read += 1
+            yield "probabilities"
+
+    with pytest.raises(ProtocolError, match="'probabilities' is requested more than once") as twice:
+        v2.output_names(names())
+    assert twice.value.code == "invalid_argument"
+    assert read == 2
+    # Whatever the names, no more than the model's outputs plus one are read.
+    assert len(v2.OUTPUTS) == 2
+    with pytest.raises(ProtocolError, match="more than once"):
+        v2.output_names(["digit", "probabilities", "digit", "logits"])
+
+
+def test_an_infer_request_holds_each_output_once() -> None:
+    """The core's own guard, whatever a door read."""
+    images = np.zeros((1, 28, 28), np.uint8)
+    digit = v2.RequestedOutput("digit")
+    assert v2.InferRequest(images, None, [digit]).outputs == [digit]
+    with pytest.raises(ProtocolError, match="'digit' is requested more than once"):
+        v2.InferRequest(images, None, [digit, v2.RequestedOutput("digit", binary=True)])
