@@ -414,7 +414,9 @@ def main(argv: Sequence[str] | None = None, app: str = APP) -> None:
     problem = private_protocol_problem()
     if problem is not None:
         logger.warning("%s", fallback_warning(problem))
-    ensure_descriptors(settings.max_connections)
+    # The gRPC port's connections need descriptors too (DIGITS_GRPC_MAX_CONNECTIONS).
+    grpc = settings.grpc_max_connections if settings.grpc_port else 0
+    ensure_descriptors(settings.max_connections + grpc)
     logger.info(
         "Connection limits: %d connections, keep-alive %d s, request head within %g s and "
         "%d bytes, graceful shutdown %d s; %d worker process%s",

@@ -16,7 +16,7 @@ from fastapi import Depends, Query, Request
 from pydantic import SecretStr
 
 from app.core.errors import ApiError, DomainError, api_error
-from app.core.security import API_KEY_HEADER, api_key_dependency, key_matches
+from app.core.security import API_KEY_HEADER, api_key_dependency, passes_api_key
 from app.serving.loaded import LoadedModel
 from app.serving.policy import LABEL_PATTERN, MAX_VERSION
 from app.serving.store import ModelNotReadyError, ModelStore
@@ -146,11 +146,8 @@ def passes_default_checks(request: Request) -> bool:
     if state.store.current is None:
         return False
     expected: SecretStr | None = state.settings.api_key
-    if expected is None:
-        return True
-    # What APIKeyHeader reads: the header's first value; an empty one counts as missing.
-    given = request.headers.get(API_KEY_HEADER)
-    return given is not None and given != "" and key_matches(given, expected)
+    # The rule every door applies: exactly one non-empty value, the right one.
+    return passes_api_key(request.headers.getlist(API_KEY_HEADER), expected)
 
 
 def current_serving(request: Request) -> Serving:

@@ -536,7 +536,8 @@ class InferenceFigures(BaseModel):
 
 
 class ServiceFigures(BaseModel):
-    """Live figures of this process since it started."""
+    """Live figures of this replica: its totals over every worker process (``ready``,
+    ``started_at`` and ``uptime_seconds`` are the answering worker's)."""
 
     ready: bool
     started_at: datetime

@@ -213,11 +213,6 @@ def test_every_door_refuses_a_key_sent_twice(doors: Doors, values: list[str]) ->
     assert v2_grpc(doors, headers) == (grpc.StatusCode.UNAUTHENTICATED, grpc_message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/api/deps.py passes_default_checks reads the first X-API-Key value for /predict's "
-    "short cut; it should call app.core.security.passes_api_key on request.headers.getlist()",
-)
 def test_predicts_short_cut_refuses_a_key_sent_twice(doors: Doors) -> None:
     one = Image.new("L", (28, 28))
     one.paste(255, (12, 4, 16, 24))  # white ink on black: a "1"
