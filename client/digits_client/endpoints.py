@@ -137,7 +137,14 @@ class Call(Generic[A]):
         """The parsed answer of a 2xx response; raises :class:`ApiError` for any other."""
         if not response.is_success:
             raise api_error(response)
-        return self.endpoint.answer.model_validate_json(response.content)
+        try:
+            return self.endpoint.answer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise DigitsError(
+                f"{self.endpoint.method} {self.endpoint.path} answered what this client does "
+                f"not know (is {response.url.host}:{response.url.port} the digit reader?): "
+                f"{exc.error_count()} fields differ, e.g. {exc.errors()[0]['msg']}"
+            ) from exc
 
 
 def api_error(response: httpx.Response) -> ApiError:

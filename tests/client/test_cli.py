@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from digits_client.sources import collect, in_shard
 
-from harness.servers import RunningServer
+from harness.servers import RunningServer, free_port
 from tests.client.conftest import EXAMPLES, REPO, digit_files, photo, rows, run_cli
 
 pytestmark = pytest.mark.slow
@@ -179,8 +179,9 @@ def test_usage_errors_exit_2(
 def test_a_service_that_cannot_be_reached_stops_the_run(tmp_path: Path) -> None:
     digit_files(tmp_path / "scans", 2)
     out = tmp_path / "out.csv"
-    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    arguments = ["read", tmp_path / "scans", "--url", "http://127.0.0.1:9", "--out", out]
+    # A free loopback port: nothing listens, the connection is refused at once.
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    arguments = ["read", tmp_path / "scans", "--url", nowhere, "--out", out]
     result = run_cli(*arguments, "--retries", "1")
     assert result.exit_code == 1
     assert "unavailable" in result.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from digits_client import ApiError, AsyncClient, Client, NoAnswerError, Retry
+from digits_client import ApiError, AsyncClient, Client, DigitsError, NoAnswerError, Retry
 from digits_client.endpoints import parse_retry_after
 
 from harness.servers import RunningServer
@@ -164,6 +164,12 @@ def test_a_proxys_page_is_an_error_too() -> None:
         sync_client(script, waits, retry=Retry(attempts=2, backoff=0.1)).predict(DIGIT)
     assert (raised.value.status, raised.value.code) == (502, "http_502")
     assert len(waits) == 1, "a 502 of a proxy is worth another try"
+
+
+def test_an_answer_of_another_shape_is_a_clear_error() -> None:
+    script = Script(httpx.Response(200, json={"hello": "world"}))
+    with pytest.raises(DigitsError, match="answered what this client does not know"):
+        sync_client(script, []).predict(DIGIT)
 
 
 def test_retry_after_as_an_http_date() -> None:
