@@ -70,8 +70,11 @@ $(VENV)/.installed-train: requirements/train.txt pyproject.toml | $(BIN)/python
 	$(call install_locked,requirements/train.txt)
 	touch $(VENV)/.installed-runtime $@
 
-$(VENV)/.installed-dev: requirements/dev.txt pyproject.toml | $(BIN)/python
+# The dev install adds the client package (client/: `digits_client`, the `digits` command) in
+# editable mode; its dependencies are in the dev lock.
+$(VENV)/.installed-dev: requirements/dev.txt pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(call install_locked,requirements/dev.txt)
+	$(BIN)/pip install --no-deps -e client
 	touch $(VENV)/.installed-runtime $(VENV)/.installed-train $@
 
 install: $(VENV)/.installed-runtime

@@ -429,6 +429,45 @@ def check_tool(words: list[str]) -> None:
         assert option in result.stdout, f"{command}: {tool.name} has no option {option}"
 
 
+# ---------------------------------------------------------------- the client (docs/client.md)
+
+
+def check_digits(words: list[str]) -> None:
+    """``digits COMMAND ...``: the client's command line has the command and every option given
+    (what ``digits COMMAND --help`` lists, read from its Typer app); a ``--shard`` parses."""
+    from digits_client.cli import app as digits_app
+    from digits_client.sources import UsageError, parse_shard
+    from typer.main import get_command
+
+    command = shlex.join(words)
+    group = get_command(digits_app)
+    commands: dict[str, Any] = getattr(group, "commands", {})
+    assert len(words) > 1, f"{command}: which command?"
+    assert words[1] in commands, f"{command}: no command {words[1:2]}"
+    params = commands[words[1]].params
+    options = {name for param in params for name in (*param.opts, *param.secondary_opts)}
+    for index, word in enumerate(words[2:], start=2):
+        if not word.startswith("-"):
+            continue
+        name, _, value = word.partition("=")
+        assert name in options or name == "--help", f"{command}: no option {name}"
+        if name == "--shard":
+            try:
+                parse_shard(value or words[index + 1])
+            except UsageError as error:
+                raise AssertionError(f"{command}: {error}") from None
+
+
+def check_pip(words: list[str]) -> None:
+    """``pip install [-e] PATH``: a project of this repository (its pyproject.toml)."""
+    command = shlex.join(words)
+    assert words[1] == "install", command
+    paths = [word for word in words[2:] if not word.startswith("-")]
+    assert paths, f"{command}: install what?"
+    for path in paths:
+        assert (REPO / path / "pyproject.toml").is_file(), f"{command}: no project {path}"
+
+
 # ---------------------------------------------------------------- Kubernetes
 
 
@@ -586,6 +625,12 @@ def check_command(words: list[str], facts: Facts) -> str:
         return "export"
     if name == "echo":
         return "echo"
+    if name == "digits":
+        check_digits(words)
+        return "digits"
+    if name == "pip":
+        check_pip(words)
+        return "pip"
     raise AssertionError(f"{shlex.join(words)}: no check for this command; add one")
 
 
@@ -654,7 +699,7 @@ def test_every_block_of_the_docs_is_checked(facts: Facts) -> None:
                 check_json_block(json.loads(block.code), where)
             elif block.language != "text":
                 raise AssertionError(f"{where}: no check for ```{block.language} blocks")
-    assert {"docker", "curl", "kubernetes", "make", "python", "tool"} <= set(kinds), kinds
+    assert {"docker", "curl", "kubernetes", "make", "python", "tool", "digits"} <= set(kinds), kinds
 
 
 def check_json_block(document: Any, where: str) -> None:
@@ -744,6 +789,10 @@ def test_the_sample_section_passes(facts: Facts) -> None:
         ("kind load docker-image unbuilt", "image not built"),
         ("export NOWHERE=1", "never reads it"),
         ("frobnicate --now", "no check for this command"),
+        ("digits read scans/ --nope", "no option --nope"),
+        ("digits frobnicate scans/", "no command ['frobnicate']"),
+        ("digits read scans/ --shard 4/4", "--shard 4/4"),
+        ("pip install ./nowhere", "no project ./nowhere"),
     ],
 )
 def test_a_wrong_name_is_caught(facts: Facts, command: str, complaint: str) -> None:
@@ -851,7 +900,7 @@ def test_an_unreachable_reference_is_caught() -> None:
 
 def test_paths_named_by_the_docs_exist() -> None:
     roots = ("app/", "training/", "benchmarks/", "tests/", "deploy/", "examples/", "models/")
-    roots += ("requirements/", "docs/", ".ci/")
+    roots += ("requirements/", "docs/", ".ci/", "client/")
     files = {"Dockerfile", "docker-compose.yml", "pyproject.toml", "uv.lock", "mkdocs.yml"}
     files |= {"Makefile", ".pre-commit-config.yaml", "CHANGELOG.md", "README.md"}
     named = 0
@@ -1240,9 +1289,14 @@ def test_docs_settings_are_the_services_settings(compose: dict[str, Any]) -> Non
     table = set(re.findall(r"^\|[^|]*?`(DIGITS_[A-Z_]+)`", configuration, flags=re.M))
     table |= set(re.findall(r"^\| `DIGITS_[A-Z_]+`, `(DIGITS_[A-Z_]+)`", configuration, re.M))
     assert fields - table == set(), "settings the configuration page's table does not list"
+    # The client's command line reads a few of its own (docs/client.md).
+    from digits_client.cli import ENVIRONMENT
+
+    client = set(ENVIRONMENT)
     for page in [*doc_pages(), CHANGELOG]:
         named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", page.read_text()))
-        assert named - fields - interpolated == set(), f"{page_name(page)}: names nothing reads"
+        unread = named - fields - interpolated - client
+        assert unread == set(), f"{page_name(page)}: names nothing reads"
 
 
 def exported_metrics(client: TestClient) -> tuple[set[str], dict[str, set[str]]]:

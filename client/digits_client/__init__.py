@@ -1,0 +1,41 @@
+"""A client of the MNIST digit reader service: typed calls, sized batches, retries, and the
+``digits`` command line (:mod:`digits_client.cli`). It needs httpx and pydantic, never
+TensorFlow: only ``digits read --local`` (:mod:`digits_client.local`) imports the service.
+"""
+
+from digits_client.batching import Limits, Upload
+from digits_client.client import AsyncClient, Client, ItemResult
+from digits_client.endpoints import DEFAULT_URL
+from digits_client.errors import ApiError, DigitsError, NoAnswerError
+from digits_client.models import (
+    BatchItem,
+    BatchPrediction,
+    DigitPrediction,
+    ItemError,
+    ModelInfo,
+    Prediction,
+    ReviewReason,
+    StringReading,
+)
+from digits_client.retry import Retry
+
+__all__ = [
+    "DEFAULT_URL",
+    "ApiError",
+    "AsyncClient",
+    "BatchItem",
+    "BatchPrediction",
+    "Client",
+    "DigitPrediction",
+    "DigitsError",
+    "ItemError",
+    "ItemResult",
+    "Limits",
+    "ModelInfo",
+    "NoAnswerError",
+    "Prediction",
+    "Retry",
+    "ReviewReason",
+    "StringReading",
+    "Upload",
+]

@@ -1,0 +1,252 @@
+"""The service's answers, typed: one model per schema of its OpenAPI document.
+
+They mirror ``app/api/schemas.py`` field for field (names, types, which are required and which
+may be null); ``tests/client/test_models.py`` compares them with the service's ``/openapi.json``
+so the two cannot drift. Enumerations of the service (review reason codes, mark kinds) are
+plain strings here: a code added to the service must not make an older client fail to parse an
+answer. Unknown fields are ignored for the same reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+# --- /predict, /predict/batch --------------------------------------------------------------
+
+
+class DigitPrediction(_Answer):
+    """The model's reading of one digit image."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float] = Field(description="Probability of each digit 0-9, in order.")
+    normalized: bool
+
+
+class Prediction(DigitPrediction):
+    """Answer of ``POST /predict``."""
+
+    model_version: int
+
+
+class ItemError(_Answer):
+    """Why one file of a batch was not read."""
+
+    code: str
+    message: str
+
+
+class BatchItem(_Answer):
+    """The answer for one file of a batch: a prediction or an error, never both."""
+
+    index: int
+    filename: str | None
+    prediction: DigitPrediction | None = None
+    error: ItemError | None = None
+
+
+class BatchPrediction(_Answer):
+    """Answer of ``POST /predict/batch``."""
+
+    model_version: int
+    results: list[BatchItem]
+
+
+# --- /recognize ----------------------------------------------------------------------------
+
+
+class Box(_Answer):
+    """Where a digit or a mark is, in pixels of the uploaded image."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class ImageSize(_Answer):
+    """Size of the uploaded image in pixels (after EXIF rotation)."""
+
+    width: int
+    height: int
+
+
+class Segment(_Answer):
+    """One digit of a string."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    box: Box
+
+
+class IgnoredMark(_Answer):
+    """A mark left out of the reading: margin, ruled_line, speck, stray or punctuation."""
+
+    kind: str
+    box: Box
+
+
+class ReviewReason(_Answer):
+    """One reason to send a reading to a person; ``code`` is for programs."""
+
+    code: str
+    message: str
+    position: int | None = None
+
+
+class StringReading(_Answer):
+    """Answer of ``POST /recognize``."""
+
+    digits: str
+    confidence: float
+    needs_review: bool
+    review_reasons: list[ReviewReason]
+    model_version: int
+    image: ImageSize
+    segments: list[Segment]
+    ignored: list[IgnoredMark] = Field(default_factory=list)
+
+
+# --- /model --------------------------------------------------------------------------------
+
+
+class TensorSpec(_Answer):
+    """A tensor of the model's signature."""
+
+    name: str
+    dtype: str
+    shape: list[int | None]
+
+
+class Signature(_Answer):
+    """The SavedModel signature the service calls."""
+
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class FailedVersion(_Answer):
+    """A version on disk that could not be served, and why."""
+
+    version: int
+    reason: str
+    failed_at: datetime
+    attempts: int = 1
+
+
+class HeldVersion(_Answer):
+    """A newer version the promotion gate keeps from being served."""
+
+    version: int
+    reason: str
+    held_at: datetime
+    test_accuracy: float | None
+
+
+class ServedVersion(_Answer):
+    """A version loaded and routable."""
+
+    version: int
+    labels: list[str]
+    default: bool
+    test_accuracy: float | None
+    probe_accuracy: float | None
+    loaded_at: datetime
+
+
+class IgnoredEntry(_Answer):
+    """A directory of the models directory that is not a version."""
+
+    name: str
+    reason: str
+
+
+class VersionPolicy(_Answer):
+    """Which versions the service serves."""
+
+    kind: str
+    source: str
+    error: str | None = None
+    latest_versions: int = 1
+    versions: list[int]
+    labels: dict[str, int]
+    default_label: str | None
+    promotion_tolerance: float
+    promotion_min_accuracy: float
+    probe_min_accuracy: float
+
+
+class ReaderCalibration(_Answer):
+    """What ``/recognize``'s reader and review rule use for the served version."""
+
+    source: str
+    reading_weights: dict[str, float]
+    count_margin: float
+    reading_margin: float
+    review_threshold: float | None
+    likeness_rank: int | None
+    likeness_threshold: float | None
+    notes: list[str]
+
+
+class ModelInfo(_Answer):
+    """Answer of ``GET /model``: the served version and what is on disk."""
+
+    ready: bool
+    version: int | None
+    signature: Signature | None
+    recipe: str | None
+    created_at: str | None
+    test_accuracy: float | None
+    loaded_at: datetime | None
+    load_seconds: float | None
+    versions_on_disk: list[int]
+    failed_versions: list[FailedVersion]
+    served_versions: list[ServedVersion] = Field(default_factory=list)
+    held_versions: list[HeldVersion] = Field(default_factory=list)
+    ignored_entries: list[IgnoredEntry] = Field(default_factory=list)
+    policy: VersionPolicy | None = None
+    probe_accuracy: float | None = None
+    poll_interval_seconds: float
+    last_checked: datetime | None
+    reader_calibration: ReaderCalibration | None = None
+
+
+# --- /health, errors -----------------------------------------------------------------------
+
+
+class Live(_Answer):
+    """Answer of ``GET /health/live``."""
+
+    status: str = "alive"
+
+
+class Ready(_Answer):
+    """Answer of ``GET /health/ready`` when a model is loaded and warmed up."""
+
+    status: str = "ready"
+    model_version: int
+
+
+class ErrorBody(_Answer):
+    """What went wrong: ``code`` for a program, ``message`` for a person."""
+
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorAnswer(_Answer):
+    """The body of every error answer."""
+
+    error: ErrorBody
