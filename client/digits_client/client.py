@@ -218,12 +218,13 @@ class Client(_Settings):
         image: ImageInput,
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         idempotent: bool | None = None,
     ) -> Prediction:
         """``POST /predict``: read one digit."""
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         return self.send(Call(PREDICT, query, (as_upload(image),), idempotent))
 
     def predict_batch(
@@ -231,6 +232,7 @@ class Client(_Settings):
         images: Sequence[ImageInput],
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         idempotent: bool | None = None,
@@ -238,7 +240,7 @@ class Client(_Settings):
         """``POST /predict/batch``: the images in one request, as given (no sizing: a batch
         over a limit is refused whole; :meth:`predict_many` sizes them)."""
         uploads = tuple(as_upload(image, f"image-{i}") for i, image in enumerate(images))
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         return self.send(Call(PREDICT_BATCH, query, uploads, idempotent))
 
     def predict_many(
@@ -246,6 +248,7 @@ class Client(_Settings):
         images: Iterable[ImageInput],
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         max_files: int | None = None,
@@ -255,7 +258,7 @@ class Client(_Settings):
         order. ``max_files`` caps a batch below the service's limit."""
         uploads = [as_upload(image, f"image-{i}") for i, image in enumerate(images)]
         run = _ManyImages(uploads, self.limits, max_files)
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         pending = list(reversed(run.batches))
         while pending:
             batch = pending.pop()
@@ -377,12 +380,13 @@ class AsyncClient(_Settings):
         image: ImageInput,
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         idempotent: bool | None = None,
     ) -> Prediction:
         """``POST /predict``: read one digit."""
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         return await self.send(Call(PREDICT, query, (as_upload(image),), idempotent))
 
     async def predict_batch(
@@ -390,13 +394,14 @@ class AsyncClient(_Settings):
         images: Sequence[ImageInput],
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         idempotent: bool | None = None,
     ) -> BatchPrediction:
         """``POST /predict/batch``: the images in one request, as given."""
         uploads = tuple(as_upload(image, f"image-{i}") for i, image in enumerate(images))
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         return await self.send(Call(PREDICT_BATCH, query, uploads, idempotent))
 
     async def predict_many(
@@ -404,6 +409,7 @@ class AsyncClient(_Settings):
         images: Iterable[ImageInput],
         *,
         normalize: Normalize | None = None,
+        threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
         max_files: int | None = None,
@@ -416,7 +422,7 @@ class AsyncClient(_Settings):
             raise ValueError("concurrency must be at least 1")
         uploads = [as_upload(image, f"image-{i}") for i, image in enumerate(images)]
         run = _ManyImages(uploads, self.limits, max_files)
-        query = _query(normalize=normalize, version=version, label=label)
+        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
         slots = asyncio.Semaphore(concurrency)
 
         async def send(batch: list[int]) -> None:

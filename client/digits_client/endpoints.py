@@ -73,7 +73,7 @@ PREDICT: Final = Endpoint(
     Prediction,
     idempotent=True,
     upload_field="file",
-    query=("normalize", *_VERSION_QUERY),
+    query=("normalize", "threshold", *_VERSION_QUERY),
 )
 PREDICT_BATCH: Final = Endpoint(
     "POST",
@@ -81,7 +81,7 @@ PREDICT_BATCH: Final = Endpoint(
     BatchPrediction,
     idempotent=True,
     upload_field="files",
-    query=("normalize", *_VERSION_QUERY),
+    query=("normalize", "threshold", *_VERSION_QUERY),
 )
 RECOGNIZE: Final = Endpoint(
     "POST",

@@ -19,13 +19,13 @@ import numpy as np
 from app.api.routes.recognize import answer, reading_limits
 from app.core.errors import DomainError
 from app.reading.normalize import prepare_digit
-from app.reading.pipeline import recognize_image
+from app.reading.pipeline import judge_digit, recognize_image
 from app.reading.review import review_threshold
 from app.serving.loaded import LoadedModel
 from app.serving.store import ModelStore
 from app.settings import Settings
 from digits_client.batching import Limits, Upload
-from digits_client.models import ItemError, Prediction, StringReading
+from digits_client.models import ItemError, Prediction, ReviewReason, StringReading
 from digits_client.run import Reading, RunStoppedError
 
 
@@ -119,12 +119,24 @@ class LocalEngine:
                 answers.append(item)
                 continue
             digit = int(digits[row])
+            reasons = judge_digit(
+                item[0],
+                probabilities[row],
+                self.model.calibration,
+                threshold=self.reading.threshold,
+                operator_threshold=settings.review_threshold,
+            )
             answers.append(
                 Prediction(
                     digit=digit,
                     confidence=float(probabilities[row][digit]),
                     probabilities=probabilities[row].tolist(),
                     normalized=item[1],
+                    needs_review=bool(reasons),
+                    review_reasons=[
+                        ReviewReason(code=r.code.value, message=r.message, position=r.position)
+                        for r in reasons
+                    ],
                     model_version=self.model.version,
                 )
             )

@@ -22,13 +22,23 @@ class _Answer(BaseModel):
 # --- /predict, /predict/batch --------------------------------------------------------------
 
 
+class ReviewReason(_Answer):
+    """One reason to send a reading to a person; ``code`` is for programs."""
+
+    code: str
+    message: str
+    position: int | None = None
+
+
 class DigitPrediction(_Answer):
-    """The model's reading of one digit image."""
+    """The model's reading of one digit image, judged for review as the service judges it."""
 
     digit: int
     confidence: float
     probabilities: list[float] = Field(description="Probability of each digit 0-9, in order.")
     normalized: bool
+    needs_review: bool
+    review_reasons: list[ReviewReason]
 
 
 class Prediction(DigitPrediction):
@@ -93,14 +103,6 @@ class IgnoredMark(_Answer):
 
     kind: str
     box: Box
-
-
-class ReviewReason(_Answer):
-    """One reason to send a reading to a person; ``code`` is for programs."""
-
-    code: str
-    message: str
-    position: int | None = None
 
 
 class StringReading(_Answer):

@@ -120,6 +120,7 @@ class ServerEngine:
             results = await self.client.predict_many(
                 uploads,
                 normalize=self.reading.normalize,
+                threshold=self.reading.threshold,
                 version=self.reading.version,
                 concurrency=1,
             )
@@ -191,18 +192,17 @@ def error_row(item: Item, code: str, message: str) -> Row:
     return Row(item.id, item.path, error=code, message=message)
 
 
-def digit_row(item: Item, answer: Prediction | ItemError, threshold: float) -> Row:
-    """The row of a single digit: flagged ``low_confidence`` below the threshold."""
+def digit_row(item: Item, answer: Prediction | ItemError) -> Row:
+    """The row of a single digit, with the service's review flag and reason codes."""
     if isinstance(answer, ItemError):
         return error_row(item, answer.code, answer.message)
-    flagged = answer.confidence < threshold
     return Row(
         item.id,
         item.path,
         digits=str(answer.digit),
         confidence=answer.confidence,
-        needs_review=flagged,
-        reasons=["low_confidence"] if flagged else [],
+        needs_review=answer.needs_review,
+        reasons=[reason.code for reason in answer.review_reasons],
         model_version=answer.model_version,
     )
 
@@ -260,9 +260,7 @@ async def read_items(
             the retries; the rows written until then stand.
     """
     summary = Summary()
-    threshold = await engine.start()
-    if reading.threshold is not None:
-        threshold = reading.threshold
+    await engine.start()
     started = time.perf_counter()
 
     def record(row: Row) -> None:
@@ -303,7 +301,7 @@ async def read_items(
                 continue
             answers = await engine.read_digits([upload for _, upload in batch])
             for (item, _), answer in zip(batch, answers, strict=True):
-                record(digit_row(item, answer, threshold))
+                record(digit_row(item, answer))
 
     try:
         async with asyncio.TaskGroup() as group:

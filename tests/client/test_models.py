@@ -122,7 +122,9 @@ def test_each_endpoint_takes_the_files_and_query_the_client_sends(
     body = found["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = shape(body, openapi["components"]["schemas"])
     assert endpoint.upload_field in form[1]
-    assert form[1][endpoint.upload_field][1], "the file field is required"
+    # Required in the form, or (where the image may be the body instead) the body is required.
+    required = form[1][endpoint.upload_field][1] or found["requestBody"].get("required", False)
+    assert required, "the file field is required"
 
 
 def test_the_error_shape_is_the_services(openapi: Schema) -> None:

@@ -32,6 +32,8 @@ PREDICTION = {
     "confidence": 0.99,
     "probabilities": [0.001] * 9 + [0.991],
     "normalized": True,
+    "needs_review": False,
+    "review_reasons": [],
     "model_version": 2,
 }
 
