@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from app.core.errors import DomainError
 from app.core.tracing import child_span
 from app.reading.calibration import ReaderCalibration
 from app.reading.components import Box
@@ -52,9 +53,11 @@ __all__ = [
     "judge_digit",
     "looks_like_several_digits",
     "open_string",
+    "open_strings",
     "prepare_opened_string",
     "prepare_string",
     "read_string",
+    "read_strings",
     "recognize_image",
 ]
 
@@ -144,6 +147,17 @@ def open_string(data: bytes, limits: ReadingLimits) -> Image.Image:
     return open_image(data, max_pixels=limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans)
 
 
+def open_strings(items: Sequence[bytes], limits: ReadingLimits) -> list[Image.Image | DomainError]:
+    """:func:`open_string` for each image of a batch; an image refused is its error."""
+    opened: list[Image.Image | DomainError] = []
+    for data in items:
+        try:
+            opened.append(open_string(data, limits))
+        except DomainError as exc:
+            opened.append(exc)
+    return opened
+
+
 def prepare_opened_string(img: Image.Image, limits: ReadingLimits) -> PreparedString:
     """:func:`prepare_string` for an image :func:`open_string` opened."""
 
@@ -217,6 +231,43 @@ def read_string(
         size=prepared.size,
         ignored=tuple(lattice.ignored),
     )
+
+
+def read_strings(
+    prepared: Sequence[PreparedString],
+    probabilities: npt.NDArray[np.floating],
+    calibration: ReaderCalibration,
+    *,
+    max_digits: int,
+    threshold: float | None = None,
+    operator_threshold: float | None = None,
+    expected_length: int | None = None,
+) -> list[StringReading | DomainError]:
+    """:func:`read_string` for each image of a batch, from its own rows of ONE model call over
+    all their candidates (``probabilities``, in order); an image the reader refuses (too many
+    digits) is its error. A model answer that is not scores refuses the whole batch."""
+    out: list[StringReading | DomainError] = []
+    start = 0
+    for item in prepared:
+        rows = probabilities[start : start + len(item.batch)]
+        start += len(item.batch)
+        try:
+            out.append(
+                read_string(
+                    item,
+                    rows,
+                    calibration,
+                    max_digits=max_digits,
+                    threshold=threshold,
+                    operator_threshold=operator_threshold,
+                    expected_length=expected_length,
+                )
+            )
+        except DomainError as exc:
+            if exc.code == "model_output_invalid":
+                raise
+            out.append(exc)
+    return out
 
 
 def recognize_image(

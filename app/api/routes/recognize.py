@@ -10,7 +10,6 @@ from functools import partial
 from typing import Annotated
 
 import numpy as np
-import numpy.typing as npt
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -22,16 +21,17 @@ from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, u
 from app.core.deadline import check_deadline, request_deadline
 from app.core.errors import DomainError
 from app.core.tracing import child_span
-from app.reading.calibration import ReaderCalibration, calibration_for
+from app.reading.calibration import calibration_for
 from app.reading.components import Box
 from app.reading.pipeline import (
     PreparedString,
     ReadingLimits,
     StringReading,
-    open_string,
+    open_strings,
     prepare_opened_string,
     prepare_string,
     read_string,
+    read_strings,
 )
 from app.settings import Settings
 
@@ -157,7 +157,7 @@ async def recognize_batch(
     limits = reading_limits(settings)
     prepared: list[PreparedString | DomainError] = []
     with request_deadline(settings.request_deadline_seconds):
-        opened = await run_in_threadpool(_open_all, items, limits)
+        opened = await run_in_threadpool(open_strings, items, limits)
         declared = sum(i.width * i.height for i in opened if not isinstance(i, DomainError))
         if declared > settings.max_request_pixels:
             raise too_many_pixels(declared, settings.max_request_pixels, len(items))
@@ -178,14 +178,16 @@ async def recognize_batch(
             version = prediction.model_version
             with child_span("reading", {"digits.images": len(valid)}):
                 readings = await run_in_threadpool(
-                    _read_all,
+                    partial(
+                        read_strings,
+                        calibration=calibration_for(serving.model),
+                        max_digits=limits.max_digits,
+                        threshold=threshold,
+                        operator_threshold=settings.review_threshold,
+                        expected_length=expected_length,
+                    ),
                     valid,
                     prediction.probabilities,
-                    calibration_for(serving.model),
-                    limits,
-                    threshold,
-                    settings.review_threshold,
-                    expected_length,
                 )
     results: list[dict[str, object]] = []
     read = iter(readings)
@@ -204,16 +206,6 @@ async def recognize_batch(
     return {"model_version": version, "results": results}
 
 
-def _open_all(items: list[bytes], limits: ReadingLimits) -> list[Image.Image | DomainError]:
-    opened: list[Image.Image | DomainError] = []
-    for data in items:
-        try:
-            opened.append(open_string(data, limits))
-        except DomainError as exc:
-            opened.append(exc)
-    return opened
-
-
 async def _prepare_one(img: Image.Image, limits: ReadingLimits) -> PreparedString | DomainError:
     try:
         return await run_in_threadpool(prepare_opened_string, img, limits)
@@ -221,40 +213,6 @@ async def _prepare_one(img: Image.Image, limits: ReadingLimits) -> PreparedStrin
         if exc.code == "deadline_exceeded":
             raise
         return exc
-
-
-def _read_all(
-    prepared: list[PreparedString],
-    probabilities: npt.NDArray[np.floating],
-    calibration: ReaderCalibration,
-    limits: ReadingLimits,
-    threshold: float | None,
-    operator_threshold: float | None,
-    expected_length: int | None,
-) -> list[StringReading | DomainError]:
-    """Each image's reading from its own rows of the one model call."""
-    out: list[StringReading | DomainError] = []
-    start = 0
-    for item in prepared:
-        rows = probabilities[start : start + len(item.batch)]
-        start += len(item.batch)
-        try:
-            out.append(
-                read_string(
-                    item,
-                    rows,
-                    calibration,
-                    max_digits=limits.max_digits,
-                    threshold=threshold,
-                    operator_threshold=operator_threshold,
-                    expected_length=expected_length,
-                )
-            )
-        except DomainError as exc:
-            if exc.code == "model_output_invalid":
-                raise
-            out.append(exc)
-    return out
 
 
 def reading_limits(settings: Settings) -> ReadingLimits:
