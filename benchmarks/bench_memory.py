@@ -952,8 +952,8 @@ def run_hostile_work(models_dir: Path, log_dir: Path) -> HostileWorkRun:
         server.stop()
     for hostile in HOSTILE_FILES:
         run.rows.append(_file_row(models_dir, log_dir, hostile, side))
-    order = {label: index for index, label in enumerate(["i9-1", "i9-2", "i9-3", "i9-4"])}
-    run.rows.sort(key=lambda r: order.get(r.row, len(order) + int(r.row)))
+    # Issue 9's rows first, then rows 1-9 in their order (row 7 ran before row 4).
+    run.rows.sort(key=lambda r: (not r.row.startswith("i9-"), r.row))
     run.seconds = time.perf_counter() - started
     return run
 
