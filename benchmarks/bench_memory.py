@@ -18,7 +18,7 @@ to minutes of CPU, hundreds of MiB to gigabytes of memory, or its poller, and pr
 (with the machine it ran on). On one fresh server (one worker, default settings plus the gRPC
 port, DIGITS_GRPC_PORT):
 
-* the uploads of issue 9 (rows i9-1 to i9-4), thin strips to /recognize (row 1) and infer
+* the costly decodes found earlier (rows D1 to D4), thin strips to /recognize (row 1) and infer
   requests naming one output 20,000 times over REST (row 2) and gRPC (row 3): each sent once
   alone (answer, time), then 64 times by 16 concurrent clients;
 * 3,000 connections to the gRPC port left idle, raw and after the HTTP/2 preface (row 4): how
@@ -320,11 +320,11 @@ def run_memory_benchmark(models_dir: Path, log_dir: Path) -> MemoryResult:
     return result
 
 
-# --- hostile work: issue 9's uploads, then the protocols' and the poller's files' attacks -------
+# --- hostile work: the costly decodes, then the protocols' and the poller's files' attacks -------
 
 #: The bound of every row: the worker's peak RSS (one worker, serving in the launcher's process).
 TABLE_BOUND_MIB = 1536.0
-#: Issue 9's own bound for its rows (i9-1 to i9-4), still reported.
+#: Issue 9's own bound for its rows (D1 to D4), still reported.
 HOSTILE_WORK_BOUND_MIB = 1024.0
 HOSTILE_WORK_REQUESTS = 64  # per request-shaped attack, from CONCURRENCY clients
 #: The repeated-output infer requests (rows 2 and 3): images in each, times the output is named.
@@ -384,14 +384,14 @@ class Attack:
 
 
 def hostile_work_attacks() -> list[Attack]:
-    """The uploads of issue 9, rows 1-4, at their full size."""
+    """The costly decodes found earlier, rows 1-4, at their full size."""
     one_bit = blank_one_bit_png(5_000)
     return [
-        Attack("i9-1", "1×96,000 PNG, 32,000-px stroke", "/recognize", long_stroke_png(), 200),
-        Attack("i9-1", "1×96,000 PNG, 32,000-px stroke", "/predict", long_stroke_png(), 200),
-        Attack("i9-2", "20000×50 PNG, 4-px bar", "/recognize", bar_png(), 422),
+        Attack("D1", "1×96,000 PNG, 32,000-px stroke", "/recognize", long_stroke_png(), 200),
+        Attack("D1", "1×96,000 PNG, 32,000-px stroke", "/predict", long_stroke_png(), 200),
+        Attack("D2", "20000×50 PNG, 4-px bar", "/recognize", bar_png(), 422),
         Attack(
-            "i9-3",
+            "D3",
             "5000×5000 progressive JPEG, last scan ×1,000",
             "/predict",
             progressive_jpeg_with_repeated_scan(5_000, 1_000),
@@ -399,15 +399,15 @@ def hostile_work_attacks() -> list[Attack]:
         ),
         # The most a JPEG may cost: as many scans as the default cap allows (blank: 422).
         Attack(
-            "i9-3",
+            "D3",
             "5000×5000 progressive JPEG, 32 scans (the cap)",
             "/predict",
             progressive_jpeg_with_repeated_scan(5_000, 32 - 6),
             422,
             shed=True,
         ),
-        Attack("i9-4", "5000×5000 1-bit PNG", "/predict", one_bit, 200),
-        Attack("i9-4", "5000×5000 1-bit PNG", "/recognize", one_bit, 200),
+        Attack("D4", "5000×5000 1-bit PNG", "/predict", one_bit, 200),
+        Attack("D4", "5000×5000 1-bit PNG", "/recognize", one_bit, 200),
     ]
 
 
@@ -952,8 +952,8 @@ def run_hostile_work(models_dir: Path, log_dir: Path) -> HostileWorkRun:
         server.stop()
     for hostile in HOSTILE_FILES:
         run.rows.append(_file_row(models_dir, log_dir, hostile, side))
-    # Issue 9's rows first, then rows 1-9 in their order (row 7 ran before row 4).
-    run.rows.sort(key=lambda r: (not r.row.startswith("i9-"), r.row))
+    # The decode rows first, then rows 1-9 in their order (row 7 ran before row 4).
+    run.rows.sort(key=lambda r: (not r.row.startswith("D"), r.row))
     run.seconds = time.perf_counter() - started
     return run
 
@@ -961,8 +961,8 @@ def run_hostile_work(models_dir: Path, log_dir: Path) -> HostileWorkRun:
 def print_hostile_work(run: HostileWorkRun) -> bool:
     """The hostile-work table; whether every row met the bound."""
     print(
-        f"## Hostile work (peak RSS of the worker, MiB; {run.seconds:.0f} s; rows i9-*: issue 9's "
-        "uploads, 1-9: the attack classes fixed since)\n"
+        f"## Hostile work (peak RSS of the worker, MiB; {run.seconds:.0f} s; rows D*: the costly "
+        "decodes found earlier, 1-9: the attack classes bounded since)\n"
     )
     print(*run.machine, sep="\n")
     print(
@@ -984,10 +984,10 @@ def print_hostile_work(run: HostileWorkRun) -> bool:
     for r in run.rows:
         for problem in r.problems:
             print(f"- row {r.row} ({r.attack}): {problem}")
-    issue_9 = [r for r in run.rows if r.row.startswith("i9-")]
-    under = all(r.peak_rss < HOSTILE_WORK_BOUND_MIB for r in issue_9)
+    decode_rows = [r for r in run.rows if r.row.startswith("D")]
+    under = all(r.peak_rss < HOSTILE_WORK_BOUND_MIB for r in decode_rows)
     print(
-        f"- issue 9's rows under their own {HOSTILE_WORK_BOUND_MIB:.0f} MiB bound too: "
+        f"- the decode rows under their own {HOSTILE_WORK_BOUND_MIB:.0f} MiB bound too: "
         f"{'yes' if under else 'no'}"
     )
     met = all(r.met for r in run.rows)
@@ -1007,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hostile-work",
         action="store_true",
-        help="run instead every hostile-work attack (issue 9's uploads, rows 1-9: strips, "
+        help="run instead every hostile-work attack (the costly decodes, rows 1-9: strips, "
         "repeated outputs over REST and gRPC, idle gRPC connections, hostile models.config, "
         "likeness.npz and reader.json, unimplemented gRPC methods) and print one table",
     )
