@@ -150,7 +150,7 @@ def create_app(
 
     app = FastAPI(
         title="MNIST digit reader",
-        version=metadata.version("mnist-digits"),
+        version=package_version(),
         summary="Read handwritten digits and postal codes over HTTP.",
         description=DESCRIPTION,
         openapi_tags=TAGS,
@@ -221,6 +221,15 @@ def create_app(
     # Outermost: every log line of the request, the access line included, carries its id.
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def package_version() -> str:
+    """The installed package's version, the one number the API reports; a checkout that was
+    never installed says so rather than failing to start."""
+    try:
+        return metadata.version("mnist-digits")
+    except metadata.PackageNotFoundError:
+        return "0+unknown (not installed)"
 
 
 def _tidy_openapi(app: FastAPI, settings: Settings) -> None:
