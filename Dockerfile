@@ -73,6 +73,17 @@ RUN groupadd --system --gid 10001 app \
         --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
+# The service names its own version (the OpenAPI document) from the installed package's
+# metadata, which `make install` (pip install -e .) leaves in the venv. The image copies the code
+# instead of installing it, so it writes that metadata alone: name and version from pyproject.toml.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c 'import pathlib, sysconfig, tomllib; \
+p = tomllib.loads(pathlib.Path("/tmp/pyproject.toml").read_text())["project"]; \
+name = "{}-{}.dist-info".format(p["name"].replace("-", "_"), p["version"]); \
+d = pathlib.Path(sysconfig.get_path("purelib"), name); \
+d.mkdir(); \
+(d / "METADATA").write_text("Metadata-Version: 2.1\nName: {}\nVersion: {}\n".format(p["name"], p["version"]))' \
+    && rm /tmp/pyproject.toml
 # The model changes less often than the code, so it sits in the earlier layer. Files stay owned
 # by root: the service can read its code and model but not change them.
 COPY models/mnist/ /app/models/mnist/

@@ -17,7 +17,7 @@ SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
 # The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
 export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
-.PHONY: install install-train install-dev serve train test test-fast lint bench browser docs lock clean python-check
+.PHONY: install install-train install-dev serve train test test-fast test-compose lint bench browser docs lock clean python-check
 
 # The Python versions the lock covers: pyproject.toml's requires-python (>= 3.11) up to its
 # [tool.uv] environments (< 3.14: TensorFlow publishes no wheels for newer ones). Another
@@ -102,6 +102,12 @@ test: install-dev browser
 # The inner loop: no browser, no real uvicorn server, no long checks (markers in pyproject.toml).
 test-fast: install-dev
 	$(BIN)/python -m pytest -m "not browser and not slow"
+
+# The Compose stack started for real (a Docker engine with Compose v2 and the base images
+# needed): build, `up --wait`, README's requests through nginx, scale to 3 and back under load
+# with no failed request, metrics, `down -v` (scripts/test-compose.sh; docs/deployment.md).
+test-compose: install-dev
+	PYTHON=$(BIN)/python bash scripts/test-compose.sh
 
 lint: install-dev
 	$(BIN)/ruff check .

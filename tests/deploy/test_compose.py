@@ -75,6 +75,16 @@ def _mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
     return mounts
 
 
+def _published(entry: str) -> tuple[str, str, str]:
+    """A short-syntax published port ``[ip:]host:container`` as (ip, host, container); no ip is
+    every interface (0.0.0.0)."""
+    parts = entry.split(":")
+    if len(parts) == 2:
+        parts.insert(0, "0.0.0.0")
+    address, host, container = parts
+    return address, host, container
+
+
 def _mount_at(service: dict[str, Any], target: str) -> dict[str, Any]:
     (mount,) = [m for m in _mounts(service) if m["target"] == target]
     return mount
@@ -311,9 +321,8 @@ def test_lb_publishes_the_host_port_and_proxies_to_api(
     services: dict[str, dict[str, Any]], nginx: NginxBlock, dockerfile: Dockerfile
 ) -> None:
     lb = services["lb"]
-    published = _resolved(lb["ports"])[0]
-    host, container = published.split(":")
-    assert host == "8000"
+    address, host, container = _published(_resolved(lb["ports"])[0])
+    assert (address, host) == ("127.0.0.1", "8000")
     http = _nginx_server(nginx, "proxy_pass")
     listen = [d.args[0] for d in http.find("listen")]
     assert listen == [container]
@@ -340,9 +349,8 @@ def test_lb_publishes_the_grpc_door_of_every_replica(
     settings = _api_settings(services)
     assert settings.grpc_port > 0, "the Open Inference Protocol's gRPC door is on in compose"
     assert api_env["DIGITS_GRPC_HOST"] == "0.0.0.0", "reachable from lb, not only loopback"
-    published = _resolved(services["lb"]["ports"])[1]
-    host, container = published.split(":")
-    assert host == "8001"
+    address, host, container = _published(_resolved(services["lb"]["ports"])[1])
+    assert (address, host) == ("127.0.0.1", "8001")
     grpc = _nginx_server(nginx, "grpc_pass")
     assert [d.args[0] for d in grpc.find("listen")] == [container]
     assert [d.args for d in grpc.find("http2")] == [["on"]], "gRPC is HTTP/2"
@@ -353,6 +361,21 @@ def test_lb_publishes_the_grpc_door_of_every_replica(
     assert "resolve" in servers[0]
     (body_limit,) = grpc.find("client_max_body_size")
     assert nginx_size(body_limit.args[0]) > settings.max_upload_bytes
+
+
+def test_every_published_port_is_on_loopback_unless_the_operator_says_otherwise(
+    compose: dict[str, Any],
+) -> None:
+    # Like `make serve`: nothing answers the network until the operator chooses to, and then
+    # (DIGITS_BIND) only the balancer; the unauthenticated tools stay on loopback.
+    for name, service in _resolved(compose["services"]).items():
+        for entry in service.get("ports", []):
+            assert _published(entry)[0] == "127.0.0.1", f"{name} publishes {entry}"
+    opened = _resolved(compose["services"], {"DIGITS_BIND": "0.0.0.0"})
+    for name, service in opened.items():
+        for entry in service.get("ports", []):
+            expected = "0.0.0.0" if name == "lb" else "127.0.0.1"
+            assert _published(entry)[0] == expected, f"{name} publishes {entry}"
 
 
 def test_lb_healthcheck_hits_its_own_health_location(
@@ -388,8 +411,12 @@ def test_lb_limits_agree_with_the_service(
     assert max_conns[0] < _api_settings(services).max_connections, (
         "room left for the healthcheck, which connects to the replica directly"
     )
-    retry = nginx.find("proxy_next_upstream")[0].args
-    assert "http_503" in retry, "a replica still warming up hands the request on"
+    (retry,) = [d.args for d in nginx.find("proxy_next_upstream")]
+    assert {"error", "timeout"} <= set(retry), "a replica that is gone hands the request on"
+    assert "http_503" in retry, "a GET to a replica still warming up is handed on"
+    assert "non_idempotent" not in retry, "an upload that was sent is never replayed"
+    (grpc_retry,) = [d.args for d in nginx.find("grpc_next_upstream")]
+    assert grpc_retry == ["error", "timeout"], "a gRPC call (a POST) only when it was not sent"
 
 
 # ----------------------------------------------------------------------------- train

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +87,7 @@ def test_runtime_copies_the_venv_then_model_then_code(dockerfile: Dockerfile) ->
     assert [item.flag("from") for item in from_stages] == ["deps"]
     assert from_stages[0].words() == ["/opt/venv", "/opt/venv"]
     sources = [_copy_sources(item) for item in copies if not item.flag("from")]
-    assert sources == [["models/mnist"], ["app"]]
+    assert sources == [["pyproject.toml"], ["models/mnist"], ["app"]]
     assert all(item.flag("chown") is None for item in copies), "code and model stay root-owned"
     assert "/opt/venv/bin" in final.env()["PATH"].split(":")[0]
 
@@ -250,3 +256,28 @@ def test_context_leaves_out_local_and_generated_files(
     dockerignore: DockerIgnore, path: str
 ) -> None:
     assert dockerignore.excluded(path)
+
+
+def test_runtime_holds_the_package_metadata_the_app_reads_its_version_from(
+    dockerfile: Dockerfile, tmp_path: Path
+) -> None:
+    # The app reads its version from the installed distribution; the image installs no
+    # distribution of the project, so the runtime stage writes its metadata from pyproject.toml.
+    # Without it the service fails at start (PackageNotFoundError) and the stack never serves.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    main = (REPO / "app" / "main.py").read_text()
+    assert f'metadata.version("{project["name"]}")' in main, "the app reads another name"
+    (write,) = [i for i in dockerfile.final.all("RUN") if "dist-info" in i.arguments]
+    code = shlex.split(write.arguments)[2]
+    assert shlex.split(write.arguments)[:2] == ["python", "-c"]
+    purelib = tmp_path / "site-packages"
+    purelib.mkdir()
+    staged = tmp_path / "pyproject.toml"
+    staged.write_text((REPO / "pyproject.toml").read_text())
+    script = code.replace("/tmp/pyproject.toml", str(staged)).replace(
+        'sysconfig.get_path("purelib")', repr(str(purelib))
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    (dist,) = metadata.distributions(path=[str(purelib)])
+    assert dist.metadata["Name"] == project["name"]
+    assert dist.version == project["version"]

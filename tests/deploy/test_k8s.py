@@ -14,6 +14,7 @@ and duration pattern and no unknown field allowed.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -29,11 +30,16 @@ import yaml
 
 from app.settings import Settings
 from tests.deploy.conftest import REPO
-from tests.deploy.formats import Dockerfile
+from tests.deploy.formats import Dockerfile, nginx_size
 
 K8S = REPO / "deploy" / "k8s"
 #: Environment variables the launcher reads besides the DIGITS_* settings.
 LAUNCHER_VARIABLES = {"WEB_CONCURRENCY"}
+#: Settings each model version calibrates for itself (its reader.json); the manifests leave
+#: them unset so that every version keeps its own.
+PER_VERSION_SETTINGS = {"DIGITS_REVIEW_THRESHOLD"}
+#: The API groups every Kubernetes cluster serves: an object of another group needs a CRD.
+BUILT_IN_GROUPS = {"", "apps", "autoscaling", "policy", "networking.k8s.io", "batch"}
 OVERLAYS = sorted(
     p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
 )
@@ -42,6 +48,7 @@ NAMESPACED_KINDS = {
     "ConfigMap",
     "Deployment",
     "HorizontalPodAutoscaler",
+    "Ingress",
     "NetworkPolicy",
     "PersistentVolumeClaim",
     "PodDisruptionBudget",
@@ -148,6 +155,18 @@ def api_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
     return container
 
 
+def settings_map(rendered: list[dict[str, Any]]) -> dict[str, str]:
+    """The data of the ConfigMap the api container takes its settings from."""
+    (source,) = api_container(rendered)["envFrom"]
+    (config_map,) = [
+        c
+        for c in objects(rendered, "ConfigMap")
+        if c["metadata"]["name"] == source["configMapRef"]["name"]
+    ]
+    data: dict[str, str] = config_map["data"]
+    return data
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """Whether a matchLabels selector (the only form used here) selects these labels."""
     assert set(selector) <= {"matchLabels"}, selector
@@ -224,7 +243,7 @@ def test_every_object_is_valid_against_its_schema(
 
 @pytest.mark.usefixtures("offline")
 def test_the_validators_reject_a_misspelt_field() -> None:
-    rendered = render(K8S / "overlays" / "production")
+    rendered = render(K8S / "overlays" / "service-monitor")
     deployment = one(rendered, "Deployment")
     api_container(rendered)["readinesProbe"] = {"httpGet": {"path": "/"}}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -264,7 +283,8 @@ def test_probes_name_the_apps_health_routes_on_the_container_port(
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     expose = dockerfile.final.last("EXPOSE")
     assert expose is not None
-    assert ports == {"http": int(_option(image_cmd, "--port"))}
+    grpc_port = int(settings_map(rendered)["DIGITS_GRPC_PORT"])
+    assert ports == {"http": int(_option(image_cmd, "--port")), "grpc": grpc_port}
     assert [str(ports["http"])] == expose.words()
     assert "command" not in container, "the image's CMD (uvicorn, graceful shutdown) runs"
     assert "args" not in container
@@ -282,6 +302,36 @@ def test_probes_name_the_apps_health_routes_on_the_container_port(
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, (
         "uvicorn answers nothing until the model is loaded: a minute at least before liveness"
     )
+
+
+def test_the_grpc_door_is_open_on_its_port_in_the_pod_service_and_policy(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, rendered = overlay
+    settings = settings_map(rendered)
+    grpc_port = int(settings["DIGITS_GRPC_PORT"])
+    assert grpc_port > 0, f"{name}: the Open Inference Protocol's gRPC door is on"
+    assert settings["DIGITS_GRPC_HOST"] == "0.0.0.0", "reachable from other pods, not loopback"
+    container_ports = {p["name"]: p["containerPort"] for p in api_container(rendered)["ports"]}
+    assert container_ports["grpc"] == grpc_port
+    (service_port,) = [p for p in one(rendered, "Service")["spec"]["ports"] if p["name"] == "grpc"]
+    assert service_port["targetPort"] == "grpc"
+    assert service_port["appProtocol"] == "kubernetes.io/h2c", "gRPC is HTTP/2 in clear text"
+    policy = one(rendered, "NetworkPolicy")
+    for rule in policy["spec"]["ingress"]:
+        assert {p["port"] for p in rule["ports"]} == {"http", "grpc"}, f"{name}: {rule}"
+
+
+def test_no_configmap_value_overrides_a_versions_calibration(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    # Each version carries its own review threshold (its reader.json); a value here would
+    # replace every version's with one number. The operator sets it only on purpose.
+    name, rendered = overlay
+    for config_map in objects(rendered, "ConfigMap"):
+        assert PER_VERSION_SETTINGS.isdisjoint(config_map.get("data", {})), (
+            f"{name}: {config_map['metadata']['name']} overrides a calibrated setting"
+        )
 
 
 def test_resources_requested_and_limited(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -457,9 +507,7 @@ def test_service_autoscaler_budget_and_policy_point_at_the_pods(
         assert deployment["spec"]["replicas"] >= 1
 
 
-def test_dev_is_one_replica_and_production_autoscales_with_a_service_monitor(
-    app_routes: dict[str, set[str]],
-) -> None:
+def test_dev_is_one_replica_and_production_autoscales_without_the_operator() -> None:
     dev = render(K8S / "overlays" / "dev")
     assert one(dev, "Deployment")["spec"]["replicas"] == 1
     assert not objects(dev, "HorizontalPodAutoscaler")
@@ -467,13 +515,167 @@ def test_dev_is_one_replica_and_production_autoscales_with_a_service_monitor(
 
     production = render(K8S / "overlays" / "production")
     assert one(production, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
-    monitor = one(production, "ServiceMonitor")
-    service = one(production, "Service")
+    image = api_container(production)["image"]
+    assert ":" in image.rsplit("/", 1)[-1], "production names a tag"
+    assert not image.endswith(":latest"), "production names a fixed tag"
+
+
+def _api_group(obj: dict[str, Any]) -> str:
+    api_version: str = obj["apiVersion"]
+    return api_version.rpartition("/")[0]
+
+
+def test_only_the_service_monitor_overlay_needs_a_custom_resource_definition(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    # `kubectl apply -k` fails on a cluster without the CRD of any object it holds: every
+    # overlay but the one that asks for the Prometheus operator applies on a bare cluster.
+    name, rendered = overlay
+    custom = sorted({obj["kind"] for obj in rendered if _api_group(obj) not in BUILT_IN_GROUPS})
+    assert custom == (["ServiceMonitor"] if name == "service-monitor" else []), name
+
+
+def test_the_service_monitor_overlay_is_production_scraped_by_the_operator(
+    app_routes: dict[str, set[str]],
+) -> None:
+    production = render(K8S / "overlays" / "production")
+    monitored = render(K8S / "overlays" / "service-monitor")
+    assert [o for o in monitored if o["kind"] != "ServiceMonitor"] == production
+    monitor = one(monitored, "ServiceMonitor")
+    service = one(monitored, "Service")
     assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
     service_ports = {port["name"] for port in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in service_ports
         assert "GET" in app_routes[endpoint["path"]]
-    image = api_container(production)["image"]
-    assert ":" in image.rsplit("/", 1)[-1], "production names a tag"
-    assert not image.endswith(":latest"), "production names a fixed tag"
+
+
+def test_the_ingress_overlay_reaches_both_doors_with_room_for_an_upload() -> None:
+    rendered = render(K8S / "overlays" / "ingress")
+    service = one(rendered, "Service")
+    ports = {port["name"] for port in service["spec"]["ports"]}
+    backends = {}
+    for ingress in objects(rendered, "Ingress"):
+        spec = ingress["spec"]
+        assert spec["ingressClassName"] == "nginx", "the annotations are ingress-nginx's"
+        hosts = {host for tls in spec["tls"] for host in tls["hosts"]}
+        for rule in spec["rules"]:
+            assert rule["host"] in hosts, "served over TLS"
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == service["metadata"]["name"]
+                assert backend["port"]["name"] in ports
+                backends[backend["port"]["name"]] = ingress["metadata"].get("annotations", {})
+        body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+        assert nginx_size(body) > Settings().max_upload_bytes, "the service answers oversize"
+    assert set(backends) == {"http", "grpc"}
+    assert backends["grpc"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    retry = backends["http"]["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
+    assert "non_idempotent" not in retry, "an upload is never replayed on another pod"
+    # The controller's namespace is one the production NetworkPolicy admits.
+    (rule,) = one(rendered, "NetworkPolicy")["spec"]["ingress"]
+    admitted = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+    assert "ingress-nginx" in admitted
+
+
+# ----------------------------------------------------------------------------- the models volume
+
+
+def _seed_script(rendered: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The models-volume overlay's seed initContainer and the script it runs."""
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    script_path = init["command"][-1]
+    directory, _, filename = script_path.rpartition("/")
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[directory])
+    (config_map,) = [
+        c
+        for c in objects(rendered, "ConfigMap")
+        if c["metadata"]["name"] == volume["configMap"]["name"]
+    ]
+    return init, config_map["data"][filename]
+
+
+def test_the_models_volume_is_seeded_by_the_services_own_image() -> None:
+    rendered = render(K8S / "overlays" / "models-volume")
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    init, _ = _seed_script(rendered)
+    api = api_container(rendered)
+    assert init["image"] == api["image"], "the image's bundled models, at the overlay's tag"
+    assert init["command"][0] == "sh"
+    env = {v["name"]: v["value"] for v in init["env"]}
+    assert env["SEED_FROM"] == settings_map(rendered)["DIGITS_MODELS_DIR"]
+    (models,) = [m for m in api["volumeMounts"] if m["mountPath"] == env["SEED_FROM"]]
+    assert models["readOnly"] is True, "the service never writes models"
+    (seed,) = [m for m in init["volumeMounts"] if m["mountPath"] == env["SEED_INTO"]]
+    assert seed["name"] == models["name"]
+    assert not seed.get("readOnly", False), "only the seed container writes the volume"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == models["name"]]
+    assert "readOnly" not in volume["persistentVolumeClaim"], "it would make every mount read-only"
+    security = init["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert quantity(init["resources"]["limits"]["memory"]) > 0
+
+
+def _run_seed(script: str, source: Path, volume: Path) -> subprocess.CompletedProcess[str]:
+    shell = shutil.which("sh")
+    if shell is None:
+        pytest.skip("no POSIX shell")
+    return subprocess.run(
+        [shell, "-c", script],
+        env={"PATH": os.environ["PATH"], "SEED_FROM": str(source), "SEED_INTO": str(volume)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_seed_script_fills_an_empty_volume_with_whole_versions(tmp_path: Path) -> None:
+    _, script = _seed_script(render(K8S / "overlays" / "models-volume"))
+    bundled = REPO / "models" / "mnist"
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    result = _run_seed(script, bundled, volume)
+    assert result.returncode == 0, result.stderr
+    versions = sorted(p.name for p in bundled.iterdir() if p.is_dir() and p.name.isdigit())
+    assert versions
+    assert sorted(p.name for p in volume.iterdir()) == versions, "no temporary directory left"
+    for version in versions:
+        assert _tree(volume / version) == _tree(bundled / version), version
+        assert f"copied version {version}" in result.stdout
+    # Atomically: each version is renamed into place from a hidden directory on the volume.
+    assert re.search(r"cp -R .*\$temporary", script)
+    assert re.search(r"mv -T .*\$temporary", script)
+
+
+def test_the_seed_script_leaves_a_volume_that_holds_a_version(tmp_path: Path) -> None:
+    _, script = _seed_script(render(K8S / "overlays" / "models-volume"))
+    volume = tmp_path / "volume"
+    (volume / "7").mkdir(parents=True)
+    (volume / "7" / "saved_model.pb").write_bytes(b"seven")
+    result = _run_seed(script, REPO / "models" / "mnist", volume)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in volume.iterdir()) == ["7"], "a removed version stays removed"
+    assert "holds version 7 already" in result.stdout
+
+
+def test_the_seed_script_fails_when_there_is_nothing_to_copy(tmp_path: Path) -> None:
+    _, script = _seed_script(render(K8S / "overlays" / "models-volume"))
+    source, volume = tmp_path / "image", tmp_path / "volume"
+    (source / ".tmp-half").mkdir(parents=True)
+    volume.mkdir()
+    result = _run_seed(script, source, volume)
+    assert result.returncode != 0, "a pod that would serve nothing does not start"
+    assert list(volume.iterdir()) == []
