@@ -261,6 +261,19 @@ class WorkerSupervisor(Multiprocess):
         self._metrics_dir = metrics_dir
         self._running: set[int] = set()
 
+    def terminate_all(self) -> None:
+        """Signal every worker to stop, then close this process's copy of the listening socket.
+
+        uvicorn's supervisor keeps the shared socket open until its workers have exited, so
+        connections arriving while they drain wait in the kernel's queue, are never accepted,
+        and are reset after a balancer has sent its request on them (502s during a scale-in).
+        Closed here, once the workers have closed theirs, new connections are refused at once
+        and the balancer tries another replica.
+        """
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()
+
     def keep_subprocess_alive(self) -> None:
         """uvicorn's check of every worker (a dead one is replaced), then the bookkeeping."""
         super().keep_subprocess_alive()

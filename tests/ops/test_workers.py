@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.servers import HOST, LAUNCHER, REPO, free_port, rss_bytes, server_environment
 from tests.ops.conftest import ServedModel, ServerFactory
+from tests.ops.test_shutdown import HalfSentRequest, _in_progress, _multipart, _refuses_connections
 
 pytestmark = pytest.mark.slow
 
@@ -226,3 +227,26 @@ def test_web_concurrency_must_be_a_positive_integer(models_dir: Path) -> None:
     assert result.returncode != 0
     assert "WEB_CONCURRENCY='two'" in result.stderr
     assert "positive integer" in result.stderr
+
+
+def test_with_several_workers_a_stopping_replica_refuses_new_connections_at_once(
+    start_server: ServerFactory, models_dir: Path, served_model: ServedModel
+) -> None:
+    # A balancer scaling in must see "connection refused" (and try another replica), not a
+    # connection queued on a socket nobody will accept from, reset after it sent its upload.
+    server = start_server(models_dir, {"WEB_CONCURRENCY": "2"}, graceful_seconds=20)
+    body, content_type = _multipart("file", [served_model.pngs[0]])
+    held = HalfSentRequest(server.port, "/predict", body, content_type)
+    deadline = time.monotonic() + BOTH_READY_SECONDS
+    while _in_progress(server) < 2:  # the held request and the probe itself
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.05)
+    os.kill(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10.0
+    while not _refuses_connections(server.port):
+        assert time.monotonic() < deadline, "new connections were still taken while draining"
+        time.sleep(0.05)
+    # The request in flight still gets its answer.
+    status, _, answer = held.finish()
+    assert status == 200, answer
+    assert answer["digit"] == served_model.digits[0]
