@@ -99,7 +99,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
 # The launcher (app/serve.py) runs uvicorn with the connection limits and the graceful-shutdown
 # timeout from the DIGITS_* settings, the same command as `make serve` and compose. It starts one
-# worker process per core the container may use (its CPU set, capped by `docker run --cpus`);
-# WEB_CONCURRENCY, uvicorn's variable, sets another number (`docker run -e WEB_CONCURRENCY=1`).
-# Each worker holds its own TensorFlow and model (about 0.7 GB): size the memory limit with it.
+# worker process; WEB_CONCURRENCY, uvicorn's variable, sets another number
+# (`docker run -e WEB_CONCURRENCY=2`). Each worker holds its own TensorFlow and model (about
+# 660 MiB once ready): size the memory limit with it, or scale out with containers.
 CMD ["python", "-m", "app.serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -7,7 +7,6 @@ import argparse
 import copy
 import ipaddress
 import json
-import math
 import re
 from collections.abc import Callable
 from importlib import metadata, resources
@@ -274,19 +273,19 @@ def test_api_runs_the_launcher_with_connection_limits_and_the_allocator_capped(
 MEMORY_PER_WORKER = 1024**3
 
 
-def test_api_runs_one_worker_per_core_with_memory_for_each(
+def test_api_runs_one_worker_with_memory_for_it(
     services: dict[str, dict[str, Any]], dockerfile: Dockerfile
 ) -> None:
     api = services["api"]
     assert "WEB_CONCURRENCY" not in dockerfile.final.env()
     assert api["environment"]["WEB_CONCURRENCY"] is None, (
-        "passed through from the host when set there; unset, one worker per core"
+        "passed through from the host when set there; unset, the launcher's one worker"
     )
     limits = api["deploy"]["resources"]["limits"]
-    # The launcher counts the cores the cgroup quota allows, so `cpus` sets the worker count.
-    workers = math.ceil(float(limits["cpus"]))
-    assert workers >= 2, "the image serves with several workers"
-    assert compose_bytes(limits["memory"]) >= workers * MEMORY_PER_WORKER
+    # Scale-out is by replicas: one worker each (the launcher's default), with room beside it
+    # for uploads being decoded (the hostile-work benchmark keeps a worker under 1.5 GiB).
+    assert compose_bytes(limits["memory"]) >= 1.5 * 2**30
+    assert compose_bytes(limits["memory"]) >= MEMORY_PER_WORKER
 
 
 def test_api_trusts_forwarded_addresses_only_from_private_networks_and_nginx_overwrites(
