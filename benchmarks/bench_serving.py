@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             return Body(path, content_type, (V2_HEADER, header) if header else None)
 
         upload = body("single", *single)
+        # The same PNG as the request body itself (no multipart), as /predict also takes it.
+        png_body = body("single-raw", png(images[0]), "image/png")
         uploads = body("batch", *batch)
         v1_single = body("v1-single", v1_one, "application/json")
         v1_batch = body("v1-batch", v1_many, "application/json")
@@ -489,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
                 public,
                 {
                     "predict": ("/predict", single[0], {"Content-Type": single[1]}),
+                    "predict, the PNG as the body": (
+                        "/predict",
+                        png(images[0]),
+                        {"Content-Type": "image/png"},
+                    ),
                     "batch": ("/predict/batch", batch[0], {"Content-Type": batch[1]}),
                     "v1": (V1_PATH, v1_many, {"Content-Type": "application/json"}),
                     "v2": (V2_PATH, v2_many[0], {V2_HEADER: v2_many[1]}),
@@ -526,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c in (1, 16):
                     group(
                         Run(f"png c{c}", public, "/predict", upload, c),
+                        Run(f"pngbody c{c}", public, "/predict", png_body, c),
                         Run(f"v1 c{c}", public, V1_PATH, v1_single, c),
                         Run(f"v2 c{c}", public, V2_PATH, v2_single, c),
                     )
@@ -571,9 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         (name, rows[key])
         for key, name in (
             ("png c1", "PNG upload"),
+            ("pngbody c1", "PNG as the body"),
             ("v1 c1", "TF Serving JSON"),
             ("v2 c1", "OIP binary"),
             ("png c16", "PNG upload"),
+            ("pngbody c16", "PNG as the body"),
             ("v1 c16", "TF Serving JSON"),
             ("v2 c16", "OIP binary"),
         )
@@ -653,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
             value = ratio(rps(f"predict c{c}"), rps(f"typical c{c}"))
             goal(f"c{c}: /predict ÷ typical app", f"{value:.2f}×", None)
     for c in (1, 16):
+        if f"pngbody c{c}" in rows:
+            value = ratio(rps(f"pngbody c{c}"), rps(f"png c{c}"))
+            goal(f"c{c}: /predict with the PNG as the body ÷ multipart", f"{value:.2f}×", None)
         for key, name in ((f"v1 c{c}", "TF Serving JSON"), (f"v2 c{c}", "OIP binary")):
             if key in rows:
                 value = ratio(rps(key), rps(f"png c{c}"))

@@ -63,7 +63,14 @@ def _lay_out_image(dockerfile: Dockerfile, root: Path) -> None:
         *sources, destination = copy.words()
         for source in sources:
             target = root / destination.lstrip("/")
-            shutil.copytree(REPO / source, target, ignore=left_out, dirs_exist_ok=True)
+            if (REPO / source).is_file():
+                # A file: to the path named, or into the directory named (a trailing /).
+                if destination.endswith("/"):
+                    target = target / Path(source).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / source, target)
+            else:
+                shutil.copytree(REPO / source, target, ignore=left_out, dirs_exist_ok=True)
 
 
 def _image_environment(dockerfile: Dockerfile, root: Path) -> dict[str, str]:
