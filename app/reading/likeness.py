@@ -30,6 +30,7 @@ __all__ = [
     "as_saved",
     "load_basis",
     "mass_outside",
+    "not_like_digits",
     "save_basis",
     "unlikeness",
 ]
@@ -116,14 +117,36 @@ def unlikeness(
     ``images`` are normalized digits (uint8 0..255 or float 0..1, [N, 28, 28]); ``classes``
     the digit each was read as. An image with no ink at all gets 1 (nothing explained).
     """
+    return _unlikeness(basis, _as_vectors(images), classes)
+
+
+def not_like_digits(
+    basis: LikenessBasis,
+    images: npt.NDArray[np.generic],
+    classes: npt.NDArray[np.integer],
+    threshold: float,
+) -> npt.NDArray[np.bool_]:
+    """Whether each image is unlike a digit of its class: :func:`unlikeness` above
+    ``threshold``, or :func:`mass_outside` (one conversion of the images for both)."""
     x = _as_vectors(images)
+    return (_unlikeness(basis, x, classes) > threshold) | _mass_outside(basis, x, classes)
+
+
+def _unlikeness(
+    basis: LikenessBasis, x: npt.NDArray[np.float32], classes: npt.NDArray[np.integer]
+) -> npt.NDArray[np.float64]:
     cls = np.asarray(classes, dtype=np.int64)
     if cls.shape != (x.shape[0],) or (cls.size and (cls.min() < 0 or cls.max() >= CLASSES)):
         raise ValueError("classes must be one digit 0..9 per image")
     centred = x - basis.means[cls]
-    comps = basis.components[cls]  # [N, k, 784]
-    coef = np.einsum("nkp,np->nk", comps, centred)
-    residual = centred - np.einsum("nk,nkp->np", coef, comps)
+    # Class by class: each class's components are used in place, never copied per image (a
+    # batch of 256 would otherwise gather 256 × k × 784 floats).
+    residual = np.empty_like(centred)
+    for digit in np.unique(cls):
+        rows = cls == digit
+        comps = basis.components[digit]  # [k, 784]
+        part = centred[rows]
+        residual[rows] = part - (part @ comps.T) @ comps
     norm = np.linalg.norm(x, axis=1).astype(np.float64)
     err = np.linalg.norm(residual, axis=1).astype(np.float64)
     out: npt.NDArray[np.float64] = np.where(norm > 0, err / np.maximum(norm, 1e-12), 1.0)
@@ -134,7 +157,12 @@ def mass_outside(
     basis: LikenessBasis, images: npt.NDArray[np.generic], classes: npt.NDArray[np.integer]
 ) -> npt.NDArray[np.bool_]:
     """Whether each image has less or more ink than digits of its class have (bool [N])."""
-    x = _as_vectors(images)
+    return _mass_outside(basis, _as_vectors(images), classes)
+
+
+def _mass_outside(
+    basis: LikenessBasis, x: npt.NDArray[np.float32], classes: npt.NDArray[np.integer]
+) -> npt.NDArray[np.bool_]:
     cls = np.asarray(classes, dtype=np.int64)
     mass = x.mean(axis=1)
     out = np.zeros(x.shape[0], bool)

@@ -32,12 +32,13 @@ from app.reading.calibration import ReaderCalibration
 from app.reading.components import Box
 from app.reading.decode import load_image, open_image, run_in_large_image_slot
 from app.reading.lattice import MAX_WORK_PIXELS, Lattice, find_candidates, normalize_candidates
-from app.reading.likeness import mass_outside, unlikeness
+from app.reading.likeness import not_like_digits
 from app.reading.marks import Mark, is_hairline
-from app.reading.reader import Reading, choose_reading
+from app.reading.reader import choose_reading
 from app.reading.review import (
     ReasonCode,
     ReviewReason,
+    distinct_figures,
     geometry_reasons,
     page_has_marks,
     review_reasons,
@@ -51,6 +52,7 @@ __all__ = [
     "ReadingLimits",
     "StringReading",
     "judge_digit",
+    "judge_digits",
     "looks_like_several_digits",
     "open_string",
     "open_strings",
@@ -308,54 +310,84 @@ def judge_digit(
     operator's, else the version's calibrated one) and to the same likeness judge; an image that
     holds several digits side by side is flagged too (``/recognize`` reads strings).
     """
-    digit = int(np.argmax(probabilities))
-    confidence = float(probabilities[digit])
-    reasons = []
-    if looks_like_several_digits(image):
-        reasons.append(
-            ReviewReason(
-                ReasonCode.SEVERAL_DIGITS,
-                "the image holds several digits side by side: send it to /recognize to read "
-                "a string",
-            )
-        )
-    unlike = _not_digit_like(calibration, image[np.newaxis], probabilities[np.newaxis], [0])
-    if unlike is not None and unlike[0]:
-        reasons.append(
-            ReviewReason(
-                ReasonCode.NOT_DIGIT_LIKE,
-                "the image does not look like a handwritten digit (it may be a line, a mark or "
-                "part of one)",
-                1,
-            )
-        )
+    return judge_digits(
+        image[np.newaxis],
+        np.asarray(probabilities)[np.newaxis],
+        calibration,
+        threshold=threshold,
+        operator_threshold=operator_threshold,
+    )[0]
+
+
+def judge_digits(
+    images: npt.NDArray[np.uint8],
+    probabilities: npt.NDArray[np.floating],
+    calibration: ReaderCalibration,
+    *,
+    threshold: float | None = None,
+    operator_threshold: float | None = None,
+) -> list[tuple[ReviewReason, ...]]:
+    """:func:`judge_digit` for a batch of digits (``images`` [N, 28, 28], ``probabilities``
+    [N, 10]), the likeness of all of them computed at once."""
+    count = len(images)
+    if count == 0:
+        return []
+    digits = np.argmax(probabilities, axis=1)
+    confidences = probabilities[np.arange(count), digits]
+    unlike = _not_digit_like(calibration, images, probabilities, list(range(count)))
     limit = review_threshold(threshold, operator_threshold, calibration.review_threshold)
-    if confidence < limit:
-        reasons.extend(
-            r
-            for r in review_reasons([confidence], limit, None, _ALONE)
-            if r.code is ReasonCode.LOW_CONFIDENCE
-        )
-    return tuple(reasons)
+    judged: list[tuple[ReviewReason, ...]] = []
+    for index in range(count):
+        reasons = []
+        if looks_like_several_digits(images[index]):
+            reasons.append(_SEVERAL)
+        if unlike is not None and unlike[index]:
+            reasons.append(_UNLIKE)
+        confidence = float(confidences[index])
+        if confidence < limit:
+            shown, limit_shown = distinct_figures(confidence, limit)
+            reasons.append(
+                ReviewReason(
+                    ReasonCode.LOW_CONFIDENCE,
+                    f"the digit was read with confidence {shown}, below the threshold "
+                    f"{limit_shown}",
+                    1,
+                )
+            )
+        judged.append(tuple(reasons))
+    return judged
+
+
+_SEVERAL: Final = ReviewReason(
+    ReasonCode.SEVERAL_DIGITS,
+    "the image holds several digits side by side: send it to /recognize to read a string",
+)
+_UNLIKE: Final = ReviewReason(
+    ReasonCode.NOT_DIGIT_LIKE,
+    "the image does not look like a handwritten digit (it may be a line, a mark or part of one)",
+    1,
+)
 
 
 def looks_like_several_digits(image: npt.NDArray[np.uint8]) -> bool:
     """Whether a normalized 28×28 image holds a string rather than one digit: its ink is much
     wider than tall, or falls into two or more column runs apart that each hold a good share."""
     ink = np.asarray(image) >= _INK_LEVEL
-    columns = np.flatnonzero(ink.any(axis=0))
-    rows = np.flatnonzero(ink.any(axis=1))
+    mass = np.where(ink, image, 0).sum(axis=0, dtype=np.int64)
+    columns = np.flatnonzero(mass)
     if columns.size == 0:
         return False
+    rows = np.flatnonzero(ink.any(axis=1))
     width = int(columns[-1] - columns[0]) + 1
     height = int(rows[-1] - rows[0]) + 1
     if width >= _SEVERAL_ASPECT * height:
         return True
-    mass = np.where(ink, image, 0).sum(axis=0).astype(np.float64)
+    breaks = np.flatnonzero(np.diff(columns) > 1)
+    if breaks.size == 0:  # one run of columns: most digits end here
+        return False
     total = float(mass.sum())
-    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
-    shares = [float(mass[run].sum()) / total for run in runs]
-    return sum(share >= _SEVERAL_SHARE for share in shares) >= 2
+    runs = np.split(columns, breaks + 1)
+    return sum(float(mass[run].sum()) >= _SEVERAL_SHARE * total for run in runs) >= 2
 
 
 def _hairlines_on_a_form(
@@ -372,10 +404,6 @@ def _hairlines_on_a_form(
     return [f or is_hairline(lattice.candidates[i].ink) for f, i in zip(flags, chosen, strict=True)]
 
 
-#: A reading of one candidate with no doubt about its cut or count (a digit read alone).
-_ALONE: Final = Reading(candidates=(0,), count_margin=float("inf"), runner_up=None)
-
-
 def _not_digit_like(
     calibration: ReaderCalibration,
     batch: npt.NDArray[np.uint8],
@@ -387,8 +415,7 @@ def _not_digit_like(
         return None
     picked = list(chosen)
     classes = np.argmax(probabilities[picked], axis=1)
-    scores = unlikeness(calibration.likeness, batch[picked], classes)
-    unlike = (scores > calibration.likeness_threshold) | mass_outside(
-        calibration.likeness, batch[picked], classes
+    unlike = not_like_digits(
+        calibration.likeness, batch[picked], classes, calibration.likeness_threshold
     )
     return [bool(flag) for flag in unlike]

@@ -54,6 +54,7 @@ __all__ = [
     "ReviewLimits",
     "ReviewReason",
     "cut_by_the_edge",
+    "distinct_figures",
     "geometry_reasons",
     "joined_too_wide",
     "off_the_line",
@@ -187,7 +188,7 @@ def review_reasons(
         )
     for i, confidence in enumerate(confidences, 1):
         if confidence < threshold:
-            shown, limit = _distinct(confidence, threshold)
+            shown, limit = distinct_figures(confidence, threshold)
             reasons.append(
                 ReviewReason(
                     ReasonCode.LOW_CONFIDENCE,
@@ -199,7 +200,7 @@ def review_reasons(
     return reasons
 
 
-def _distinct(value: float, threshold: float) -> tuple[str, str]:
+def distinct_figures(value: float, threshold: float) -> tuple[str, str]:
     """Both numbers with two decimals, or as many more as it takes to tell them apart."""
     for decimals in range(2, 9):
         shown, limit = f"{value:.{decimals}f}", f"{threshold:.{decimals}f}"

@@ -43,7 +43,8 @@ from app.core.tracing import child_span
 from app.reading.calibration import calibration_for
 from app.reading.decode import open_image
 from app.reading.normalize import Normalize, prepare_digit, prepare_opened
-from app.reading.pipeline import judge_digit
+from app.reading.pipeline import judge_digit, judge_digits
+from app.reading.review import ReviewReason
 from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
@@ -82,22 +83,13 @@ ThresholdQuery = Annotated[
 
 
 def _digit(
-    image: np.ndarray,
     probabilities: np.ndarray,
     digit: int,
     normalized: bool,
-    serving: Serving,
-    threshold: float | None,
+    reasons: tuple[ReviewReason, ...],
 ) -> dict[str, object]:
-    """One digit's answer, judged for review (the worker's answer is already checked:
+    """One digit's answer with its review reasons (the worker's answer is already checked:
     app.serving.output_check)."""
-    reasons = judge_digit(
-        image,
-        probabilities,
-        calibration_for(serving.model),
-        threshold=threshold,
-        operator_threshold=serving.settings.review_threshold,
-    )
     return {
         "digit": digit,
         "confidence": float(probabilities[digit]),
@@ -243,7 +235,14 @@ async def _predict_one(
     result = await serving.worker.predict(serving.model, image[np.newaxis])
     serving.telemetry.count_images("/predict", 1)
     digit = int(result.digits[0])
-    answer = _digit(image, result.probabilities[0], digit, normalized, serving, threshold)
+    reasons = judge_digit(
+        image,
+        result.probabilities[0],
+        calibration_for(serving.model),
+        threshold=threshold,
+        operator_threshold=serving.settings.review_threshold,
+    )
+    answer = _digit(result.probabilities[0], digit, normalized, reasons)
     serving.telemetry.observe_answer("/predict", digit, float(result.probabilities[0][digit]))
     answer["model_version"] = result.model_version
     # Serialized here rather than validated against PredictResponse and encoded by FastAPI:
@@ -374,9 +373,18 @@ async def predict_batch(
         prepared = await _prepare_batch(request, items, normalize, settings)
     valid = [p for p in prepared if not isinstance(p, DomainError)]
     predictions = None
+    judged: list[tuple[ReviewReason, ...]] = []
     if valid:
-        predictions = await worker.predict(model, np.stack([image for image, _ in valid]))
+        images = np.stack([image for image, _ in valid])
+        predictions = await worker.predict(model, images)
         telemetry.count_images("/predict/batch", len(valid))
+        judged = judge_digits(
+            images,
+            predictions.probabilities,
+            calibration_for(model),
+            threshold=threshold,
+            operator_threshold=settings.review_threshold,
+        )
     results: list[dict[str, object]] = []
     row = 0
     for index, (upload, item) in enumerate(zip(files, prepared, strict=True)):
@@ -389,7 +397,7 @@ async def predict_batch(
             assert predictions is not None
             digit = int(predictions.digits[row])
             entry["prediction"] = _digit(
-                item[0], predictions.probabilities[row], digit, item[1], serving, threshold
+                predictions.probabilities[row], digit, item[1], judged[row]
             )
             telemetry.observe_answer(
                 "/predict/batch", digit, float(predictions.probabilities[row][digit])
