@@ -8,12 +8,12 @@ import tracemalloc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image
 
 from app.core.errors import DomainError
 from app.reading.calibration import ReaderCalibration
 from app.reading.pipeline import ReadingLimits, prepare_string, read_string, recognize_image
 from app.reading.review import ReasonCode
+from harness.attacks import thin_strip_png
 from tests.app.conftest import encode
 from tests.app.reading.test_segmentation import as_photo, draw_string, one, seven, zero
 
@@ -72,23 +72,13 @@ def test_the_limits_are_kept() -> None:
     assert too_big.value.code == "image_too_large"
 
 
-def strip_png(width: int, height: int, bar: bool = False) -> bytes:
-    """A thin strip, white, with one dark vertical stroke (or a full-width bar)."""
-    page = np.full((height, width), 255, np.uint8)
-    if bar:
-        page[height // 3 : 2 * height // 3, :] = 0
-    else:
-        page[:, width // 2 : width // 2 + 3] = 0
-    return encode(Image.fromarray(page))
-
-
 @pytest.mark.parametrize(
     ("width", "height", "bar"), [(4096, 20, False), (20_000, 50, False), (20_000, 50, True)]
 )
 def test_a_thin_strip_costs_memory_of_its_working_size(width: int, height: int, bar: bool) -> None:
     # Such strips made the paper margin a quarter of their length on every side: 150-300 MiB of
     # float arrays for a 198-byte PNG.
-    data = strip_png(width, height, bar)
+    data = thin_strip_png(width, height, bar=bar)
     tracemalloc.start()
     try:
         # Refusing it is as good as reading it, as long as it is cheap.
