@@ -7,14 +7,14 @@ call of the batching worker, and shapes the answer.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep, ServingDep
+from app.api.deps import ApiKeyDep, Serving, ServingDep
 from app.api.disconnect import stop_if_client_gone
 from app.api.schemas import RecognizeBatchResponse, RecognizeResponse, error_responses
 from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, upload_bytes
@@ -108,21 +108,12 @@ async def recognize(
         with child_span("reading"):
             result = await run_in_threadpool(
                 partial(
-                    read_string,
-                    # The served version's own reader weights (its reader.json, else defaults).
-                    calibration=calibration_for(serving.model),
-                    max_digits=limits.max_digits,
-                    threshold=threshold,
-                    operator_threshold=settings.review_threshold,
-                    expected_length=expected_length,
+                    read_string, **_reading_options(serving, limits, threshold, expected_length)
                 ),
                 prepared,
                 prediction.probabilities,
             )
-    telemetry = serving.telemetry
-    for segment in result.segments:
-        telemetry.observe_answer("/recognize", segment.digit, segment.confidence)
-    telemetry.observe_review(reason.code for reason in result.reasons)
+    _observe(serving, result)
     return answer(result, prediction.model_version)
 
 
@@ -177,17 +168,9 @@ async def recognize_batch(
             serving.telemetry.count_images("/recognize/batch", sum(len(p.batch) for p in valid))
             version = prediction.model_version
             with child_span("reading", {"digits.images": len(valid)}):
+                options = _reading_options(serving, limits, threshold, expected_length)
                 readings = await run_in_threadpool(
-                    partial(
-                        read_strings,
-                        calibration=calibration_for(serving.model),
-                        max_digits=limits.max_digits,
-                        threshold=threshold,
-                        operator_threshold=settings.review_threshold,
-                        expected_length=expected_length,
-                    ),
-                    valid,
-                    prediction.probabilities,
+                    partial(read_strings, **options), valid, prediction.probabilities
                 )
     results: list[dict[str, object]] = []
     read = iter(readings)
@@ -198,9 +181,7 @@ async def recognize_batch(
             serving.telemetry.count_error(outcome.code)
             entry.update(reading=None, error={"code": outcome.code, "message": outcome.message})
         else:
-            for segment in outcome.segments:
-                serving.telemetry.observe_answer("/recognize", segment.digit, segment.confidence)
-            serving.telemetry.observe_review(reason.code for reason in outcome.reasons)
+            _observe(serving, outcome)
             entry.update(reading=answer(outcome, version), error=None)
         results.append(entry)
     return {"model_version": version, "results": results}
@@ -213,6 +194,27 @@ async def _prepare_one(img: Image.Image, limits: ReadingLimits) -> PreparedStrin
         if exc.code == "deadline_exceeded":
             raise
         return exc
+
+
+def _reading_options(
+    serving: Serving, limits: ReadingLimits, threshold: float | None, expected_length: int | None
+) -> dict[str, Any]:
+    """The reading's options for :func:`read_string` and :func:`read_strings`: the served
+    version's own calibration (its reader.json, else the defaults) and the request's."""
+    return {
+        "calibration": calibration_for(serving.model),
+        "max_digits": limits.max_digits,
+        "threshold": threshold,
+        "operator_threshold": serving.settings.review_threshold,
+        "expected_length": expected_length,
+    }
+
+
+def _observe(serving: Serving, result: StringReading) -> None:
+    """Count a string as read: its digits and confidences, and its review outcome."""
+    for segment in result.segments:
+        serving.telemetry.observe_answer("/recognize", segment.digit, segment.confidence)
+    serving.telemetry.observe_review(reason.code for reason in result.reasons)
 
 
 def reading_limits(settings: Settings) -> ReadingLimits:
