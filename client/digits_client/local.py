@@ -20,7 +20,6 @@ from app.api.routes.recognize import answer, reading_limits
 from app.core.errors import DomainError
 from app.reading.normalize import prepare_digit
 from app.reading.pipeline import judge_digit, recognize_image
-from app.reading.review import review_threshold
 from app.serving.loaded import LoadedModel
 from app.serving.store import ModelStore
 from app.settings import Settings
@@ -57,10 +56,8 @@ class LocalEngine:
         assert self._model is not None, "start() first"
         return self._model
 
-    async def start(self) -> float:
+    async def start(self) -> None:
         self._model = await asyncio.to_thread(self._load)
-        calibrated = self.model.calibration.review_threshold
-        return review_threshold(None, self.settings.review_threshold, calibrated)
 
     def _load(self) -> LoadedModel:
         settings = self.settings

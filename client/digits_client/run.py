@@ -22,12 +22,10 @@ from typing import Final, Protocol
 from digits_client.batching import BatchPlanner, Limits, Upload, refusal
 from digits_client.client import AsyncClient, Normalize
 from digits_client.errors import ApiError, DigitsError, NoAnswerError
-from digits_client.models import ItemError, ModelInfo, Prediction, StringReading
+from digits_client.models import ItemError, Prediction, StringReading
 from digits_client.output import Row
 from digits_client.sources import Item
 
-#: The review threshold of a version that states none (the service's default too).
-DEFAULT_THRESHOLD: Final = 0.98
 #: Files loaded per hop to a thread.
 LOAD_CHUNK: Final = 64
 
@@ -63,8 +61,8 @@ class Engine(Protocol):
         """The limits batches are planned with (read again for every batch)."""
         ...
 
-    async def start(self) -> float:
-        """Get ready; the review threshold for single digits (the version's own)."""
+    async def start(self) -> None:
+        """Get ready (the service answers, the model version is there), or stop the run."""
         ...
 
     async def read_digits(self, uploads: list[Upload]) -> list[Prediction | ItemError]:
@@ -89,14 +87,6 @@ def stopped(error: DigitsError) -> RunStoppedError:
     return RunStoppedError(str(error), usage=True)
 
 
-def review_threshold(info: ModelInfo) -> float:
-    """The served version's review threshold, as ``/model`` reports it."""
-    calibration = info.reader_calibration
-    if calibration is not None and calibration.review_threshold is not None:
-        return calibration.review_threshold
-    return DEFAULT_THRESHOLD
-
-
 class ServerEngine:
     """Reads through the service with an :class:`AsyncClient`."""
 
@@ -108,12 +98,11 @@ class ServerEngine:
     def limits(self) -> Limits:
         return self.client.limits
 
-    async def start(self) -> float:
+    async def start(self) -> None:
         try:
-            info = await self.client.model()
+            await self.client.model()
         except DigitsError as error:
             raise stopped(error) from error
-        return review_threshold(info)
 
     async def read_digits(self, uploads: list[Upload]) -> list[Prediction | ItemError]:
         try:
