@@ -8,7 +8,7 @@ public fallback, the full route for every request, answers as the short cut does
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from app.api import deps, fastapi_compat
+from app.api import fastapi_compat
 from app.api.routes import predict as predict_module
 from app.main import create_app
 from tests.app.api.test_predict import assert_error, digit_png
@@ -35,20 +35,6 @@ UPGRADE = (
 
 def upload() -> dict[str, Any]:
     return {"files": {"file": ("d.png", digit_png(), "image/png")}}
-
-
-@pytest.fixture
-def plain_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per request the short cut answered (it reads the served model this way)."""
-    calls: list[bool] = []
-    real: Callable[..., deps.Serving] = predict_module.current_serving
-
-    def spy(request: Any) -> deps.Serving:
-        calls.append(True)
-        return real(request)
-
-    monkeypatch.setattr(predict_module, "current_serving", spy)
-    return calls
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ error, in their order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from app.api import deps
-from app.api.routes import predict as predict_module
 from app.main import create_app
 from tests.app.api.test_predict import assert_error, digit_png
 from tests.app.conftest import ModelsDir, make_settings
@@ -29,20 +28,6 @@ KEY = "s3cret-key"
 
 def upload(data: bytes | None = None) -> dict[str, Any]:
     return {"files": {"file": ("d.png", data if data is not None else digit_png(), "image/png")}}
-
-
-@pytest.fixture
-def plain_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per request the short cut answered (it reads the served model this way)."""
-    calls: list[bool] = []
-    real: Callable[..., deps.Serving] = predict_module.current_serving
-
-    def spy(request: Any) -> deps.Serving:
-        calls.append(True)
-        return real(request)
-
-    monkeypatch.setattr(predict_module, "current_serving", spy)
-    return calls
 
 
 @pytest.fixture
