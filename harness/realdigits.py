@@ -2,9 +2,13 @@
 
 Three sets of real handwriting, none made from MNIST, each a folder of PNG files with a
 ``labels.csv`` (``filename,label``; the label is a digit string). They are for MEASURING how
-the service reads real scans, never for fitting the model or its calibration, and are never
-copied into the repository: they are found through ``$REALDIGITS_DATA_DIR``, else the team's
-copy beside the checkout.
+the service reads real scans; their non-held-out part may also stand in for reviewed
+corrections in a training (``--extra-data``, as ``benchmarks/bench_review.py`` does), never
+for the reader's calibration. They are never copied into the repository: they are found
+through ``$REALDIGITS_DATA_DIR``, else the team's copy beside the checkout. An item is in the
+fixed held-out part of its set when ``crc32(filename) % 5 == 0`` (:func:`is_held_out`; for
+``orand-car-a-dev`` the whole check's filename, so a check's digits stay on one side): nothing
+is ever fitted on it, and every figure reported on the real sets is reported on it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import zlib
 from pathlib import Path
 from typing import Final
+
+# The held-out rule lives with the training code that must never fit on that part; re-exported.
+from training.extra_data import is_held_out
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "MISSING",
+    "SETS",
+    "SHARED",
+    "Item",
+    "is_held_out",
+    "load_items",
+    "realdigits_dir",
+    "set_dir",
+]
 
 DATA_DIR_ENV: Final = "REALDIGITS_DATA_DIR"
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -25,16 +43,6 @@ MISSING: Final = (
     f"real-scan sets not available: set {DATA_DIR_ENV} to the realdigits directory "
     "(one folder per set, each with labels.csv)"
 )
-
-
-def is_held_out(filename: str) -> bool:
-    """Whether an item is in the fixed held-out part of its set: ``crc32(filename) % 5 == 0``.
-
-    The rule of the sets' README (for ``orand-car-a-dev`` the filename is the whole check's, so
-    a check's digits stay on one side). Held-out items never enter any fit, calibration,
-    threshold or rule; every figure reported on the real sets is reported on them.
-    """
-    return zlib.crc32(filename.encode()) % 5 == 0
 
 
 @dataclasses.dataclass(frozen=True)

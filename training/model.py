@@ -109,11 +109,13 @@ def fit_classifier(
     train_labels: npt.NDArray[np.integer[Any]],
     validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.integer[Any]]] | None = None,
     *,
+    sample_weight: npt.NDArray[np.float32] | None = None,
     verbose: int | str = "auto",
 ) -> FitResult:
     """Seed everything, build the model and fit it on preprocessed features.
 
-    ``verbose="auto"`` shows Keras' progress bar; 0 is silent (tests).
+    ``sample_weight`` scales each example's loss (1 for an MNIST digit; labelled real digits
+    carry their set's weight). ``verbose="auto"`` shows Keras' progress bar; 0 is silent (tests).
     """
     make_deterministic(recipe.seed)
     steps_per_epoch = -(-len(train_features) // recipe.batch_size)
@@ -123,6 +125,7 @@ def fit_classifier(
     history = model.fit(
         train_features,
         one_hot(train_labels),
+        sample_weight=sample_weight,
         batch_size=recipe.batch_size,
         epochs=recipe.epochs,
         validation_data=validation_data,

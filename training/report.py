@@ -1,5 +1,9 @@
 """The report written beside each model version: PNG figures a person can check at a glance.
 
+A version measured on held-out labelled real digits (``--extra-data``) gets two more:
+``real_digits.png``, its accuracy on MNIST's test set and on the real digits beside the served
+version's (the two figures the promotion gate compares), and ``real_digit_mistakes.png``.
+
 Matplotlib is imported lazily (only when a report is written) and used through ``Figure`` with
 the Agg canvas, never pyplot: no display, no global backend state, safe in servers and tests.
 """
@@ -23,6 +27,8 @@ FILES: Final = (
     "mistakes.png",
     "preprocessing.png",
 )
+#: Written only for a version measured on held-out real digits.
+REAL_DIGIT_FILES: Final = ("real_digits.png", "real_digit_mistakes.png")
 _DPI: Final = 100
 
 
@@ -35,8 +41,15 @@ def write_report(
     kernel: npt.NDArray[np.float32],
     preprocessing: str,
     title: str,
+    real_digits: dict[str, Any] | None = None,
+    real_evaluation: Evaluation | None = None,
+    real_images: npt.NDArray[np.uint8] | None = None,
 ) -> list[Path]:
-    """Write every figure of :data:`FILES` into ``directory``; return their paths."""
+    """Write every figure of :data:`FILES` into ``directory``; return their paths.
+
+    With ``real_digits`` (``metrics.json``'s section), the held-out real digits' evaluation and
+    images, the figures of :data:`REAL_DIGIT_FILES` too.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     figures = {
         "learning_curves.png": _learning_curves(history, title),
@@ -46,8 +59,15 @@ def write_report(
         "mistakes.png": _mistakes(test, test_images, title),
         "preprocessing.png": _preprocessing(test, test_images, preprocessing),
     }
+    names = list(FILES)
+    if real_digits is not None and real_evaluation is not None and real_images is not None:
+        figures["real_digits.png"] = _real_digits(real_digits, test.accuracy, title)
+        figures["real_digit_mistakes.png"] = _mistakes(
+            real_evaluation, real_images, title, "held-out real-digit"
+        )
+        names += REAL_DIGIT_FILES
     paths = []
-    for name in FILES:
+    for name in names:
         path = directory / name
         figures[name].savefig(path, dpi=_DPI)
         paths.append(path)
@@ -155,7 +175,9 @@ def _samples(test: Evaluation, images: npt.NDArray[np.uint8], title: str) -> Any
     return _digit_grid(images[:count], captions, wrong, heading)
 
 
-def _mistakes(test: Evaluation, images: npt.NDArray[np.uint8], title: str) -> Any:
+def _mistakes(
+    test: Evaluation, images: npt.NDArray[np.uint8], title: str, kind: str = "test"
+) -> Any:
     wrong = np.flatnonzero(test.digits != test.labels)
     confidence = test.probabilities[wrong, test.digits[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")][:40]
@@ -164,10 +186,41 @@ def _mistakes(test: Evaluation, images: npt.NDArray[np.uint8], title: str) -> An
         for i in worst
     ]
     heading = (
-        f"{title}: the {len(worst)} most confident of {len(wrong)} test mistakes, "
+        f"{title}: the {len(worst)} most confident of {len(wrong)} {kind} mistakes, "
         "true→predicted (probability)"
     )
     return _digit_grid(images[worst], captions, [True] * len(worst), heading)
+
+
+def _real_digits(real: dict[str, Any], test_accuracy: float, title: str) -> Any:
+    """MNIST test accuracy and held-out real-digit accuracy, this version beside the served one."""
+    baseline = real.get("baseline")
+    groups = ["MNIST test", f"real digits\n({real['items']} held out)"]
+    ours = [test_accuracy, real["accuracy"]]
+    theirs = [baseline["test_accuracy"], baseline["accuracy"]] if baseline else None
+    for row in real.get("sets", []):
+        groups.append(f"{row['name']}\n({row['items']})")
+        ours.append(row["accuracy"])
+        if theirs is not None:
+            theirs.append(row.get("baseline_accuracy", float("nan")))
+    figure = _figure(2.2 * len(groups) + 2, 4.5)
+    ax = figure.subplots()
+    x = np.arange(len(groups))
+    width = 0.38
+    bars = [(ours, title, -width / 2 if theirs else 0.0)]
+    if theirs is not None and baseline is not None:
+        bars.append((theirs, f"v{baseline['version']} (served when trained)", width / 2))
+    for values, label, offset in bars:
+        drawn = ax.bar(x + offset, values, width, label=label)
+        ax.bar_label(drawn, fmt="%.4f", fontsize=8)
+    low = min(v for values, _, _ in bars for v in values if np.isfinite(v))
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{title}: what the promotion gate compares (same digits for both versions)")
+    return figure
 
 
 def _preprocessing(test: Evaluation, images: npt.NDArray[np.uint8], method: str) -> Any:

@@ -4,6 +4,7 @@ Usage::
 
     python -m training --recipe default                  # -> models/mnist/<next free version>/
     mnist-train --recipe seed --data-dir path/to/mnist --epochs 3 --version 7
+    python -m training --extra-data reviewed/digits:2    # MNIST plus labelled real digits
 
 MNIST comes from ``--data-dir``, else ``$MNIST_DATA_DIR``, else a verified download cache
 (see :mod:`training.data`).
@@ -11,7 +12,11 @@ MNIST comes from ``--data-dir``, else ``$MNIST_DATA_DIR``, else a verified downl
 The story of a run, in the order of :func:`run`:
 
 1. data: the verified MNIST arrays; the last ``validation_size`` training images are held out
-   for learning curves (the test set is only ever used for the final evaluation);
+   for learning curves (the test set is only ever used for the final evaluation); labelled real
+   digits (``--extra-data``, :mod:`training.extra_data`: reviewed corrections exported by
+   ``python -m training export-reviews``, or any set in that layout), normalized as the service
+   normalizes a digit, join the fit split with their set's sample weight, except their fixed
+   held-out part, which never enters the fit;
 2. augment and preprocess: the recipe's augmentation (:mod:`training.augment`) adds copies of
    the fit split's digits; :func:`training.preprocess.preprocess_array` turns every image into
    784 floats once, with the same TF function the export will contain;
@@ -19,7 +24,9 @@ The story of a run, in the order of :func:`run`:
 4. export: the kernel and bias, with the preprocessing, become a SavedModel in a temporary
    directory beside the target;
 5. evaluate: the exported SavedModel is reloaded and evaluated through its signature, exactly as
-   the server will call it; metrics.json and the report figures are written from that;
+   the server will call it, on the MNIST test set and, with extra data, on its held-out digits
+   beside the version served from the models directory (:mod:`training.real_digits`: what the
+   promotion gate compares); metrics.json and the report figures are written from that;
 6. publish: the temporary directory is renamed to ``<models_dir>/<version>``.
 """
 
@@ -36,6 +43,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
+
 from training import preprocess as preprocessing_module
 from training.augment import AUGMENTATIONS, augment_split
 from training.calibrate import (
@@ -49,8 +59,10 @@ from training.data import MnistData, MnistError, load_mnist
 from training.environment import library_versions, machine_info
 from training.evaluate import Evaluation, evaluate_signature, predict
 from training.export import SIGNATURE_SPEC, load_signature, save_saved_model, write_version
+from training.extra_data import ExtraSet, held_out_part, load_extra_sets
 from training.model import FitResult, fit_classifier
 from training.preprocess import preprocess_array
+from training.real_digits import measure_real_digits, served_baseline
 from training.recipes import RECIPES, Recipe
 
 DEFAULT_MODELS_DIR: Final = Path("models/mnist")
@@ -76,8 +88,13 @@ def run(
     load_seconds: float = 0.0,
     reader_fit: str = "none",
     reader_codes: int | None = None,
+    extra: Sequence[ExtraSet] = (),
 ) -> TrainingRun:
     """Train ``recipe`` on ``data`` and publish ``models_dir/<version>`` (next free if None).
+
+    ``extra``: labelled real digits (:func:`training.extra_data.load_extra_sets`); their
+    non-held-out digits are fitted with their set's weight, their held-out digits measured,
+    with the version served from ``models_dir``, into ``metrics.json``'s ``real_digits``.
 
     ``reader_fit`` chooses the version's reader settings
     (:func:`training.calibrate.fit_reader_settings`, on ``reader_codes`` synthetic codes of its
@@ -104,13 +121,25 @@ def run(
     augmented_images, augmented_labels = augment_split(
         fit_images, fit_labels, recipe.augmentation, recipe.seed
     )
+    sample_weight = None
+    if any(len(s.fit_labels) for s in extra):
+        augmented_images, augmented_labels, sample_weight = add_extra_digits(
+            augmented_images, augmented_labels, extra, recipe
+        )
     fit_features = preprocess_array(augmented_images, recipe.preprocessing)
     val_features = preprocess_array(val_images, recipe.preprocessing) if n_val else None
     preprocess_seconds = time.perf_counter() - tick
 
     # 3. Model and fit.
     validation = None if val_features is None else (val_features, val_labels)
-    fit = fit_classifier(recipe, fit_features, augmented_labels, validation, verbose=verbose)
+    fit = fit_classifier(
+        recipe,
+        fit_features,
+        augmented_labels,
+        validation,
+        sample_weight=sample_weight,
+        verbose=verbose,
+    )
 
     # 4-6. Export, evaluate the export, write metrics and report, publish atomically.
     def build(directory: Path, chosen_version: int) -> None:
@@ -123,6 +152,17 @@ def run(
         test = evaluate_signature(signature, data.test_images, data.test_labels)
         train = evaluate_signature(signature, fit_images, fit_labels)
         val = evaluate_signature(signature, val_images, val_labels) if n_val else None
+        # The held-out real digits, read by this version and by the one served now.
+        real_digits = held_real = None
+        if any(len(s.held_labels) for s in extra):
+            baseline = served_baseline(models_dir)
+            real_digits = measure_real_digits(signature, extra, baseline)
+            held_real = evaluate_signature(signature, *held_out_part(extra))
+            if real_digits is not None and baseline is not None:
+                baseline_test = evaluate_signature(
+                    baseline.signature, data.test_images, data.test_labels
+                )
+                real_digits["baseline"]["test_accuracy"] = baseline_test.accuracy
         evaluate_seconds = time.perf_counter() - tick
 
         # The reader's calibration for this version (likeness basis and thresholds), from
@@ -154,6 +194,9 @@ def run(
                 kernel=fit.kernel,
                 preprocessing=recipe.preprocessing,
                 title=f"v{chosen_version} ({recipe.name})",
+                real_digits=real_digits,
+                real_evaluation=held_real,
+                real_images=held_out_part(extra)[0],
             )
         report_seconds = time.perf_counter() - tick
 
@@ -169,11 +212,42 @@ def run(
             "total_seconds": load_seconds + time.perf_counter() - started,
         }
         metrics = build_metrics(chosen_version, recipe, data, fit, test, train, val, timing)
+        if extra:
+            metrics["extra_data"] = [s.describe() for s in extra]
+            metrics["dataset"]["extra_fit_examples"] = sum(len(s.fit_labels) for s in extra)
+            metrics["real_digits"] = real_digits
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", "utf-8")
 
     path = write_version(models_dir, version, build)
     metrics = json.loads((path / "metrics.json").read_text("utf-8"))
     return TrainingRun(path=path, version=int(path.name), metrics=metrics)
+
+
+def add_extra_digits(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer[Any]],
+    extra: Sequence[ExtraSet],
+    recipe: Recipe,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The augmented MNIST fit split with every extra set's fit digits (augmented the same
+    way), shuffled together with the recipe's seed, and each example's sample weight."""
+    parts_x, parts_y = [images], [np.asarray(labels, np.int64)]
+    weights = [np.ones(len(labels), np.float32)]
+    for extra_set in extra:
+        if not len(extra_set.fit_labels):
+            continue
+        x, y = augment_split(
+            extra_set.fit_images, extra_set.fit_labels, recipe.augmentation, recipe.seed
+        )
+        parts_x.append(x)
+        parts_y.append(np.asarray(y, np.int64))
+        weights.append(np.full(len(y), extra_set.weight, np.float32))
+    order = np.random.default_rng(recipe.seed).permutation(sum(len(y) for y in parts_y))
+    return (
+        np.concatenate(parts_x)[order],
+        np.concatenate(parts_y)[order],
+        np.concatenate(weights)[order],
+    )
 
 
 def build_metrics(
@@ -250,6 +324,26 @@ def format_summary(result: TrainingRun) -> str:
     ]
     if m["validation"]:
         rows.append(("validation accuracy", f"{m['validation']['accuracy']:.4f}"))
+    for extra in m.get("extra_data") or []:
+        rows.append(
+            (
+                "extra data",
+                f"{extra['name']}: {extra['fit_items']} fitted (weight {extra['weight']:g}), "
+                f"{extra['held_out_items']} held out, sha256 {extra['sha256'][:12]}",
+            )
+        )
+    real = m.get("real_digits")
+    if real:
+        baseline = real.get("baseline")
+        versus = "no served version to compare with"
+        if baseline:
+            versus = (
+                f"version {baseline['version']} (served): {baseline['accuracy']:.4f}, "
+                f"test accuracy {baseline['test_accuracy']:.4f}"
+            )
+        rows.append(
+            ("real-digit accuracy", f"{real['accuracy']:.4f}  ({real['items']} held out; {versus})")
+        )
     rows += [
         (
             "training time",
@@ -269,7 +363,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; unset hyperparameters keep the recipe's values."""
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train the MNIST 784->10 softmax classifier and export a model version.",
+        description="Train the MNIST 784->10 softmax classifier and export a model version. "
+        "`python -m training export-reviews --help`: the review queue's answers as labelled "
+        "data for --extra-data.",
     )
     parser.add_argument(
         "--recipe",
@@ -298,6 +394,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--augmentation",
         choices=["none", *sorted(AUGMENTATIONS)],
         help=f"copies of the training digits added before preprocessing {keep}",
+    )
+    parser.add_argument(
+        "--extra-data",
+        metavar="DIR[:WEIGHT]",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="labelled real digits beside MNIST: a folder of PNG files with labels.csv "
+        "(filename,label[,source]; with boxes.json, strings are cut by their boxes), such as "
+        "`python -m training export-reviews`' digits/; its held-out fifth is never fitted and "
+        "measures this version beside the served one (metrics.json real_digits). WEIGHT "
+        "(default 1) is each digit's sample weight against an MNIST digit's; 0 only measures",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNG report")
     add_reader_fit_arguments(parser)
@@ -332,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         augmentation=_augmentation(args.augmentation),
     )
     try:
+        extra = load_extra_sets(args.extra_data)
         tick = time.perf_counter()
         data = load_mnist(args.data_dir)
         load_seconds = time.perf_counter() - tick
@@ -344,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_seconds=load_seconds,
             reader_fit=args.reader_fit,
             reader_codes=args.reader_codes,
+            extra=extra,
         )
     except (MnistError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

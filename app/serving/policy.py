@@ -9,17 +9,21 @@
 
 The promotion gate (``latest`` only) reads each version's ``metrics.json``, walking versions from
 the oldest: the first servable one is the baseline; a newer one replaces it only when its test
-accuracy is known, at least the floor, and not below the baseline's by more than the tolerance.
-Otherwise it is *held* with the reason. The outcome depends only on the files, so a restart
-serves what was served before.
+accuracy is known, at least the floor, and not below the baseline's by more than the tolerance,
+and, when it was measured on held-out labelled real digits (``real_digits``, written by training
+with ``--extra-data``), its accuracy there is not below the then served version's on the same
+digits by more than the tolerance, whatever its MNIST figure. Otherwise it is *held* with the
+reason. The outcome depends only on the files, so a restart serves what was served before.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
+
+from app.serving.report import ModelReport
 
 #: Largest version number accepted: above 2**53 a JSON client cannot represent it exactly.
 MAX_VERSION: Final = 2**53 - 1
@@ -103,9 +107,10 @@ class Gate:
     """The lowest test accuracy a newer version may have."""
 
     def hold_reason(
-        self, accuracy: float | None, baseline: int, baseline_accuracy: float | None
+        self, report: ModelReport | None, baseline: int, baseline_report: ModelReport | None
     ) -> str | None:
-        """Why a version with this test accuracy must not replace ``baseline``, or None."""
+        """Why a version with this ``metrics.json`` must not replace ``baseline``, or None."""
+        accuracy = report.test_accuracy if report is not None else None
         if accuracy is None:
             return (
                 f"metrics.json gives no test accuracy to compare with version {baseline}'s; "
@@ -116,12 +121,47 @@ class Gate:
                 f"test accuracy {accuracy:.4f} is below the floor {self.min_accuracy:.4f} "
                 "(DIGITS_PROMOTION_MIN_ACCURACY)"
             )
+        baseline_accuracy = baseline_report.test_accuracy if baseline_report is not None else None
         if baseline_accuracy is not None and accuracy < baseline_accuracy - self.tolerance:
             return (
                 f"test accuracy {accuracy:.4f} is more than {self.tolerance:.4f} below version "
                 f"{baseline}'s {baseline_accuracy:.4f} (DIGITS_PROMOTION_TOLERANCE)"
             )
+        # Measured at training time on the same held-out digits as the version then served:
+        # the only comparison on real handwriting the files can make.
+        real = report.real_digits if report is not None else None
+        if (
+            real is not None
+            and real.baseline_accuracy is not None
+            and real.accuracy < real.baseline_accuracy - self.tolerance
+        ):
+            return (
+                f"real-digit accuracy {real.accuracy:.4f} on {real.items} held-out labelled "
+                f"digits is more than {self.tolerance:.4f} below version "
+                f"{real.baseline_version}'s {real.baseline_accuracy:.4f} on the same digits "
+                f"(DIGITS_PROMOTION_TOLERANCE), whatever its test accuracy {accuracy:.4f}"
+            )
         return None
+
+    def promote(
+        self, versions: Iterable[int], report_of: Callable[[int], ModelReport | None]
+    ) -> tuple[list[int], dict[int, str]]:
+        """Walk ``versions`` from the oldest: (those accepted, oldest first; those held, why).
+
+        The first version is accepted whatever its report; each newer one is compared with the
+        last accepted (:meth:`hold_reason`). The last accepted is what ``latest`` serves.
+        """
+        accepted: list[int] = []
+        held: dict[int, str] = {}
+        for version in sorted(versions):
+            if accepted:
+                baseline = accepted[-1]
+                reason = self.hold_reason(report_of(version), baseline, report_of(baseline))
+                if reason is not None:
+                    held[version] = reason
+                    continue
+            accepted.append(version)
+        return accepted, held
 
 
 @dataclass(frozen=True)

@@ -397,19 +397,7 @@ class ModelStore:
         wanted: set[int] = set()
         default: int | None = None
         if policy.kind == "latest":
-            accepted: list[int] = []
-            for version in versions:
-                if not usable(version):
-                    continue
-                if accepted:
-                    baseline = accepted[-1]
-                    reason = policy.gate.hold_reason(
-                        self._accuracy(version), baseline, self._accuracy(baseline)
-                    )
-                    if reason is not None:
-                        held[version] = reason
-                        continue
-                accepted.append(version)
+            accepted, held = policy.gate.promote(filter(usable, versions), self._report)
             wanted.update(accepted[-policy.latest_versions :])
             default = accepted[-1] if accepted else None
         else:
@@ -425,8 +413,8 @@ class ModelStore:
                 default = labelled
         return wanted, default, held
 
-    def _accuracy(self, version: int) -> float | None:
-        """The version's metrics.json test accuracy, read again only when the file changes.
+    def _report(self, version: int) -> ModelReport | None:
+        """The version's metrics.json, read again only when the file changes.
 
         Read at every poll that finds it changed, so only a regular file is read: a FIFO or a
         device there would block the poller for good. Anything else counts as no report.
@@ -451,8 +439,7 @@ class ModelStore:
                 report = read_report(path)
             cached = (key, report)
             self._reports[version] = cached
-        report = cached[1]
-        return report.test_accuracy if report is not None else None
+        return cached[1]
 
     def _try_load(self, version: int, fingerprint: str) -> LoadedModel | None:
         path = self.models_dir / str(version)
@@ -498,7 +485,9 @@ class ModelStore:
             if previous is not None and previous.reason == reason:
                 updated[version] = previous
                 continue
-            updated[version] = HeldVersion(version, reason, now, self._accuracy(version))
+            report = self._report(version)
+            accuracy = report.test_accuracy if report is not None else None
+            updated[version] = HeldVersion(version, reason, now, accuracy)
             logger.warning("model version %d held by the promotion gate: %s", version, reason)
             if self._observer is not None:
                 self._observer.version_held(version, reason)

@@ -85,13 +85,21 @@ def fake_loader(path: Path) -> Predictor:
 
 
 def add_version(
-    root: Path, version: int, kind: str = "good", accuracy: float | None = 0.97
+    root: Path,
+    version: int,
+    kind: str = "good",
+    accuracy: float | None = 0.97,
+    real_digits: object = None,
 ) -> Path:
+    """A fake version; ``accuracy`` and ``real_digits`` go into its metrics.json."""
     path = root / str(version)
     (path / "variables").mkdir(parents=True)
     (path / "variables" / "kind.txt").write_text(kind)
     if accuracy is not None:
-        (path / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}}))
+        document: dict[str, object] = {"test": {"accuracy": accuracy}}
+        if real_digits is not None:
+            document["real_digits"] = real_digits
+        (path / "metrics.json").write_text(json.dumps(document))
     return path
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from training.data import IMAGES_MAGIC, LABELS_MAGIC, DatasetSpec, IdxFile, MnistData
 
@@ -83,3 +85,31 @@ def make_dataset(directory: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) 
         digests={f.name: f.sha256 for f in files},
     )
     return SyntheticDataset(directory=directory, spec=spec, data=data)
+
+
+def scan_png(image: np.ndarray, scale: int = 2) -> bytes:
+    """A 28×28 white-on-black digit as a scan would give it: dark ink on paper, enlarged."""
+    paper = Image.fromarray(255 - image).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    paper.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_digit_set(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    sources: list[str] | None = None,
+) -> list[str]:
+    """A labelled folder in the real-digits layout: ``d<i>.png`` scans and ``labels.csv``
+    (with a ``source`` column when ``sources`` is given); returns the file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"d{i:04d}.png" for i in range(len(images))]
+    header = "filename,label" + (",source" if sources is not None else "")
+    rows = [header]
+    for i, (name, image, label) in enumerate(zip(names, images, labels, strict=True)):
+        (folder / name).write_bytes(scan_png(image))
+        rows.append(f"{name},{int(label)}" + (f",{sources[i]}" if sources is not None else ""))
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return names

@@ -174,6 +174,68 @@ def test_a_newer_version_without_accuracy_or_below_the_floor_is_held(tmp_path: P
     assert "below the floor 0.9600" in reasons[3]
 
 
+def test_a_version_reading_held_out_real_digits_worse_is_held_despite_better_mnist(
+    tmp_path: Path,
+) -> None:
+    add_version(tmp_path, 1, accuracy=0.9718)
+    # Better on MNIST, worse on the held-out real digits than version 1 on the same digits.
+    worse = {"items": 1500, "accuracy": 0.9310, "baseline": {"version": 1, "accuracy": 0.9507}}
+    add_version(tmp_path, 2, accuracy=0.9731, real_digits=worse)
+    store, recorder = make_store(tmp_path)
+    model = store.refresh()
+    assert model is not None
+    assert model.version == 1
+    [held] = store.held
+    assert held.version == 2
+    assert held.test_accuracy == pytest.approx(0.9731)
+    assert "real-digit accuracy 0.9310 on 1500 held-out labelled digits" in held.reason
+    assert "version 1's 0.9507 on the same digits" in held.reason
+    assert recorder.holds == [(2, held.reason)]
+    # Better on the real digits, within the tolerance on MNIST: promoted.
+    better = {"items": 1500, "accuracy": 0.9680, "baseline": {"version": 1, "accuracy": 0.9507}}
+    add_version(tmp_path, 3, accuracy=0.9690, real_digits=better)
+    model = store.refresh()
+    assert model is not None
+    assert model.version == 3
+    assert [h.version for h in store.held] == [2]
+
+
+@pytest.mark.parametrize(
+    "real_digits",
+    [
+        {"items": 1500, "accuracy": 0.9490, "baseline": {"version": 1, "accuracy": 0.9507}},
+        {"items": 1500, "accuracy": 0.80},  # no baseline: nothing to compare with
+        {"items": 0, "accuracy": 0.10, "baseline": {"version": 1, "accuracy": 0.95}},
+        {"items": 40, "accuracy": "0.1", "baseline": {"version": 1, "accuracy": 0.95}},
+        {"items": 40, "accuracy": 0.1, "baseline": {"version": "1", "accuracy": 0.95}},
+        [0.1],
+    ],
+    ids=["within-tolerance", "no-baseline", "no-items", "text", "bad-baseline", "not-an-object"],
+)
+def test_the_real_digit_check_needs_a_comparison_to_hold(
+    tmp_path: Path, real_digits: object
+) -> None:
+    add_version(tmp_path, 1, accuracy=0.9718)
+    add_version(tmp_path, 2, accuracy=0.9718, real_digits=real_digits)
+    store, _ = make_store(tmp_path)
+    model = store.refresh()
+    assert model is not None
+    assert model.version == 2
+    assert store.held == []
+
+
+def test_a_worse_mnist_figure_still_holds_a_version_better_on_real_digits(
+    tmp_path: Path,
+) -> None:
+    add_version(tmp_path, 1, accuracy=0.9718)
+    better = {"items": 1500, "accuracy": 0.99, "baseline": {"version": 1, "accuracy": 0.95}}
+    add_version(tmp_path, 2, accuracy=0.9600, real_digits=better)
+    store, _ = make_store(tmp_path)
+    store.refresh()
+    [held] = store.held
+    assert "test accuracy 0.9600 is more than 0.0050 below version 1's 0.9718" in held.reason
+
+
 def test_a_broken_newer_version_is_failed_not_held(tmp_path: Path) -> None:
     add_version(tmp_path, 1, accuracy=0.97)
     add_version(tmp_path, 2, kind="negative", accuracy=None)
