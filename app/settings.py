@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.reading.review import DEFAULT_REVIEW_THRESHOLD
+from app.reviews.db import default_url
 from app.serving.policy import Gate, VersionPolicy, parse_labels, parse_versions
 
 
@@ -143,6 +144,67 @@ class Settings(BaseSettings):
         f"{DEFAULT_REVIEW_THRESHOLD}.",
     )
 
+    # The review queue (app/reviews/): flagged readings stored for people to key.
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory for the service's own state: the review queue's SQLite file "
+        "when DIGITS_REVIEW_DATABASE_URL is unset.",
+    )
+    review_queue: bool = Field(
+        default=True,
+        description="Store readings for review at all; false opens no database and answers "
+        "every reading with queue null.",
+    )
+    review_database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the review queue's database, e.g. "
+        "postgresql+psycopg://user:password@host:5432/digits for several replicas. Unset: "
+        "SQLite in DIGITS_DATA_DIR (reviews.sqlite3).",
+    )
+    review_queue_recognize: bool = Field(
+        default=True, description="Queue /recognize readings that are flagged for review."
+    )
+    review_queue_predict: bool = Field(
+        default=False,
+        description="Queue /predict readings that are flagged for review (a request may also "
+        "ask with ?queue=true).",
+    )
+    review_audit_share: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Share of the readings NOT flagged that are queued too, as audit samples: "
+        "keyed, they measure how often an accepted answer is wrong.",
+    )
+    review_retention_days: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Images stored for review are deleted after this many days; an item not "
+        "keyed by then expires.",
+    )
+    review_max_items: int = Field(
+        default=100_000,
+        gt=0,
+        description="Most queued items holding an image; past it new readings are answered "
+        "with queue 'not_queued' until items are keyed, deleted or expire.",
+    )
+    review_lease_seconds: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="How long a claimed item is held for its reviewer before it returns to "
+        "the queue.",
+    )
+    review_migrate: bool = Field(
+        default=True,
+        description="Apply the review queue's database migrations at start (else run "
+        "`python -m app.reviews upgrade` before starting).",
+    )
+    reviewer_api_key: SecretStr | None = Field(
+        default=None,
+        description="The reviewers' key, sent in the X-API-Key header: required by the /reviews "
+        "endpoints and the /review page whenever any key is configured.",
+    )
+
     # Connections: applied by the launcher (``python -m app.serve``), where uvicorn faces clients.
     max_connections: int = Field(
         default=256,
@@ -233,6 +295,12 @@ class Settings(BaseSettings):
     def _check_policy(self) -> Settings:
         self.policy()
         return self
+
+    def review_database(self) -> str:
+        """The review queue's database URL: the setting, else SQLite in the data directory."""
+        if self.review_database_url is not None:
+            return self.review_database_url.get_secret_value()
+        return default_url(self.data_dir)
 
     def policy(self) -> VersionPolicy:
         """The version policy and promotion gate these settings describe.

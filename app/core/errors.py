@@ -79,6 +79,16 @@ DOMAIN_ERRORS: dict[str, ErrorSpec] = {
     "model_not_ready": ErrorSpec(503, retry_after=5),
     "model_output_invalid": ErrorSpec(503, retry_after=5),
     "deadline_exceeded": ErrorSpec(503, retry_after=1),
+    # The review queue (app/reviews/).
+    "review_not_found": ErrorSpec(404),
+    "review_image_deleted": ErrorSpec(410),
+    "lease_expired": ErrorSpec(409),
+    "review_held_by_another": ErrorSpec(409),
+    "already_reviewed": ErrorSpec(409),
+    "not_claimed": ErrorSpec(409),
+    "invalid_review": ErrorSpec(422),
+    "review_queue_unavailable": ErrorSpec(503, retry_after=5),
+    "review_queue_full": ErrorSpec(503, retry_after=60),
 }
 
 #: The HTTP status of each domain error code.
