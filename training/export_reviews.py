@@ -39,8 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.core.errors import DomainError
 from app.reading.decode import decode_upright, open_image
+from app.reviews.db import current_revision, open_database, redacted
+from app.reviews.queue import QueueUnavailableError, ReviewQueue
 from training.extra_data import (
     BOXES_FILE,
     DIGITS_FOLDER,
@@ -100,7 +105,7 @@ class ExportSummary:
         """One paragraph for the command line."""
         left = ", ".join(f"{reason} {n}" for reason, n in sorted(self.left_out.items()))
         return (
-            f"exported {self.strings} reviewed images to {out / STRINGS_FOLDER} "
+            f"exported {self.strings} keyed images to {out / STRINGS_FOLDER} "
             f"({self.strings_with_boxes} with a box per digit; {self.held_out_strings} held out) "
             f"and {self.digits} digits to {out / DIGITS_FOLDER} ({self.held_out_digits} held "
             f"out); left out: {left or 'none'}"
@@ -228,11 +233,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def open_queue(url: str) -> ReviewQueue:
+    """The queue at ``url``, read-only in spirit: an export never creates or migrates one.
+
+    Raises:
+        ValueError: the URL is not SQLite or PostgreSQL, names a SQLite file that does not
+            exist, or a database without the review queue's tables.
+        DomainError: ``review_queue_unavailable`` when the database does not answer.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise ValueError(
+                f"{redacted(url)}: no such SQLite file (the service's queue is "
+                "<DIGITS_DATA_DIR>/reviews.sqlite3 by default)"
+            )
+    database = open_database(url)
+    try:
+        revision = current_revision(database)
+    except SQLAlchemyError as exc:
+        database.dispose()
+        raise QueueUnavailableError(
+            f"{redacted(url)} is not answering ({type(exc).__name__})"
+        ) from exc
+    if revision is None:
+        database.dispose()
+        raise ValueError(f"{redacted(url)} holds no review queue (never migrated): check the URL")
+    return ReviewQueue(database)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    from app.reviews.db import open_database, redacted
-    from app.reviews.queue import ReviewQueue
-
     args = parse_args(argv)
     if not args.database:
         print(
@@ -242,9 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        database = open_database(args.database)
-        summary = write_export(ReviewQueue(database).reviewed(), args.out)
-    except (FileExistsError, DomainError) as exc:
+        queue = open_queue(args.database)
+        try:
+            summary = write_export(queue.reviewed(), args.out)
+        finally:
+            queue.database.dispose()
+    except (ValueError, FileExistsError, DomainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{redacted(args.database)}: {summary.describe(args.out)}")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.reviews.db import default_url, open_database, upgrade
+from app.reviews.queue import NewItem, ReviewQueue, Submission
+from app.reviews.tables import Kind, Verdict
+from harness import postgres
 from tests.training.synthetic import blob_digits, scan_png
-from training.export_reviews import write_export
+from training.export_reviews import main, write_export
 from training.extra_data import is_held_out, load_extra_set
 
 
@@ -168,3 +176,106 @@ def test_an_image_that_does_not_decode_is_counted(tmp_path: Path) -> None:
     summary = write_export([Reviewed("bad", "12", b"\x89PNG\r\n\x1a\nbroken")], tmp_path / "x")
     assert summary.strings == 0
     assert summary.left_out == {"image not decoded (truncated_image)": 1}
+
+
+# --- from a real queue -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty review queue on each database (PostgreSQL skipped without one)."""
+    if request.param == "sqlite":
+        url = default_url(tmp_path / "data")
+        _migrate(url)
+        yield url
+        return
+    server, reason = postgres.admin_url()
+    if server is None:
+        if postgres.required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with postgres.fresh_database(server, prefix="htrain_export") as url:
+        _migrate(url)
+        yield url
+
+
+def _migrate(url: str) -> None:
+    database = open_database(url)
+    upgrade(database)
+    database.dispose()
+
+
+def _key(queue: ReviewQueue, submission: Submission) -> None:
+    claimed = queue.claim("alice", 300)
+    assert claimed is not None
+    submission = Submission(
+        reviewer="alice",
+        lease=claimed.lease,
+        digits=submission.digits,
+        corrections=submission.corrections,
+        verdict=submission.verdict,
+    )
+    queue.submit(claimed.item.review_id, submission)
+
+
+def test_the_command_exports_what_reviewers_keyed(
+    queue_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, _ = blob_digits(5, seed=24)
+    sheet, segments = _sheet(images[:3])
+    database = open_database(queue_url)
+    queue = ReviewQueue(database)
+    read = {"digits": "128", "confidence": 0.4, "segments": segments, "review_reasons": []}
+    for digits, reading in (("128", read), ("9", {"digits": "9", "segments": []}), ("1", read)):
+        queue.enqueue(
+            NewItem(kind=Kind.FLAGGED, endpoint="/recognize", model_version=2, image=sheet,
+                    image_type="image/png", reading=reading, reading_digits=digits)
+        )  # fmt: skip
+    _key(queue, Submission(reviewer="alice", corrections=[(2, 3)]))  # 128 -> 123
+    _key(queue, Submission(reviewer="alice", verdict=Verdict.NOT_DIGITS))
+    database.dispose()  # the third is never keyed: not exported
+
+    out = tmp_path / "export"
+    assert main(["--database", queue_url, "--out", str(out)]) == 0
+    [row] = _rows(out / "strings" / "labels.csv")
+    assert row["label"] == "123"
+    digits = _rows(out / "digits" / "labels.csv")
+    assert [d["label"] for d in digits] == ["1", "2", "3"]
+    assert {d["source"] for d in digits} == {row["filename"]}
+    said = capsys.readouterr().out
+    assert "exported 1 keyed images" in said
+    assert "not_digits 1" in said
+
+
+def test_the_command_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "export")
+    assert main(["--database", f"sqlite:///{tmp_path}/nope.sqlite3", "--out", out]) == 2
+    assert "no such SQLite file" in capsys.readouterr().err
+    assert not (tmp_path / "nope.sqlite3").exists(), "a mistyped path creates nothing"
+    empty = default_url(tmp_path / "empty")
+    open_database(empty).engine.connect().close()
+    assert main(["--database", empty, "--out", out]) == 2
+    assert "holds no review queue (never migrated)" in capsys.readouterr().err
+    assert main(["--database", "mysql://h/db", "--out", out]) == 2
+    assert "SQLite or PostgreSQL" in capsys.readouterr().err
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"postgresql+psycopg://alice:s3cret@127.0.0.1:{port}/reviews"
+    assert main(["--database", down, "--out", out]) == 2
+    said = capsys.readouterr().err
+    assert "is not answering" in said
+    assert "s3cret" not in said
+    assert not (tmp_path / "export").exists()
+
+
+def test_python_m_training_dispatches_export_reviews() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "export-reviews", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "python -m training export-reviews" in done.stdout
+    assert "--database" in done.stdout
