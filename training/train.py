@@ -440,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         augmentation=_augmentation(args.augmentation),
     )
     try:
-        extra = load_extra_sets(args.extra_data)
         tick = time.perf_counter()
+        extra = load_extra_sets(args.extra_data)  # before MNIST: a bad folder stops at once
         data = load_mnist(args.data_dir)
         load_seconds = time.perf_counter() - tick
         result = run(
