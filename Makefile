@@ -17,7 +17,7 @@ SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
 # The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
 export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
-.PHONY: install install-train install-dev serve train test test-fast test-compose lint bench browser docs lock clean python-check
+.PHONY: install install-train install-dev serve train test test-fast test-compose postgres lint bench browser docs lock clean python-check
 
 # The Python versions the lock covers: pyproject.toml's requires-python (>= 3.11) up to its
 # [tool.uv] environments (< 3.14: TensorFlow publishes no wheels for newer ones). Another
@@ -98,6 +98,13 @@ browser:
 
 test: install-dev browser
 	$(BIN)/python -m pytest
+
+# A throw-away PostgreSQL on 127.0.0.1:55432 (scripts/start-postgres.sh: Debian's server binaries,
+# run as the postgres user, data in /tmp; a server already up there is reused), for the review
+# queue's PostgreSQL tests, which run when DIGITS_TEST_POSTGRES_URL is set and skip otherwise:
+#   eval "$$(make -s postgres)" && make test
+postgres:
+	@url=$$(bash scripts/start-postgres.sh) && echo "export DIGITS_TEST_POSTGRES_URL=$$url"
 
 # The inner loop: no browser, no real uvicorn server, no long checks (markers in pyproject.toml).
 test-fast: install-dev
