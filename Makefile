@@ -134,6 +134,9 @@ bench: install-dev
 
 # Re-resolve after editing dependencies in pyproject.toml: uv.lock keeps every pin it can and
 # the three requirement files are exported from it with hashes. Commit all four.
+# requirements/client.txt is the client image's (client/pyproject.toml, Dockerfile stage
+# client): its dependencies and build backend at uv.lock's versions and hashes
+# (scripts/lock_client.py), so the client image runs on the bits the tests ran on.
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv lock
@@ -143,6 +146,7 @@ lock: $(BIN)/python
 		--extra train -o requirements/train.txt
 	$(BIN)/uv export --frozen --quiet --format requirements-txt --no-emit-project --hashes \
 		--extra dev -o requirements/dev.txt
+	$(BIN)/python scripts/lock_client.py --uv $(BIN)/uv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts
