@@ -48,6 +48,7 @@ import httpx
 from app.reading.review import DEFAULT_REVIEW_THRESHOLD
 from benchmarks.bench_postal import cpu_model
 from benchmarks.bench_realworld import Answer, Row, print_table, read_predict, read_recognize
+from harness.mnist import mnist_dir
 from harness.realdigits import DATA_DIR_ENV, Item, load_items, realdigits_dir, set_dir
 from harness.servers import REPO, RunningServer
 
@@ -227,6 +228,9 @@ def train(models_dir: Path, extra: Path, options: RoundOptions) -> tuple[int, fl
     command = [sys.executable, "-m", "training", "--recipe", "default",
                "--models-dir", str(models_dir), "--extra-data", f"{extra}:{options.weight:g}",
                "--reader-fit", options.reader_fit]  # fmt: skip
+    found = mnist_dir()  # the trainer would otherwise download it
+    if found is not None:
+        command += ["--data-dir", str(found)]
     if options.epochs is not None:
         command += ["--epochs", str(options.epochs)]
     if options.augmentation is not None:
@@ -457,13 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-review-") as scratch:
         workdir = args.keep or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
+        load = os.getloadavg()[0]
         started = time.perf_counter()
         result = run_round(options, workdir, root)
         seconds = time.perf_counter() - started
     print("# One review round on real scans\n")
     print(
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
-        f"{seconds:.0f} s in all.\n"
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"load average {load:.1f} at the start. {seconds:.0f} s in all.\n"
     )
     print_round(result, options)
     return 0

@@ -198,12 +198,13 @@ def _real_digits(real: dict[str, Any], test_accuracy: float, title: str) -> Any:
     groups = ["MNIST test", f"real digits\n({real['items']} held out)"]
     ours = [test_accuracy, real["accuracy"]]
     theirs = [baseline["test_accuracy"], baseline["accuracy"]] if baseline else None
-    for row in real.get("sets", []):
+    sets = real.get("sets", [])
+    for row in sets if len(sets) > 1 else []:  # one set: the total says it
         groups.append(f"{row['name']}\n({row['items']})")
         ours.append(row["accuracy"])
         if theirs is not None:
             theirs.append(row.get("baseline_accuracy", float("nan")))
-    figure = _figure(2.2 * len(groups) + 2, 4.5)
+    figure = _figure(max(9.0, 2.2 * len(groups) + 2), 4.5)
     ax = figure.subplots()
     x = np.arange(len(groups))
     width = 0.38
@@ -218,8 +219,8 @@ def _real_digits(real: dict[str, Any], test_accuracy: float, title: str) -> Any:
     ax.set_xticks(x, groups)
     ax.set_ylabel("accuracy")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"{title}: what the promotion gate compares (same digits for both versions)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=len(bars), frameon=False)
+    ax.set_title(f"{title}: what the promotion gate compares (the same digits for both)")
     return figure
 
 
