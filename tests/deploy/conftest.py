@@ -15,20 +15,11 @@ from tests.deploy.formats import Dockerfile, NginxBlock, parse_dockerfile, parse
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Settings of the review queue's contract (``DIGITS_DATA_DIR``, ``DIGITS_REVIEW_DATABASE_URL``,
-#: ``DIGITS_REVIEWER_API_KEY``, ``DIGITS_REVIEW_QUEUE``) that the deployment files set before
-#: app/settings.py has them. The deployment tests accept these names as settings while the
-#: class lacks them, and test_compose.py's test_pending_settings_are_not_settings_yet fails
-#: once they land: then empty this set.
-PENDING_SETTINGS = frozenset(
-    {"data_dir", "review_database_url", "reviewer_api_key", "review_queue"}
-)
-
 
 def is_setting(field: str) -> bool:
     """Whether ``field`` (lower case, without the ``DIGITS_`` prefix) is a setting of the
-    service, or one of the review queue's that has not landed yet."""
-    return field in Settings.model_fields or field in PENDING_SETTINGS
+    service."""
+    return field in Settings.model_fields
 
 
 @pytest.fixture(scope="session")

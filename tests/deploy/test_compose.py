@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 
 from app.settings import Settings
 from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
-from tests.deploy.conftest import PENDING_SETTINGS, REPO, is_setting
+from tests.deploy.conftest import REPO, is_setting
 from tests.deploy.formats import (
     Dockerfile,
     NginxBlock,
@@ -420,14 +420,6 @@ def test_the_postgres_stand_in_is_built_under_the_name_compose_uses(
     assert f"upload {entrypoint.relative_to(REPO)} " in script
     for variable in services["postgres"]["environment"]:
         assert variable in entrypoint.read_text(), f"the stand-in ignores {variable}"
-
-
-def test_pending_settings_are_not_settings_yet() -> None:
-    landed = PENDING_SETTINGS & set(Settings.model_fields)
-    assert not landed, (
-        f"{sorted(landed)} are settings now: remove them from PENDING_SETTINGS "
-        "(tests/deploy/conftest.py)"
-    )
 
 
 # ----------------------------------------------------------------------------- lb (nginx)

@@ -261,6 +261,13 @@ def dockerignore() -> DockerIgnore:
     return DockerIgnore.parse((REPO / ".dockerignore").read_text())
 
 
+def _tracked(source: str) -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", source], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    return [REPO / name for name in listed.decode().split("\0") if name]
+
+
 def test_context_holds_everything_the_dockerfile_copies(
     dockerfile: Dockerfile, dockerignore: DockerIgnore
 ) -> None:
@@ -270,9 +277,9 @@ def test_context_holds_everything_the_dockerfile_copies(
                 continue
             for source in _copy_sources(item):
                 assert (REPO / source).exists(), f"line {item.line}: {source} missing"
-                files = [REPO / source] if (REPO / source).is_file() else []
-                files += [p for p in (REPO / source).rglob("*") if p.is_file()]
-                for path in files:
+                # What the repository holds there: build output beside it (an editable
+                # install's egg-info, bytecode) is left out of the context on purpose.
+                for path in _tracked(source):
                     relative = path.relative_to(REPO).as_posix()
                     # Hidden entries (the trainer's .tmp-* dirs) and bytecode stay out on purpose.
                     if any(p.startswith(".") or p == "__pycache__" for p in path.parts):
