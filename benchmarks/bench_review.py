@@ -56,6 +56,13 @@ BUNDLED_MODELS: Final = REPO / "models" / "mnist"
 CLIENT_KEY: Final = "bench-client-key"
 REVIEWER_KEY: Final = "bench-reviewer-key"
 REVIEWER: Final = "bench-reviewer"
+#: What an answer's ``queue`` field says, in the report.
+QUEUE_FIELD: Final = {
+    "queued": "flagged and queued",
+    "audit": "accepted, queued as an audit sample",
+    "None": "accepted, not queued",
+    "not_queued": "not queued (database failed or full)",
+}
 #: Longest wait for the running server's poll to find the new version and the gate to decide.
 GATE_TIMEOUT_SECONDS: Final = 120.0
 
@@ -376,19 +383,24 @@ def run_round(
 def print_round(result: RoundResult, options: RoundOptions) -> None:
     """The round's tables, as markdown."""
     sent, reviewed, export, metrics = result.sent, result.reviewed, result.export, result.metrics
-    queued = ", ".join(f"{k} {n}" for k, n in sorted(sent.queue.items()))
+    items = ", ".join(f"{name} {n}" for name, n in sent.items.items())
+    queued = "; ".join(
+        f"{QUEUE_FIELD.get(k, k)} {n}" for k, n in sorted(sent.queue.items(), key=lambda kv: -kv[1])
+    )
     print("## The round\n")
     print("| step | figures |\n| --- | --- |")
-    print(f"| sent through /recognize | {dict(sent.items)} in {sent.seconds:.0f} s; {queued} |")
+    print(f"| sent through /recognize | {items} in {sent.seconds:.0f} s: {queued} |")
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(reviewed.by_kind.items()))
     print(
-        f"| keyed by the scripted reviewer | {reviewed.keyed} ({dict(reviewed.by_kind)}), "
-        f"the service's reading right on {reviewed.reading_was_correct}; unknown "
-        f"{reviewed.unknown}; {reviewed.seconds:.0f} s |"
+        f"| keyed by the scripted reviewer | {reviewed.keyed} ({kinds}); the service's reading "
+        f"was right on {reviewed.reading_was_correct}; not ours {reviewed.unknown}; "
+        f"{reviewed.seconds:.0f} s |"
     )
+    left = "; ".join(f"{k} {n}" for k, n in export["left_out"].items()) or "nothing"
     print(
         f"| exported | {export['strings']} images ({export['strings_with_boxes']} with a box "
         f"per digit), {export['digits']} digits ({export['held_out_digits']} held out); left "
-        f"out {export['left_out'] or 'none'} |"
+        f"out: {left} |"
     )
     [extra] = metrics["extra_data"]
     print(
