@@ -137,13 +137,13 @@
     $("answer").removeAttribute("aria-invalid");
   }
 
-  function setMode(next) {
-    mode = next;
-    $("sign-in").hidden = next !== "sign-in";
-    $("work").hidden = next !== "work";
-    $("idle").hidden = next !== "idle";
-    $("sign-out").hidden = next === "sign-in" || reviewer === null;
-    document.body.dataset.mode = next;
+  function setMode(wanted) {
+    mode = wanted;
+    $("sign-in").hidden = wanted !== "sign-in";
+    $("work").hidden = wanted !== "work";
+    $("idle").hidden = wanted !== "idle";
+    $("sign-out").hidden = wanted === "sign-in" || reviewer === null;
+    document.body.dataset.mode = wanted;
   }
 
   // ---------------------------------------------------------------- the queue
