@@ -192,7 +192,7 @@
   function release(entry, { keepalive = false } = {}) {
     if (!entry) return Promise.resolve();
     const path = `/reviews/${encodeURIComponent(entry.item.review_id)}/release`;
-    const body = JSON.stringify({ lease: entry.lease, reviewer });
+    const body = JSON.stringify({ lease: entry.lease });
     const headers = { "Content-Type": "application/json", Accept: "application/json", ...keyHeaders() };
     // A lease that already ran out, or an item keyed meanwhile, is no one's to give back.
     return fetch(path, { method: "POST", headers, body, keepalive }).catch(() => undefined);
@@ -450,18 +450,28 @@
     const entry = current;
     setBusy(true);
     try {
-      await api(`/reviews/${encodeURIComponent(entry.item.review_id)}`, {
-        method: "POST",
-        body: { lease: entry.lease, reviewer, ...result },
-      });
+      try {
+        await api(`/reviews/${encodeURIComponent(entry.item.review_id)}`, {
+          method: "POST",
+          body: { lease: entry.lease, reviewer, ...result },
+        });
+      } catch (err) {
+        await submitFailed(err, entry);
+        return;
+      }
       keyed += 1;
       $("count-mine").textContent = String(keyed);
       hideAnswerError();
       refreshStats();
       say(`Saved: ${description}.`);
-      await advance();
-    } catch (err) {
-      await submitFailed(err, entry);
+      // Saved: whatever happens next, this item is done with.
+      current = null;
+      forget(entry);
+      try {
+        await advance();
+      } catch (err) {
+        failed(err);
+      }
     } finally {
       setBusy(false);
       if (mode === "work") $("answer").focus();
