@@ -117,10 +117,12 @@
 
   // ---------------------------------------------------------------- messages
 
-  function say(message, tone = "info") {
+  /** Put a message in the status line; a ``transient`` one goes when the next item shows. */
+  function say(message, tone = "info", { transient = false } = {}) {
     const status = $("status");
     status.textContent = message;
     status.dataset.tone = tone;
+    status.dataset.transient = String(transient);
   }
 
   function showAnswerError(message) {
@@ -264,10 +266,7 @@
       release(entry);
       entry = null;
     }
-    if (entry === null) {
-      say("Looking for the next item…");
-      entry = await claimFresh();
-    }
+    if (entry === null) entry = await claimFresh();
     if (entry === null) {
       showIdle();
       return;
@@ -292,10 +291,11 @@
     return [];
   }
 
+  /** The indexes (from 0) of the digits a review reason names (reasons count from 1). */
   function flaggedPositions(reading) {
     const positions = new Set();
     for (const reason of reading.review_reasons || []) {
-      if (Number.isInteger(reason.position)) positions.add(reason.position);
+      if (Number.isInteger(reason.position)) positions.add(reason.position - 1);
     }
     return positions;
   }
@@ -343,7 +343,10 @@
           box.style.height = `${(100 * segment.box.height) / entry.height}%`;
           const label = document.createElement("span");
           label.className = "box-label";
-          label.textContent = `${segment.digit} · ${percent(segment.confidence, 0)}`;
+          const confidence = document.createElement("span");
+          confidence.className = "box-confidence";
+          confidence.textContent = ` · ${percent(segment.confidence, 0)}`;
+          label.append(String(segment.digit), confidence);
           box.append(label);
           return box;
         })
@@ -408,7 +411,10 @@
       hideAnswerError();
     }
     answer.dataset.reviewId = item.review_id;
+    if ($("status").dataset.transient === "true") say("");
     setMode("work");
+    // One more item is held now: the counts follow at once rather than at the next refresh.
+    refreshStats();
     answer.focus();
     answer.select();
     prefetch();
@@ -418,6 +424,7 @@
     if (current) forget(current);
     current = null;
     $("answer").dataset.reviewId = "";
+    delete $("work").dataset.reviewId;
     const others = skippedWaiting;
     $("idle-title").textContent = others ? "Nothing else waiting" : "Nothing waiting";
     $("idle-text").textContent = others
@@ -569,7 +576,7 @@
       return;
     }
     const message = err instanceof ServiceError ? err.message : String(err);
-    say(`${message} Trying again in a few seconds.`, "error");
+    say(`${message} Trying again in a few seconds.`, "error", { transient: true });
     if (current === null) {
       setMode("idle");
       $("idle").dataset.state = "trouble";
@@ -645,7 +652,7 @@
       say("Signed in again: press Enter to save.");
       return;
     }
-    say("Looking for an item…");
+    say("Looking for an item…", "info", { transient: true });
     try {
       await advance();
     } catch (err) {
@@ -739,7 +746,7 @@
     skipped.clear();
     skippedWaiting = 0;
     $("skipped-block").hidden = true;
-    say("Looking for an item…");
+    say("Looking for an item…", "info", { transient: true });
     stopPolling();
     advance().catch(failed);
   });

@@ -104,6 +104,12 @@ def waiting(stats: dict[str, Any]) -> int:
     return int(stats["waiting"] if "waiting" in stats else stats["pending"])
 
 
+def percent(value: float) -> str:
+    """A confidence as the page writes it: one decimal, never rounded up to a certainty."""
+    text = f"{value * 100:.1f}"
+    return "> 99.9 %" if value < 1 and float(text) >= 100 else f"{text} %"
+
+
 def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` for up to SETTLE_SECONDS."""
     deadline = time.monotonic() + SETTLE_SECONDS
@@ -200,7 +206,7 @@ def expect_item(page: Page, review_id: str) -> None:
 
 def expect_next_item(page: Page, previous: str) -> str:
     """Wait until the page shows another item than ``previous``, or says nothing waits."""
-    expect(page.locator(f'#work[data-review-id="{previous}"]')).to_have_count(0)
+    expect(page.locator(f'#work:not([hidden])[data-review-id="{previous}"]')).to_have_count(0)
     expect(page.locator("#work:not([hidden]), #idle:not([hidden])")).to_have_count(1)
     if page.locator("#idle").is_visible():
         return ""
@@ -254,12 +260,21 @@ def test_a_full_keying_round(queue: Queue, alice: PageRecord) -> None:
         [str(segment["digit"]) for segment in segments]
     )
     expect(page.locator("#digit-list li .digit-confidence")).to_have_text(
-        [f"{segment['confidence'] * 100:.1f} %" for segment in segments]
+        [percent(segment["confidence"]) for segment in segments]
     )
     expect(page.locator("#reasons li")).to_have_text(
         [reason["message"] for reason in first["review_reasons"]]
     )
     assert first["review_reasons"], "every digit below a threshold of 1 flags the reading"
+    # The digits a reason names (counted from 1) have boxes of their own colour.
+    named = sorted(
+        {reason["position"] - 1 for reason in first["review_reasons"] if reason["position"]}
+    )
+    flagged = page.locator("#boxes .box.flagged")
+    expect(flagged).to_have_count(len(named))
+    assert [
+        int(str(flagged.nth(i).get_attribute("data-position"))) for i in range(len(named))
+    ] == named
     expect(page.locator("#answer")).to_have_value(first["digits"])
     selection = "field => [field.selectionStart, field.selectionEnd]"
     assert page.locator("#answer").evaluate(selection) == [0, len(first["digits"])]
@@ -400,6 +415,27 @@ def test_a_wrong_length_is_refused_and_the_item_kept(queue: Queue, alice: PageRe
     expect(page.locator("#idle")).to_be_visible()
     expect(error).to_be_hidden()
     assert queue.item(review_id)["result"]["digits"] == "750110"
+    leave([alice], queue)
+    assert_clean(alice, refused=True)
+
+
+def test_an_item_deleted_meanwhile_is_left_for_the_next(queue: Queue, alice: PageRecord) -> None:
+    gone, kept = (queue.seed()["review_id"] for _ in range(2))
+    page = alice.page
+    open_review_page(alice, queue)
+    sign_in(page, "alice")
+    expect_item(page, gone)
+
+    # Deleted (a data-protection request, say) while the reviewer looks at it.
+    assert queue.api.delete(f"/reviews/{gone}").status_code == 204
+    page.keyboard.press("Enter")
+
+    expect_item(page, kept)
+    expect(page.locator("#status")).to_contain_text(f"There is no review item '{gone}'")
+    expect(page.locator("#status")).to_contain_text("Going on to the next item")
+    page.keyboard.press("Enter")
+    expect(page.locator("#idle")).to_be_visible()
+    assert queue.item(kept)["result"]["digits"] == "75011"
     leave([alice], queue)
     assert_clean(alice, refused=True)
 
