@@ -437,7 +437,8 @@
     setMode("idle");
     if (!wasIdle) {
       say(others ? "Nothing else waiting." : "Nothing waiting.");
-      $("idle").focus();
+      // Keyboard first: Enter brings the skipped items back, when there are any.
+      (skipped.size ? $("show-skipped") : $("idle")).focus();
     }
     startPolling();
   }

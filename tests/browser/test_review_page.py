@@ -32,6 +32,8 @@ POSTAL_CODE = (REPO_ROOT / "examples" / "postal-code.png").read_bytes()
 ONE_DIGIT = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
 # Every digit below this confidence flags the reading, with a reason naming its position.
 FLAG_EVERYTHING = 1.0
+# Long enough to press a key in, short enough to wait out in a test.
+SHORT_LEASE_SECONDS = 3.0
 # A bound on waiting for the page (a busy 2-core machine), not a speed check.
 SETTLE_SECONDS = 20.0
 
@@ -146,6 +148,25 @@ def queue(review_server: RunningServer) -> Iterator[Queue]:
         ready.drain()
         assert waiting(ready.stats()) == 0
         yield ready
+
+
+@pytest.fixture
+def short_lease_queue(models_dir: Path, tmp_path: Path) -> Iterator[Queue]:
+    """A server of its own whose claims hold an item for SHORT_LEASE_SECONDS only."""
+    env = {
+        "DIGITS_DATA_DIR": str(tmp_path / "data"),
+        "DIGITS_REVIEWER_API_KEY": REVIEWER_KEY,
+        "DIGITS_REVIEW_LEASE_SECONDS": str(SHORT_LEASE_SECONDS),
+    }
+    log = REPO_ROOT / "artifacts" / "browser-review-short-lease-server.log"
+    server = RunningServer.start(models_dir, log, env=env, ready_timeout=READY_WAIT_SECONDS)
+    try:
+        with httpx.Client(
+            base_url=server.url, headers={"X-API-Key": REVIEWER_KEY}, timeout=30.0
+        ) as api:
+            yield Queue(server.url, api)
+    finally:
+        server.stop()
 
 
 def watched(record: PageRecord) -> PageRecord:
@@ -372,7 +393,8 @@ def test_skip_unreadable_and_not_digits_keys(queue: Queue, alice: PageRecord) ->
     expect(page.locator("#idle-title")).to_have_text("Nothing else waiting")
     assert queue.item(ids[0])["status"] == "pending"
     alice.screenshot("review-03-only-skipped")
-    page.get_by_role("button", name="Show the items I skipped").click()
+    expect(page.get_by_role("button", name="Show the items I skipped")).to_be_focused()
+    page.keyboard.press("Enter")
     expect_item(page, ids[0])
     page.keyboard.press("Enter")
     expect(page.locator("#idle-title")).to_have_text("Nothing waiting")
@@ -436,6 +458,31 @@ def test_an_item_deleted_meanwhile_is_left_for_the_next(queue: Queue, alice: Pag
     page.keyboard.press("Enter")
     expect(page.locator("#idle")).to_be_visible()
     assert queue.item(kept)["result"]["digits"] == "75011"
+    leave([alice], queue)
+    assert_clean(alice, refused=True)
+
+
+def test_a_lease_that_ran_out_is_claimed_again(short_lease_queue: Queue, alice: PageRecord) -> None:
+    queue = short_lease_queue
+    review_id = queue.seed()["review_id"]
+    page = alice.page
+    open_review_page(alice, queue)
+    sign_in(page, "alice")
+    expect_item(page, review_id)
+    page.keyboard.type("12345")
+
+    # The reviewer thinks too long: the lease runs out before Enter.
+    time.sleep(SHORT_LEASE_SECONDS + 0.5)
+    page.keyboard.press("Enter")
+
+    # Nobody took the item meanwhile: it is claimed again, with what was typed.
+    expect(page.locator("#status")).to_contain_text("it is yours again")
+    expect_item(page, review_id)
+    expect(page.locator("#answer")).to_have_value("12345")
+    page.keyboard.press("Enter")
+    expect(page.locator("#idle")).to_be_visible()
+    result = queue.item(review_id)
+    assert (result["status"], result["result"]["digits"]) == ("done", "12345")
     leave([alice], queue)
     assert_clean(alice, refused=True)
 
