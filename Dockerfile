@@ -4,11 +4,15 @@
 #   deps        virtualenv with the locked runtime dependencies (no project code)
 #   train-deps  deps + the locked [train] extra
 #   train       `python -m training`, writes a new models/mnist/<version>/ (compose profile "train")
+#   client-deps virtualenv with the client package (client/) and its locked dependencies alone
+#   client      the `digits` command line (bulk reading, the Kubernetes bulk-read Job): no
+#               TensorFlow, no service code, non-root
 #   runtime     the API: `python -m app.serve` (uvicorn with the connection limits) on :8000,
 #               non-root, with the bundled model (default target)
 #
 #   docker build -t mnist-digits .
 #   docker build --target train -t mnist-digits-train .
+#   docker build --target client -t mnist-digits-client .
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -59,18 +63,53 @@ USER 10001:10001
 ENTRYPOINT ["python", "-m", "training", "--models-dir", "/app/models/mnist"]
 CMD ["--recipe", "default"]
 
+FROM ${PYTHON_IMAGE} AS client-deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /build
+# requirements/client.txt pins the client's dependencies and its build backend (setuptools) with
+# their hashes, at uv.lock's versions (`make lock`): httpx, pydantic, typer, rich; nothing of the
+# service's. The package itself is built from client/ against that backend (no build isolation:
+# nothing is fetched unpinned), which is then removed.
+COPY requirements/client.txt ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --require-hashes --no-deps -r client.txt
+COPY client/ /build/client/
+RUN pip install --no-deps --no-build-isolation --no-cache-dir /build/client \
+    && pip uninstall --yes setuptools
+
+FROM ${PYTHON_IMAGE} AS client
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+COPY --from=client-deps /opt/venv /opt/venv
+WORKDIR /work
+USER 10001:10001
+# `docker run IMAGE read scans/ --out results.csv` runs `digits read ...`.
+ENTRYPOINT ["digits"]
+CMD ["--help"]
+
 FROM ${PYTHON_IMAGE} AS runtime
 # DIGITS_MODELS_DIR is where the bundled model is copied; a read-only volume mounted on the
 # same path (docker run -v "$PWD/models/mnist:/app/models/mnist:ro") replaces it.
 # MALLOC_ARENA_MAX: glibc otherwise gives each decoding thread its own heap and keeps it.
+# DIGITS_DATA_DIR holds the service's own state (the review queue's SQLite file): the one
+# directory the service writes, owned by its user, so a volume mounted there (compose's
+# api-data) starts out writable too.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2 \
-    DIGITS_MODELS_DIR=/app/models/mnist
+    DIGITS_MODELS_DIR=/app/models/mnist \
+    DIGITS_DATA_DIR=/app/data
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin app
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /app/data && chown 10001:10001 /app/data && chmod 0700 /app/data
 WORKDIR /app
 COPY --from=deps /opt/venv /opt/venv
 # The service names its own version (the OpenAPI document) from the installed package's

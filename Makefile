@@ -17,7 +17,7 @@ SHARED_REALDIGITS := $(abspath ../shared/data/realdigits)
 # The real-scan sets (measuring only) are found through REALDIGITS_DATA_DIR the same way.
 export REALDIGITS_DATA_DIR ?= $(if $(wildcard $(SHARED_REALDIGITS)/README.md),$(SHARED_REALDIGITS),)
 
-.PHONY: install install-train install-dev serve train test test-fast test-compose lint bench browser docs lock clean python-check
+.PHONY: install install-train install-dev serve train test test-fast test-compose postgres lint bench browser docs lock clean python-check
 
 # The Python versions the lock covers: pyproject.toml's requires-python (>= 3.11) up to its
 # [tool.uv] environments (< 3.14: TensorFlow publishes no wheels for newer ones). Another
@@ -99,6 +99,13 @@ browser:
 test: install-dev browser
 	$(BIN)/python -m pytest
 
+# A throw-away PostgreSQL on 127.0.0.1:55432 (scripts/start-postgres.sh: Debian's server binaries,
+# run as the postgres user, data in /tmp; a server already up there is reused), for the review
+# queue's PostgreSQL tests, which run when DIGITS_TEST_POSTGRES_URL is set and skip otherwise:
+#   eval "$$(make -s postgres)" && make test
+postgres:
+	@url=$$(bash scripts/start-postgres.sh) && echo "export DIGITS_TEST_POSTGRES_URL=$$url"
+
 # The inner loop: no browser, no real uvicorn server, no long checks (markers in pyproject.toml).
 test-fast: install-dev
 	$(BIN)/python -m pytest -m "not browser and not slow"
@@ -127,6 +134,9 @@ bench: install-dev
 
 # Re-resolve after editing dependencies in pyproject.toml: uv.lock keeps every pin it can and
 # the three requirement files are exported from it with hashes. Commit all four.
+# requirements/client.txt is the client image's (client/pyproject.toml, Dockerfile stage
+# client): its dependencies and build backend at uv.lock's versions and hashes
+# (scripts/lock_client.py), so the client image runs on the bits the tests ran on.
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv lock
@@ -136,6 +146,7 @@ lock: $(BIN)/python
 		--extra train -o requirements/train.txt
 	$(BIN)/uv export --frozen --quiet --format requirements-txt --no-emit-project --hashes \
 		--extra dev -o requirements/dev.txt
+	$(BIN)/python scripts/lock_client.py --uv $(BIN)/uv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts

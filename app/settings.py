@@ -279,6 +279,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long requests in flight may finish before they are cancelled.",
     )
 
+    @field_validator("review_database_url", "reviewer_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose and Kubernetes may pass a variable that is set but empty: that means unset.
+        return None if value == "" else value
+
     @field_validator("versions")
     @classmethod
     def _check_versions(cls, value: str) -> str:

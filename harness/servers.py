@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ def server_environment(
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "WEB_CONCURRENCY": "1",
+            # The service's own state (the review queue's SQLite file) in a directory of its
+            # own, never in the checkout; a test that restarts a server passes the same one.
+            "DIGITS_DATA_DIR": tempfile.mkdtemp(prefix="digits-data-"),
         }
     )
     environment.update(overrides or {})

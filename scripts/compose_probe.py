@@ -4,10 +4,16 @@ through its load balancer on this host's loopback.
     python scripts/compose_probe.py requests --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
     python scripts/compose_probe.py load --http 127.0.0.1:8000 --stop-file F --report R
     python scripts/compose_probe.py metrics --http 127.0.0.1:8000 [--prometheus H:P --replicas N]
+    python scripts/compose_probe.py shared-queue --http 127.0.0.1:8000 --replicas 2 \
+        -- docker compose -p PROJECT -f docker-compose.yml
 
 Each command prints what it checked and exits non-zero when a check fails. ``load`` sends a
 bounded number of uploads at a fixed rate until the stop file appears, and counts every answer:
 a failed request is a transport error, a status other than 200, or a wrong reading.
+``shared-queue`` runs a probe inside each ``api`` replica (``docker compose exec --index``):
+each one connects to the database its DIGITS_REVIEW_DATABASE_URL names, and, where the service
+has the review queue, a flagged reading sent through the balancer shows in every replica's
+``/reviews/stats``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -269,6 +276,79 @@ def metrics_check(http: str, prometheus: str | None, replicas: int | None) -> No
     say(f"  Prometheus: {len(up)} replicas up and scraped ({', '.join(sorted(up))}), all ready")
 
 
+# ----------------------------------------------------------------------------- shared queue
+
+#: Run by ``python -c`` inside an api replica: the database its own setting names, reached
+#: with the image's own driver, and its /reviews/stats (the HTTP status where there is none).
+REPLICA_PROBE = """
+import json, os, urllib.error, urllib.request
+import psycopg
+url = os.environ["DIGITS_REVIEW_DATABASE_URL"]
+conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+with psycopg.connect(conninfo, connect_timeout=5) as connection:
+    row = connection.execute(
+        "select current_user, current_database(), inet_server_addr()::text, version()"
+    ).fetchone()
+try:
+    with urllib.request.urlopen("http://127.0.0.1:8000/reviews/stats", timeout=5) as answer:
+        stats = json.load(answer)
+except urllib.error.HTTPError as error:
+    stats = error.code
+print(json.dumps({"url": url.split("@")[-1], "user": row[0], "database": row[1],
+                  "server": row[2], "version": row[3].split(" on ")[0], "stats": stats}))
+"""
+
+
+def _replica_probes(compose: list[str], replicas: int) -> list[dict[str, Any]]:
+    """What :data:`REPLICA_PROBE` prints in each api replica."""
+    probes = []
+    for index in range(1, replicas + 1):
+        argv = [*compose, "exec", "-T", "--index", str(index), "api"]
+        result = subprocess.run(
+            [*argv, "python", "-c", REPLICA_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        check(result.returncode == 0, f"replica {index}: {result.stderr.strip()[-400:]}")
+        probes.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return probes
+
+
+def shared_queue_check(http: str, replicas: int, compose: list[str]) -> None:
+    """Every api replica reaches the same PostgreSQL; with the review queue, a flagged reading
+    sent through the balancer is counted by every replica."""
+    before = _replica_probes(compose, replicas)
+    for index, probe in enumerate(before, start=1):
+        say(
+            f"  replica {index}: {probe['url']} as {probe['user']}: database "
+            f"{probe['database']} on {probe['server']} ({probe['version']})"
+        )
+    servers = {(p["server"], p["database"]) for p in before}
+    check(len(servers) == 1, f"the replicas reach different databases: {servers}")
+    if any(p["stats"] == 404 for p in before):
+        check(all(p["stats"] == 404 for p in before), f"some replicas lack the queue: {before}")
+        say("  /reviews/stats: 404 on every replica (this service has no review queue yet)")
+        return
+    for probe in before:
+        check(isinstance(probe["stats"], dict), f"/reviews/stats answered {probe['stats']}")
+    with httpx.Client(base_url=f"http://{http}", timeout=30) as client:
+        # The postal code read against the wrong length: flagged, so queued.
+        answer = _upload(client, "/recognize?expected_length=6", POSTAL_CODE)
+    check(answer.status_code == 200, f"/recognize: {answer.status_code} {answer.text[:200]}")
+    body = answer.json()
+    check(body.get("queue") == "queued", f"the flagged reading was not queued: {body}")
+    after = _replica_probes(compose, replicas)
+    pending = [p["stats"]["pending"] for p in after]
+    check(len(set(pending)) == 1, f"the replicas count different queues: {pending}")
+    check(pending[0] == before[0]["stats"]["pending"] + 1, f"pending {before} -> {after}")
+    say(
+        f"  a flagged /recognize through the balancer (review_id {body.get('review_id')}): "
+        f"pending {before[0]['stats']['pending']} -> {pending[0]} on all {replicas} replicas"
+    )
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -289,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--http", required=True)
     metrics.add_argument("--prometheus")
     metrics.add_argument("--replicas", type=int)
+    shared = commands.add_parser("shared-queue", help="the api replicas share one database")
+    shared.add_argument("--http", required=True)
+    shared.add_argument("--replicas", type=int, required=True)
+    shared.add_argument("compose", nargs=argparse.REMAINDER, help="-- docker compose -p ...")
     args = parser.parse_args(argv)
     try:
         if args.command == "requests":
@@ -300,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = report.summary()
             args.report.write_text(json.dumps(summary, indent=2))
             check(report.failures == [], f"{len(report.failures)} failed requests")
+        elif args.command == "shared-queue":
+            compose = args.compose[1:] if args.compose[:1] == ["--"] else args.compose
+            shared_queue_check(args.http, args.replicas, compose)
         else:
             metrics_check(args.http, args.prometheus, args.replicas)
     except CheckFailedError as failure:

@@ -4,13 +4,16 @@
 #   build the image; `docker compose up -d --build --wait`; README's requests through nginx
 #   (digit 3, "75011", ready, metrics), its JSON errors and gRPC; Prometheus scraping the
 #   replicas; `--scale api=3` and back to 1 under a steady load of uploads, with no failed
-#   request; the metrics again; `docker compose down -v`. Prints the times, the image size, the
-#   requests and the counts.
+#   request; the metrics again; the postgres profile with two api replicas, each reaching the
+#   one database (and, where the service has the review queue, counting the same queue);
+#   `docker compose down -v`. Prints the times, the image size, the requests and the counts.
 #
-# Needs a Docker engine with Compose v2 and the images the files name (python:3.11-slim and
-# nginx:1.28-alpine; prom/prometheus:v3.5.0 for the Prometheus check, skipped without it). The
-# stack runs as its own Compose project on free loopback ports, so a stack already running here
-# is left alone. PYTHON is the interpreter with httpx (the dev install's, from make).
+# Needs a Docker engine with Compose v2 and the images the files name (python:3.11-slim,
+# nginx:1.28-alpine and postgres:17-trixie, which scripts/build-postgres-standin.sh builds
+# where no registry is reachable; prom/prometheus:v3.5.0 for the Prometheus check, skipped
+# without it). The stack runs as its own Compose project on free loopback ports, so a stack
+# already running here is left alone. PYTHON is the interpreter with httpx (the dev install's,
+# from make).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +42,7 @@ cleanup() {
     fi
     step "docker compose down -v"
     local start=$SECONDS
-    "${COMPOSE[@]}" --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
+    "${COMPOSE[@]}" --profile monitoring --profile postgres down -v --remove-orphans >/dev/null 2>&1 || true
     took "down -v" "$start"
     rm -rf "$STATE"
     exit "$status"
@@ -49,12 +52,15 @@ trap cleanup EXIT
 step "the engine and the images"
 docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
 docker compose version
-for image in python:3.11-slim nginx:1.28-alpine; do
+POSTGRES_IMAGE=$("$PYTHON" -c 'import yaml; print(yaml.safe_load(open("docker-compose.yml"))["services"]["postgres"]["image"])')
+for image in python:3.11-slim nginx:1.28-alpine "$POSTGRES_IMAGE"; do
     docker image inspect "$image" >/dev/null 2>&1 || {
-        echo "missing image $image: pull it, or build a local stand-in under that name"
+        echo "missing image $image: pull it, or build a local stand-in under that name" \
+            "(PostgreSQL: scripts/build-postgres-standin.sh)"
         exit 2
     }
 done
+docker run --rm --entrypoint postgres "$POSTGRES_IMAGE" --version | sed 's/^/   postgres runs /'
 docker run --rm nginx:1.28-alpine nginx -v 2>&1 | sed 's/^/   lb runs /'
 if docker image inspect prom/prometheus:v3.5.0 >/dev/null 2>&1; then PROMETHEUS=1; else PROMETHEUS=; fi
 # Grafana and TF Serving are not started here (no Debian package stands in for them).
@@ -98,6 +104,13 @@ start=$SECONDS
 "${COMPOSE[@]}" up -d --build --wait --quiet-pull 2>&1 | tail -n 3
 took "up --wait (healthy)" "$start"
 "${COMPOSE[@]}" ps --format '   {{.Service}} {{.Status}} {{.Ports}}'
+# The service's state (the review queue's SQLite file) on the read-only root filesystem: the
+# data directory must be the writable named volume.
+"${COMPOSE[@]}" exec -T api python -c 'import os, pathlib, tempfile
+data = pathlib.Path(os.environ["DIGITS_DATA_DIR"])
+with tempfile.NamedTemporaryFile(dir=data): pass
+print(f"   {data} is writable by uid {os.getuid()}:", ", ".join(sorted(p.name for p in data.iterdir())) or "empty")'
+docker volume inspect "${PROJECT}_api-data" --format '   volume {{.Name}} ({{.Driver}})'
 published=$("${COMPOSE[@]}" port lb 8080)
 echo "   lb published on $published (loopback unless DIGITS_BIND says otherwise)"
 case $published in 127.0.0.1:*) ;; *) echo "   not on loopback"; exit 1 ;; esac
@@ -147,6 +160,16 @@ EOF
 
 step "metrics after the scale test"
 "$PYTHON" scripts/compose_probe.py metrics --http "$HTTP"
+
+step "the postgres profile: two api replicas sharing one PostgreSQL"
+DIGITS_POSTGRES_PASSWORD=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
+DIGITS_REVIEW_DATABASE_URL="postgresql+psycopg://digits:${DIGITS_POSTGRES_PASSWORD}@postgres:5432/digits"
+export DIGITS_POSTGRES_PASSWORD DIGITS_REVIEW_DATABASE_URL
+start=$SECONDS
+"${COMPOSE[@]}" --profile postgres up -d --wait --scale api=2 2>&1 | tail -n 1
+took "--profile postgres up --scale api=2 (all healthy)" "$start"
+"${COMPOSE[@]}" --profile postgres ps --format '   {{.Service}} {{.Status}}'
+"$PYTHON" scripts/compose_probe.py shared-queue --http "$HTTP" --replicas 2 -- "${COMPOSE[@]}"
 
 if [ "$load_status" -ne 0 ]; then
     printf '\nFAILED: the scale test had failed requests (above); every other check passed\n'

@@ -4,17 +4,27 @@ TensorFlow: only ``digits read --local`` (:mod:`digits_client.local`) imports th
 """
 
 from digits_client.batching import Limits, Upload
-from digits_client.client import AsyncClient, Client, ItemResult
+from digits_client.client import AsyncClient, Client, ItemResult, StringResult
 from digits_client.endpoints import DEFAULT_URL
 from digits_client.errors import ApiError, DigitsError, NoAnswerError
 from digits_client.models import (
     BatchItem,
     BatchPrediction,
+    ClaimedReview,
     DigitPrediction,
     ItemError,
     ModelInfo,
     Prediction,
+    ReviewImage,
+    ReviewItem,
+    ReviewOutcome,
+    ReviewPage,
     ReviewReason,
+    ReviewResult,
+    ReviewStats,
+    StoredReading,
+    StringBatch,
+    StringBatchItem,
     StringReading,
 )
 from digits_client.retry import Retry
@@ -25,6 +35,7 @@ __all__ = [
     "AsyncClient",
     "BatchItem",
     "BatchPrediction",
+    "ClaimedReview",
     "Client",
     "DigitPrediction",
     "DigitsError",
@@ -35,7 +46,17 @@ __all__ = [
     "NoAnswerError",
     "Prediction",
     "Retry",
+    "ReviewImage",
+    "ReviewItem",
+    "ReviewOutcome",
+    "ReviewPage",
     "ReviewReason",
+    "ReviewResult",
+    "ReviewStats",
+    "StoredReading",
+    "StringBatch",
+    "StringBatchItem",
     "StringReading",
+    "StringResult",
     "Upload",
 ]

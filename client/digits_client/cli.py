@@ -9,7 +9,8 @@ own code and model, no server. Exit status: 0 when every item was read, 1 when s
 (their rows say why) or the service stayed unavailable, 2 for a usage error (bad options, a
 path that does not exist, a refused API key or version).
 
-``digits model`` and ``digits health`` show what the service serves and whether it is ready.
+``digits model`` and ``digits health`` show what the service serves and whether it is ready;
+``digits reviews stats`` how many readings wait in its review queue.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from digits_client.endpoints import DEFAULT_URL
 from digits_client.errors import ApiError, DigitsError
 from digits_client.output import Row, RowWriter
 from digits_client.retry import Retry
-from digits_client.run import Engine, Reading, RunStoppedError, ServerEngine, Summary, read_items
+from digits_client.run import (
+    STRING_BATCH_FILES,
+    Engine,
+    Reading,
+    RunStoppedError,
+    ServerEngine,
+    Summary,
+    read_items,
+)
 from digits_client.sources import (
     IMAGE_EXTENSIONS,
     Item,
@@ -68,6 +77,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+reviews_app = typer.Typer(
+    name="reviews",
+    help="The service's review queue: readings flagged for a person to check.",
+    no_args_is_help=True,
+)
+app.add_typer(reviews_app)
 stderr = Console(stderr=True)
 
 
@@ -124,7 +139,7 @@ def read(
     ] = None,
     recognize: Annotated[
         bool,
-        typer.Option("--recognize", help="Read digit strings (POST /recognize), not digits."),
+        typer.Option("--recognize", help="Read digit strings (POST /recognize/batch), not digits."),
     ] = False,
     expected_length: Annotated[
         int | None,
@@ -205,8 +220,9 @@ def read(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Most files per batch. Default: the service's limit (256); batches are also "
-            "kept within its byte and pixel limits.",
+            help="Most files per batch. Default: the service's limit (256) for digits, "
+            f"{STRING_BATCH_FILES} for strings; batches are also kept within its byte and "
+            "pixel limits.",
             show_default=False,
         ),
     ] = None,
@@ -249,7 +265,7 @@ def read(
     ] = True,
 ) -> None:
     """Read images and write one row per item: id, path, digits, confidence, needs_review,
-    reasons, model_version, error, message."""
+    reasons, model_version, review_id, error, message."""
     try:
         reading = Reading(
             recognize=recognize,
@@ -376,7 +392,9 @@ def _print_summary(summary: Summary, out: Path | None) -> None:
     refused = ", ".join(f"{code} {count:,}" for code, count in summary.refused.most_common())
     line = (
         f"{summary.done:,} items in {summary.seconds:.1f} s ({summary.rate:,.0f} images/s): "
-        f"{summary.read:,} read, {summary.flagged:,} flagged for review, "
+        f"{summary.read:,} read, {summary.flagged:,} flagged for review"
+        + (f" ({summary.queued:,} queued)" if summary.queued else "")
+        + ", "
         f"{sum(summary.refused.values()):,} refused" + (f" ({refused})" if refused else "")
     )
     if summary.skipped:
@@ -388,6 +406,11 @@ def _print_summary(summary: Summary, out: Path | None) -> None:
             stderr.print(f"run the same command with --resume to read what {out} lacks")
 
 
+def _failed(error: DigitsError) -> NoReturn:
+    stderr.print(f"[red]{error}[/red]", highlight=False)
+    raise typer.Exit(EXIT_USAGE if isinstance(error, ApiError) and error.fatal else 1) from None
+
+
 @app.command()
 def model(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
     """Show what the service serves (GET /model) as JSON."""
@@ -395,9 +418,20 @@ def model(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
         with Client(url, api_key=api_key) as client:
             info = client.model()
     except DigitsError as error:
-        stderr.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(EXIT_USAGE if isinstance(error, ApiError) and error.fatal else 1) from None
+        _failed(error)
     typer.echo(info.model_dump_json(indent=2))
+
+
+@reviews_app.command("stats")
+def review_stats(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
+    """Show the review queue's counts (GET /reviews/stats) as JSON: items by status and kind,
+    and how long the oldest pending one has waited. Needs the reviewers' key as --api-key."""
+    try:
+        with Client(url, api_key=api_key) as client:
+            stats = client.review_stats()
+    except DigitsError as error:
+        _failed(error)
+    typer.echo(stats.model_dump_json(indent=2))
 
 
 @app.command()

@@ -3,65 +3,54 @@
 Both speak to one service (``url``), send the API key when given one, retry what may be retried
 (:class:`~digits_client.retry.Retry`) and answer typed models (:mod:`digits_client.models`);
 an error answer raises :class:`~digits_client.errors.ApiError` with the service's code.
-``predict_many`` reads any number of images: it cuts them into batches that fit the service's
-limits (:mod:`digits_client.batching`), answers each image in the order given, a refused one
-with its error, and needs no more from the caller than an iterable of files.
+``predict_many`` and ``recognize_many`` read any number of images: they cut them into batches
+that fit the service's limits (:mod:`digits_client.batching`), answer each image in the order
+given, a refused one with its error, and need no more from the caller than an iterable of files.
 
-An image is a path, bytes, or an :class:`~digits_client.batching.Upload`.
+Every request is built once, in :mod:`digits_client.calls`; the two clients are two ways of
+sending it. A one-request method of either client is the builder of that name wrapped (same
+parameters, same docstring): the sync client sends the call and returns its answer, the async
+one awaits it. Only the many-image methods are written out twice, because the async client
+sends several batches at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import itertools
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel
 
-from digits_client.batching import Limits, Upload, plan_batches, refusal, resplit
-from digits_client.endpoints import (
-    DEFAULT_URL,
-    LIVE,
-    MODEL,
-    PREDICT,
-    PREDICT_BATCH,
-    READY,
-    RECOGNIZE,
-    Call,
-    connection_failed,
-)
-from digits_client.errors import ApiError, DigitsError
-from digits_client.models import (
-    BatchPrediction,
-    ItemError,
-    Live,
-    ModelInfo,
-    Prediction,
-    Ready,
-    StringReading,
-)
+from digits_client import calls
+from digits_client.batching import Limits
+from digits_client.calls import ImageInput, Many, Normalize, as_upload
+from digits_client.endpoints import DEFAULT_URL, Call, connection_failed
+from digits_client.errors import ApiError
+from digits_client.models import ItemError, Prediction, StringReading
 from digits_client.retry import Retry
 
-ImageInput = str | os.PathLike[str] | bytes | Upload
-Normalize = Literal["auto", "always", "never"]
-A = TypeVar("A", bound=BaseModel)
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "Client",
+    "ImageInput",
+    "ItemResult",
+    "Normalize",
+    "StringResult",
+    "as_upload",
+]
 
-
-def as_upload(image: ImageInput, name: str = "image") -> Upload:
-    """An image as the file to send: a path is read, bytes are sent under ``name``."""
-    if isinstance(image, Upload):
-        return image
-    if isinstance(image, bytes):
-        return Upload.of(name, image)
-    path = Path(image)
-    return Upload.of(path.name, path.read_bytes())
+P = ParamSpec("P")
+R = TypeVar("R")
+B = TypeVar("B")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -75,69 +64,58 @@ class ItemResult:
     error: ItemError | None
 
 
-class _ManyImages:
-    """The bookkeeping of one ``predict_many``: what is answered, what is still to send.
+@dataclass(frozen=True)
+class StringResult:
+    """One image of :meth:`Client.recognize_many`: its reading or its error, never both."""
 
-    Shared by both clients; they only send. A batch refused whole for its size is cut again
-    within the limits the refusal reports, a batch the service failed on (500) in halves, so
-    that every image ends with its own answer or its own error.
-    """
-
-    def __init__(self, uploads: list[Upload], limits: Limits, max_files: int | None) -> None:
-        self.uploads = uploads
-        self.limits = limits
-        self.results: dict[int, ItemResult] = {}
-        sendable = []
-        for index, upload in enumerate(uploads):
-            refused = refusal(upload, limits)
-            if refused is None:
-                sendable.append(index)
-            else:
-                self._error(index, refused)
-        self.batches = list(plan_batches(sendable, limits, self._upload, max_files=max_files))
-
-    def _upload(self, index: int) -> Upload:
-        return self.uploads[index]
-
-    def _error(self, index: int, error: ApiError) -> None:
-        item_error = ItemError(code=error.code, message=error.message)
-        self.results[index] = ItemResult(index, self.uploads[index].filename, None, item_error)
-
-    def answered(self, batch: list[int], answer: BatchPrediction) -> None:
-        """Record a batch's answers, matched to its images by their index in the request."""
-        for item in answer.results:
-            index = batch[item.index]
-            prediction = None
-            if item.prediction is not None:
-                fields = item.prediction.model_dump()
-                prediction = Prediction(**fields, model_version=answer.model_version)
-            filename = self.uploads[index].filename
-            self.results[index] = ItemResult(index, filename, prediction, item.error)
-        missing = set(range(len(batch))) - {item.index for item in answer.results}
-        if missing:
-            raise DigitsError(f"the service answered no result for {len(missing)} images")
-
-    def refused(self, batch: list[int], error: ApiError) -> list[list[int]]:
-        """The batches to send instead of one refused whole; raises what no cut can help."""
-        again = resplit(batch, error, self.limits, self._upload)
-        if again is not None:
-            self.limits, parts = again
-            return parts
-        if len(batch) == 1 and not error.fatal and not error.transient:
-            self._error(batch[0], error)
-            return []
-        raise error
-
-    def in_order(self) -> list[ItemResult]:
-        return [self.results[index] for index in range(len(self.uploads))]
+    index: int
+    """Its position among the images given, from 0."""
+    filename: str
+    reading: StringReading | None
+    error: ItemError | None
 
 
-def _query(**values: str | int | float | None) -> dict[str, str | int | float | None]:
-    return values
+def _as_method(method: Callable[..., Any], build: Callable[..., Any], owner: str) -> None:
+    """Give ``method`` the name, docstring and signature of ``build``, with ``self`` first and
+    the answer (not the call) as what it returns: what ``help()`` and IDEs show."""
+    functools.update_wrapper(method, build)
+    method.__module__ = __name__
+    method.__qualname__ = f"{owner}.{build.__name__}"
+    signature = inspect.signature(build)
+    returns = signature.return_annotation
+    if isinstance(returns, str) and returns.startswith("Call[") and returns.endswith("]"):
+        returns = returns[len("Call[") : -1]
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    # inspect.signature reads __signature__ before following __wrapped__ to the builder.
+    method.__dict__["__signature__"] = signature.replace(
+        parameters=[this, *signature.parameters.values()], return_annotation=returns
+    )
+
+
+def _blocking(build: Callable[P, Call[R]]) -> Callable[Concatenate[Client, P], R]:
+    """A method of :class:`Client` that sends the call ``build`` makes and returns its answer."""
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.send(build(*args, **kwargs))
+
+    _as_method(method, build, "Client")
+    return method
+
+
+def _awaited(
+    build: Callable[P, Call[R]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]]:
+    """A method of :class:`AsyncClient` that sends the call ``build`` makes, awaited."""
+
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.send(build(*args, **kwargs))
+
+    _as_method(method, build, "AsyncClient")
+    return method
 
 
 class _Settings:
-    """What both clients are configured with."""
+    """What both clients are configured with, and what they decide alike."""
 
     def __init__(self, api_key: str | None, retry: Retry | None, limits: Limits | None) -> None:
         self.api_key = api_key
@@ -146,21 +124,49 @@ class _Settings:
         """The request limits batches are planned with; tightened when the service reports
         lower ones."""
 
+    def _wait_after(
+        self, call: Call[Any], attempt: int, exc: httpx.TransportError | ApiError
+    ) -> float:
+        """Seconds to wait before sending ``call`` again after try ``attempt`` failed with
+        ``exc``; raises the failure when it is not to be sent again."""
+        if isinstance(exc, httpx.TransportError):
+            failure, cause = connection_failed(exc), exc
+        else:
+            failure, cause = exc, None
+        wait = self.retry.wait(attempt, failure, idempotent=call.retry_safe)
+        if wait is None:
+            raise failure from cause
+        return wait
+
+    def _refused(self, many: Many[Any, Any], batch: list[int], error: ApiError) -> list[list[int]]:
+        """What to send instead of a batch refused whole; learns the limits it reported."""
+        parts = many.refused(batch, error)
+        self.limits = many.limits
+        return parts
+
+
+def _item_results(many: Many[Any, Prediction]) -> list[ItemResult]:
+    return [ItemResult(a.index, a.filename, a.answer, a.error) for a in many.in_order()]
+
+
+def _string_results(many: Many[Any, StringReading]) -> list[StringResult]:
+    return [StringResult(a.index, a.filename, a.answer, a.error) for a in many.in_order()]
+
 
 class Client(_Settings):
     """A synchronous client of the digit reader service.
 
-    ``url`` is the service's base URL; ``api_key`` is sent as ``X-API-Key``. ``limits``
-    overrides the documented request limits that batches are sized by. ``transport`` or a
-    whole ``http_client`` (an ``httpx.Client``, e.g. FastAPI's ``TestClient``) replace the
-    network; ``sleep`` is how retries wait.
+    ``url`` is the service's base URL; ``api_key`` is sent as ``X-API-Key`` (the reviewers' key
+    for the review queue's calls). ``limits`` overrides the documented request limits that
+    batches are sized by. ``transport`` or a whole ``http_client`` (an ``httpx.Client``, e.g.
+    FastAPI's ``TestClient``) replace the network; ``sleep`` is how retries wait.
 
-    Every call takes ``idempotent``: whether it may be sent again after a failure that leaves
-    unknown whether it ran (a lost connection, a 503 after the work started). By default the
-    reading calls are: ``/predict``, ``/predict/batch`` and ``/recognize`` change nothing on
-    the service today (it keeps no reading), so reading an image twice equals reading it once.
-    Pass ``idempotent=False`` once a call stores something (a review queue keeping readings):
-    it is then retried only when it cannot have reached the service.
+    Every reading call takes ``idempotent``: whether it may be sent again after a failure that
+    leaves unknown whether it ran (a lost connection, a 503 after the work started). By default
+    ``/predict`` and ``/predict/batch`` are (they store nothing unless asked with
+    ``queue=True``), ``/recognize`` and ``/recognize/batch`` are not (the service keeps what
+    they flag in its review queue: sent twice, a reading would be queued twice). A call that is
+    not idempotent is retried only when it cannot have reached the service.
     """
 
     def __init__(
@@ -196,52 +202,30 @@ class Client(_Settings):
         if self._owns_http:
             self._http.close()
 
-    def send(self, call: Call[A]) -> A:
+    def send(self, call: Call[R]) -> R:
         """Make one call, retried as :attr:`retry` allows; its parsed answer."""
         for attempt in itertools.count(1):
             try:
-                response = self._http.request(**call.request_arguments(self.api_key))
-                return call.answer(response)
-            except httpx.TransportError as exc:
-                failure = connection_failed(exc)
-                cause: BaseException | None = exc
-            except ApiError as exc:
-                failure, cause = exc, None
-            wait = self.retry.wait(attempt, failure, idempotent=call.retry_safe)
-            if wait is None:
-                raise failure from cause
-            self._sleep(wait)
+                return call.answer(self._http.request(**call.request_arguments(self.api_key)))
+            except (httpx.TransportError, ApiError) as exc:
+                self._sleep(self._wait_after(call, attempt, exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def predict(
-        self,
-        image: ImageInput,
-        *,
-        normalize: Normalize | None = None,
-        threshold: float | None = None,
-        version: int | None = None,
-        label: str | None = None,
-        idempotent: bool | None = None,
-    ) -> Prediction:
-        """``POST /predict``: read one digit."""
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        return self.send(Call(PREDICT, query, (as_upload(image),), idempotent))
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageInput],
-        *,
-        normalize: Normalize | None = None,
-        threshold: float | None = None,
-        version: int | None = None,
-        label: str | None = None,
-        idempotent: bool | None = None,
-    ) -> BatchPrediction:
-        """``POST /predict/batch``: the images in one request, as given (no sizing: a batch
-        over a limit is refused whole; :meth:`predict_many` sizes them)."""
-        uploads = tuple(as_upload(image, f"image-{i}") for i, image in enumerate(images))
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        return self.send(Call(PREDICT_BATCH, query, uploads, idempotent))
+    predict = _blocking(calls.predict)
+    predict_batch = _blocking(calls.predict_batch)
+    recognize = _blocking(calls.recognize)
+    recognize_batch = _blocking(calls.recognize_batch)
+    model = _blocking(calls.model)
+    live = _blocking(calls.live)
+    ready = _blocking(calls.ready)
+    claim_review = _blocking(calls.claim_review)
+    submit_review = _blocking(calls.submit_review)
+    get_review = _blocking(calls.get_review)
+    review_image = _blocking(calls.review_image)
+    list_reviews = _blocking(calls.list_reviews)
+    review_stats = _blocking(calls.review_stats)
+    delete_review = _blocking(calls.delete_review)
+    review_result = _blocking(calls.review_result)
 
     def predict_many(
         self,
@@ -251,53 +235,64 @@ class Client(_Settings):
         threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
+        queue: bool | None = None,
+        client_ref: str | None = None,
         max_files: int | None = None,
         idempotent: bool | None = None,
     ) -> list[ItemResult]:
-        """Read any number of digits, in batches within the limits; one result per image, in
-        order. ``max_files`` caps a batch below the service's limit."""
-        uploads = [as_upload(image, f"image-{i}") for i, image in enumerate(images)]
-        run = _ManyImages(uploads, self.limits, max_files)
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        pending = list(reversed(run.batches))
-        while pending:
-            batch = pending.pop()
-            call = Call(PREDICT_BATCH, query, tuple(uploads[i] for i in batch), idempotent)
-            try:
-                run.answered(batch, self.send(call))
-            except ApiError as error:
-                pending.extend(reversed(run.refused(batch, error)))
-                self.limits = run.limits
-        return run.in_order()
+        """Read any number of digits, in ``POST /predict/batch`` requests within the limits;
+        one result per image, in order. ``max_files`` caps a batch below the service's limit."""
+        many = calls.many_digits(
+            images,
+            self.limits,
+            max_files=max_files,
+            normalize=normalize,
+            threshold=threshold,
+            version=version,
+            label=label,
+            queue=queue,
+            client_ref=client_ref,
+            idempotent=idempotent,
+        )
+        self._send_all(many)
+        return _item_results(many)
 
-    def recognize(
+    def recognize_many(
         self,
-        image: ImageInput,
+        images: Iterable[ImageInput],
         *,
         expected_length: int | None = None,
         threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
+        client_ref: str | None = None,
+        max_files: int | None = None,
         idempotent: bool | None = None,
-    ) -> StringReading:
-        """``POST /recognize``: read a digit string (a postal code)."""
-        query = _query(
-            expected_length=expected_length, threshold=threshold, version=version, label=label
+    ) -> list[StringResult]:
+        """Read any number of digit strings, in ``POST /recognize/batch`` requests within the
+        limits; one result per image, in order."""
+        many = calls.many_strings(
+            images,
+            self.limits,
+            max_files=max_files,
+            expected_length=expected_length,
+            threshold=threshold,
+            version=version,
+            label=label,
+            client_ref=client_ref,
+            idempotent=idempotent,
         )
-        return self.send(Call(RECOGNIZE, query, (as_upload(image),), idempotent))
+        self._send_all(many)
+        return _string_results(many)
 
-    def model(self) -> ModelInfo:
-        """``GET /model``: the served version and what is on disk."""
-        return self.send(Call(MODEL))
-
-    def live(self) -> Live:
-        """``GET /health/live``."""
-        return self.send(Call(LIVE))
-
-    def ready(self) -> Ready:
-        """``GET /health/ready``: raises :class:`ApiError` 503 while no model is loaded (after
-        the retries the service's ``Retry-After`` allows)."""
-        return self.send(Call(READY))
+    def _send_all(self, many: Many[B, V]) -> None:
+        pending = list(reversed(many.batches))
+        while pending:
+            batch = pending.pop()
+            try:
+                many.answered(batch, self.send(many.call(batch)))
+            except ApiError as error:
+                pending.extend(reversed(self._refused(many, batch, error)))
 
 
 async def _gather(calls: Iterable[Awaitable[None]]) -> None:
@@ -305,7 +300,7 @@ async def _gather(calls: Iterable[Awaitable[None]]) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             for call in calls:
-                group.create_task(_awaited(call))
+                group.create_task(_awaited_call(call))
     except BaseExceptionGroup as failures:
         first: BaseException = failures
         while isinstance(first, BaseExceptionGroup):
@@ -313,14 +308,14 @@ async def _gather(calls: Iterable[Awaitable[None]]) -> None:
         raise first from None
 
 
-async def _awaited(call: Awaitable[None]) -> None:
+async def _awaited_call(call: Awaitable[None]) -> None:
     await call
 
 
 class AsyncClient(_Settings):
     """The asynchronous twin of :class:`Client`: the same calls, awaited.
 
-    :meth:`predict_many` sends up to ``concurrency`` batches at once.
+    :meth:`predict_many` and :meth:`recognize_many` send up to ``concurrency`` batches at once.
     """
 
     def __init__(
@@ -358,51 +353,31 @@ class AsyncClient(_Settings):
         if self._owns_http:
             await self._http.aclose()
 
-    async def send(self, call: Call[A]) -> A:
+    async def send(self, call: Call[R]) -> R:
         """Make one call, retried as :attr:`retry` allows; its parsed answer."""
         for attempt in itertools.count(1):
             try:
                 response = await self._http.request(**call.request_arguments(self.api_key))
                 return call.answer(response)
-            except httpx.TransportError as exc:
-                failure = connection_failed(exc)
-                cause: BaseException | None = exc
-            except ApiError as exc:
-                failure, cause = exc, None
-            wait = self.retry.wait(attempt, failure, idempotent=call.retry_safe)
-            if wait is None:
-                raise failure from cause
-            await self._sleep(wait)
+            except (httpx.TransportError, ApiError) as exc:
+                await self._sleep(self._wait_after(call, attempt, exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def predict(
-        self,
-        image: ImageInput,
-        *,
-        normalize: Normalize | None = None,
-        threshold: float | None = None,
-        version: int | None = None,
-        label: str | None = None,
-        idempotent: bool | None = None,
-    ) -> Prediction:
-        """``POST /predict``: read one digit."""
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        return await self.send(Call(PREDICT, query, (as_upload(image),), idempotent))
-
-    async def predict_batch(
-        self,
-        images: Sequence[ImageInput],
-        *,
-        normalize: Normalize | None = None,
-        threshold: float | None = None,
-        version: int | None = None,
-        label: str | None = None,
-        idempotent: bool | None = None,
-    ) -> BatchPrediction:
-        """``POST /predict/batch``: the images in one request, as given."""
-        uploads = tuple(as_upload(image, f"image-{i}") for i, image in enumerate(images))
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        return await self.send(Call(PREDICT_BATCH, query, uploads, idempotent))
+    predict = _awaited(calls.predict)
+    predict_batch = _awaited(calls.predict_batch)
+    recognize = _awaited(calls.recognize)
+    recognize_batch = _awaited(calls.recognize_batch)
+    model = _awaited(calls.model)
+    live = _awaited(calls.live)
+    ready = _awaited(calls.ready)
+    claim_review = _awaited(calls.claim_review)
+    submit_review = _awaited(calls.submit_review)
+    get_review = _awaited(calls.get_review)
+    review_image = _awaited(calls.review_image)
+    list_reviews = _awaited(calls.list_reviews)
+    review_stats = _awaited(calls.review_stats)
+    delete_review = _awaited(calls.delete_review)
+    review_result = _awaited(calls.review_result)
 
     async def predict_many(
         self,
@@ -412,59 +387,77 @@ class AsyncClient(_Settings):
         threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
+        queue: bool | None = None,
+        client_ref: str | None = None,
         max_files: int | None = None,
         concurrency: int = 4,
         idempotent: bool | None = None,
     ) -> list[ItemResult]:
         """Read any number of digits, ``concurrency`` batches at a time, each within the
         limits; one result per image, in order."""
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        uploads = [as_upload(image, f"image-{i}") for i, image in enumerate(images)]
-        run = _ManyImages(uploads, self.limits, max_files)
-        query = _query(normalize=normalize, threshold=threshold, version=version, label=label)
-        slots = asyncio.Semaphore(concurrency)
+        _check_concurrency(concurrency)
+        many = calls.many_digits(
+            images,
+            self.limits,
+            max_files=max_files,
+            normalize=normalize,
+            threshold=threshold,
+            version=version,
+            label=label,
+            queue=queue,
+            client_ref=client_ref,
+            idempotent=idempotent,
+        )
+        await self._send_all(many, concurrency)
+        return _item_results(many)
 
-        async def send(batch: list[int]) -> None:
-            call = Call(PREDICT_BATCH, query, tuple(uploads[i] for i in batch), idempotent)
-            async with slots:
-                try:
-                    answer = await self.send(call)
-                except ApiError as error:
-                    parts = run.refused(batch, error)
-                    self.limits = run.limits
-                else:
-                    run.answered(batch, answer)
-                    return
-            await _gather(send(part) for part in parts)
-
-        await _gather(send(batch) for batch in run.batches)
-        return run.in_order()
-
-    async def recognize(
+    async def recognize_many(
         self,
-        image: ImageInput,
+        images: Iterable[ImageInput],
         *,
         expected_length: int | None = None,
         threshold: float | None = None,
         version: int | None = None,
         label: str | None = None,
+        client_ref: str | None = None,
+        max_files: int | None = None,
+        concurrency: int = 4,
         idempotent: bool | None = None,
-    ) -> StringReading:
-        """``POST /recognize``: read a digit string (a postal code)."""
-        query = _query(
-            expected_length=expected_length, threshold=threshold, version=version, label=label
+    ) -> list[StringResult]:
+        """Read any number of digit strings, ``concurrency`` batches at a time, each within
+        the limits; one result per image, in order."""
+        _check_concurrency(concurrency)
+        many = calls.many_strings(
+            images,
+            self.limits,
+            max_files=max_files,
+            expected_length=expected_length,
+            threshold=threshold,
+            version=version,
+            label=label,
+            client_ref=client_ref,
+            idempotent=idempotent,
         )
-        return await self.send(Call(RECOGNIZE, query, (as_upload(image),), idempotent))
+        await self._send_all(many, concurrency)
+        return _string_results(many)
 
-    async def model(self) -> ModelInfo:
-        """``GET /model``: the served version and what is on disk."""
-        return await self.send(Call(MODEL))
+    async def _send_all(self, many: Many[B, V], concurrency: int) -> None:
+        slots = asyncio.Semaphore(concurrency)
 
-    async def live(self) -> Live:
-        """``GET /health/live``."""
-        return await self.send(Call(LIVE))
+        async def send(batch: list[int]) -> None:
+            async with slots:
+                try:
+                    answer = await self.send(many.call(batch))
+                except ApiError as error:
+                    parts = self._refused(many, batch, error)
+                else:
+                    many.answered(batch, answer)
+                    return
+            await _gather(send(part) for part in parts)
 
-    async def ready(self) -> Ready:
-        """``GET /health/ready``: raises :class:`ApiError` 503 while no model is loaded."""
-        return await self.send(Call(READY))
+        await _gather(send(batch) for batch in many.batches)
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")

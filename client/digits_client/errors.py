@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-#: Codes that concern the whole run, not one image: a wrong key, a version not served.
+#: Codes that concern the whole run, not one image: a wrong key (or the client's key where the
+#: reviewers' is needed), a version not served, a review queue closed to reviewers.
 FATAL_CODES: Final = frozenset(
-    {"missing_api_key", "invalid_api_key", "version_not_found", "not_found", "method_not_allowed"}
+    {
+        "missing_api_key",
+        "invalid_api_key",
+        "reviewer_key_required",
+        "reviews_closed",
+        "version_not_found",
+        "not_found",
+        "method_not_allowed",
+    }
 )
+#: Codes the service answers before any work starts (no model version to choose yet): the
+#: request did nothing, so it may be sent again even when it is not idempotent.
+NOT_STARTED_CODES: Final = frozenset({"model_not_ready"})
 #: Statuses that say "not now": worth another try later (idempotent calls only).
 TRANSIENT_STATUSES: Final = frozenset({429, 502, 503, 504})
 
@@ -52,6 +64,11 @@ class ApiError(DigitsError):
     def transient(self) -> bool:
         """Whether trying again later may succeed (a 503, a 502/504 of a proxy, a 429)."""
         return self.status in TRANSIENT_STATUSES
+
+    @property
+    def not_started(self) -> bool:
+        """Whether the service refused before doing anything (so sending again is safe)."""
+        return self.code in NOT_STARTED_CODES
 
     @property
     def fatal(self) -> bool:

@@ -140,8 +140,8 @@ class LocalEngine:
             row += 1
         return answers
 
-    async def read_string(self, upload: Upload) -> StringReading | ItemError:
-        return await asyncio.to_thread(self._read_string, upload)
+    async def read_strings(self, uploads: list[Upload]) -> list[StringReading | ItemError]:
+        return await asyncio.to_thread(lambda: [self._read_string(upload) for upload in uploads])
 
     def _read_string(self, upload: Upload) -> StringReading | ItemError:
         model = self.model

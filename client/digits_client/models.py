@@ -5,6 +5,10 @@ may be null); ``tests/client/test_models.py`` compares them with the service's `
 so the two cannot drift. Enumerations of the service (review reason codes, mark kinds) are
 plain strings here: a code added to the service must not make an older client fail to parse an
 answer. Unknown fields are ignored for the same reason.
+
+The review queue's answers (:class:`ReviewItem` and the rest) follow the service's review-queue
+contract; a reading's ``review_id`` and ``queue`` default to None so that the answers of a
+service without a queue parse as they did.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class DigitPrediction(_Answer):
     normalized: bool
     needs_review: bool
     review_reasons: list[ReviewReason]
+    review_id: str | None = None
+    """The review queue's id of this reading, when the service stored it (flagged or audit)."""
+    queue: str | None = None
+    """``queued`` (flagged and stored), ``audit`` (stored as an audit sample), ``not_queued``
+    (should have been stored but the queue failed or is full), None (nothing to store)."""
 
 
 class Prediction(DigitPrediction):
@@ -116,6 +125,26 @@ class StringReading(_Answer):
     image: ImageSize
     segments: list[Segment]
     ignored: list[IgnoredMark] = Field(default_factory=list)
+    review_id: str | None = None
+    """The review queue's id of this reading, when the service stored it (flagged or audit)."""
+    queue: str | None = None
+    """``queued``, ``audit``, ``not_queued`` or None, as for :class:`DigitPrediction`."""
+
+
+class StringBatchItem(_Answer):
+    """The answer for one image of ``POST /recognize/batch``: a reading or an error."""
+
+    index: int
+    filename: str | None
+    reading: StringReading | None = None
+    error: ItemError | None = None
+
+
+class StringBatch(_Answer):
+    """Answer of ``POST /recognize/batch``."""
+
+    model_version: int
+    results: list[StringBatchItem]
 
 
 # --- /model --------------------------------------------------------------------------------
@@ -222,6 +251,101 @@ class ModelInfo(_Answer):
     poll_interval_seconds: float
     last_checked: datetime | None
     reader_calibration: ReaderCalibration | None = None
+
+
+# --- /reviews -----------------------------------------------------------------------------
+
+
+class StoredSegment(_Answer):
+    """One digit of a stored reading."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    box: Box | None = None
+
+
+class StoredReading(_Answer):
+    """A reading as the service answered it, kept with its review item."""
+
+    digits: str
+    confidence: float
+    segments: list[StoredSegment] = Field(default_factory=list)
+    review_reasons: list[ReviewReason] = Field(default_factory=list)
+
+
+class ReviewResult(_Answer):
+    """What a person keyed: the digits, or that the image is unreadable or not digits."""
+
+    verdict: str
+    """``digits``, ``unreadable`` or ``not_digits``."""
+    digits: str | None
+    reading_was_correct: bool
+
+
+class ReviewItem(_Answer):
+    """One item of the review queue: a stored reading, its image's state and its review."""
+
+    review_id: str
+    kind: str
+    """``flagged`` or ``audit``."""
+    endpoint: str
+    """``/recognize`` or ``/predict``."""
+    status: str
+    """``pending``, ``claimed``, ``done`` or ``expired``."""
+    created_at: datetime
+    model_version: int
+    request_id: str | None
+    client_ref: str | None
+    expected_length: int | None
+    image_type: str | None
+    has_image: bool
+    reading: StoredReading
+    lease_expires: datetime | None
+    reviewer: str | None
+    reviewed_at: datetime | None
+    result: ReviewResult | None
+
+
+class ClaimedReview(ReviewItem):
+    """Answer of ``POST /reviews/claim``: an item held for one reviewer until ``lease_expires``;
+    ``lease`` goes with the answer (:meth:`~digits_client.Client.submit_review`)."""
+
+    lease: str
+
+
+class ReviewPage(_Answer):
+    """Answer of ``GET /reviews``: items in id order; ``next`` is the ``after`` of the next page."""
+
+    items: list[ReviewItem]
+    next: str | None
+
+
+class ReviewStats(_Answer):
+    """Answer of ``GET /reviews/stats``: items by status, by kind, and the oldest wait."""
+
+    pending: int
+    claimed: int
+    done: int
+    expired: int
+    by_kind: dict[str, int]
+    oldest_pending_seconds: float | None
+
+
+class ReviewOutcome(_Answer):
+    """Answer of ``GET /reviews/{id}/result`` (the client's key): the reading and its review."""
+
+    review_id: str
+    status: str
+    reading: StoredReading
+    result: ReviewResult | None
+
+
+class ReviewImage(_Answer):
+    """Answer of ``GET /reviews/{id}/image``: the stored bytes with their content type."""
+
+    data: bytes
+    content_type: str
 
 
 # --- /health, errors -----------------------------------------------------------------------

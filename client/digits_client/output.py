@@ -27,9 +27,12 @@ COLUMNS: Final = (
     "needs_review",
     "reasons",
     "model_version",
+    "review_id",
     "error",
     "message",
 )
+#: The columns of a results file written before ``review_id``: resumed in its own columns.
+COLUMNS_BEFORE_REVIEWS: Final = tuple(column for column in COLUMNS if column != "review_id")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Row:
     reasons: list[str] = field(default_factory=list)
     """Review reason codes (``low_confidence``, ``length_mismatch``, ...)."""
     model_version: int | None = None
+    review_id: str | None = None
+    """The service's review queue id, when it stored the reading for a person to check."""
     error: str | None = None
     """The error code (``not_an_image``, ``file_not_found``, ...); None when read."""
     message: str | None = None
@@ -60,14 +65,14 @@ def output_format(path: Path) -> str:
     raise UsageError(f"--out {path}: name a .csv or .jsonl file")
 
 
-def row_line(row: Row, kind: str) -> str:
-    """One row as one line of the format, ending in a newline."""
+def row_line(row: Row, kind: str, columns: tuple[str, ...] = COLUMNS) -> str:
+    """One row as one line of the format (a CSV line of ``columns``), ending in a newline."""
     values = asdict(row)
     if row.message is not None:
         values["message"] = " ".join(row.message.split())  # one physical line, always
     if kind == "jsonl":
         return json.dumps(values, ensure_ascii=False) + "\n"
-    cells = [_cell(values[column]) for column in COLUMNS]
+    cells = [_cell(values[column]) for column in columns]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(cells)
     return buffer.getvalue()
@@ -103,6 +108,8 @@ class RowWriter:
         self.path = path
         self.done: set[str] = set()
         self.kind = "jsonl" if path is None else output_format(path)
+        self.columns: tuple[str, ...] = COLUMNS
+        """The CSV columns written: a resumed file's own."""
         if path is None:
             self._handle: IO[str] = sys.stdout
             return
@@ -128,9 +135,10 @@ class RowWriter:
             if end < len(data):
                 handle.truncate(end)
         if self.kind == "csv":
-            header = data[: data.find(b"\n")].decode("utf-8")
-            if header != ",".join(COLUMNS):
+            header = tuple(data[: data.find(b"\n")].decode("utf-8").split(","))
+            if header not in (COLUMNS, COLUMNS_BEFORE_REVIEWS):
                 raise UsageError(f"{path}: not a results file of this version (its header)")
+            self.columns = header
         try:
             return {str(row["id"]) for row in read_rows(path)}
         except (ValueError, KeyError) as exc:
@@ -142,7 +150,7 @@ class RowWriter:
 
     def write(self, row: Row) -> None:
         """Append one row, flushed to the file at once."""
-        self._write(row_line(row, self.kind))
+        self._write(row_line(row, self.kind, self.columns))
         self.done.add(row.id)
 
     def close(self) -> None:

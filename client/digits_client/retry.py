@@ -46,7 +46,9 @@ class Retry:
             if failure.sent and not idempotent:
                 return None
             return self._backoff(attempt)
-        if not isinstance(failure, ApiError) or not failure.transient or not idempotent:
+        if not isinstance(failure, ApiError) or not failure.transient:
+            return None
+        if not idempotent and not failure.not_started:
             return None
         if failure.retry_after is not None:
             return failure.retry_after if failure.retry_after <= self.max_retry_after else None

@@ -3,7 +3,8 @@
 An :class:`Engine` reads: :class:`ServerEngine` through the service (:class:`AsyncClient`),
 or the local reader of :mod:`digits_client.local` in this process. :func:`read_items` feeds it:
 one task loads the files and cuts them into batches (:class:`BatchPlanner`), ``concurrency``
-tasks send the batches, and every item's row is written the moment its answer is known. An
+tasks send the batches (single digits to ``/predict/batch``, strings to ``/recognize/batch``),
+and every item's row is written the moment its answer is known. An
 item that cannot be read (missing, not an image, too large) gets its row with the error code
 and the run goes on; what concerns every item (the API key, the service gone after its retries)
 stops the run with :class:`RunStoppedError`, every row written so far kept for ``--resume``.
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from digits_client.batching import BatchPlanner, Limits, Upload, refusal
-from digits_client.client import AsyncClient, Normalize
+from digits_client.calls import Normalize
+from digits_client.client import AsyncClient
 from digits_client.errors import ApiError, DigitsError, NoAnswerError
 from digits_client.models import ItemError, Prediction, StringReading
 from digits_client.output import Row
@@ -28,6 +30,12 @@ from digits_client.sources import Item
 
 #: Files loaded per hop to a thread.
 LOAD_CHUNK: Final = 64
+#: Most digit strings per batch unless ``--batch-size`` says otherwise. A string costs the
+#: service far more than a digit (segmentation, several model inputs, the reading), so a few
+#: strings already make a request's own overhead small; larger batches were measured slower
+#: (benchmarks/bench_bulk.py): the service spends more per string on them, they spread less
+#: evenly over its workers, and they come nearer its request deadline.
+STRING_BATCH_FILES: Final = 8
 
 
 class RunStoppedError(Exception):
@@ -69,8 +77,8 @@ class Engine(Protocol):
         """One batch of single digits; one answer per upload, in order."""
         ...
 
-    async def read_string(self, upload: Upload) -> StringReading | ItemError:
-        """One digit string."""
+    async def read_strings(self, uploads: list[Upload]) -> list[StringReading | ItemError]:
+        """One batch of digit strings; one answer per upload, in order."""
         ...
 
     async def close(self) -> None:
@@ -122,21 +130,24 @@ class ServerEngine:
             answers.append(answer)
         return answers
 
-    async def read_string(self, upload: Upload) -> StringReading | ItemError:
+    async def read_strings(self, uploads: list[Upload]) -> list[StringReading | ItemError]:
         reading = self.reading
         try:
-            return await self.client.recognize(
-                upload,
+            results = await self.client.recognize_many(
+                uploads,
                 expected_length=reading.expected_length,
                 threshold=reading.threshold,
                 version=reading.version,
+                concurrency=1,
             )
-        except ApiError as error:
-            if error.fatal or error.transient:
-                raise stopped(error) from error
-            return ItemError(code=error.code, message=error.message)
         except DigitsError as error:
             raise stopped(error) from error
+        answers: list[StringReading | ItemError] = []
+        for result in results:
+            answer = result.reading or result.error
+            assert answer is not None
+            answers.append(answer)
+        return answers
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -150,6 +161,8 @@ class Summary:
     """Items read (a digit or a string answered)."""
     flagged: int = 0
     """Of those, readings flagged for review."""
+    queued: int = 0
+    """Of those, readings the service stored in its review queue (a ``review_id``)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Items not read, by error code."""
     skipped: int = 0
@@ -174,6 +187,7 @@ class Summary:
         else:
             self.read += 1
             self.flagged += bool(row.needs_review)
+            self.queued += row.review_id is not None
 
 
 def error_row(item: Item, code: str, message: str) -> Row:
@@ -193,6 +207,7 @@ def digit_row(item: Item, answer: Prediction | ItemError) -> Row:
         needs_review=answer.needs_review,
         reasons=[reason.code for reason in answer.review_reasons],
         model_version=answer.model_version,
+        review_id=answer.review_id,
     )
 
 
@@ -208,6 +223,7 @@ def string_row(item: Item, answer: StringReading | ItemError) -> Row:
         needs_review=answer.needs_review,
         reasons=[reason.code for reason in answer.review_reasons],
         model_version=answer.model_version,
+        review_id=answer.review_id,
     )
 
 
@@ -262,7 +278,7 @@ async def read_items(
         planner: BatchPlanner[tuple[Item, Upload]] = BatchPlanner(
             lambda: engine.limits,
             lambda pair: pair[1],
-            max_files=1 if reading.recognize else max_files,
+            max_files=max_files or (STRING_BATCH_FILES if reading.recognize else None),
         )
         for start in range(0, len(items), LOAD_CHUNK):
             chunk = items[start : start + LOAD_CHUNK]
@@ -284,11 +300,13 @@ async def read_items(
 
     async def consume() -> None:
         while (batch := await queue.get()) is not None:
+            uploads = [upload for _, upload in batch]
             if reading.recognize:
-                ((item, upload),) = batch
-                record(string_row(item, await engine.read_string(upload)))
+                strings = await engine.read_strings(uploads)
+                for (item, _), string in zip(batch, strings, strict=True):
+                    record(string_row(item, string))
                 continue
-            answers = await engine.read_digits([upload for _, upload in batch])
+            answers = await engine.read_digits(uploads)
             for (item, _), answer in zip(batch, answers, strict=True):
                 record(digit_row(item, answer))
 

@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from digits_client.run import STRING_BATCH_FILES
 from digits_client.sources import collect, in_shard
 
 from harness.servers import RunningServer, free_port
@@ -59,6 +61,7 @@ def test_a_folder_gets_a_row_per_file_and_bad_files_do_not_stop_the_run(
         "needs_review",
         "reasons",
         "model_version",
+        "review_id",
         "error",
         "message",
     ]
@@ -111,6 +114,40 @@ def test_a_postal_code_is_read_as_a_string(server: RunningServer, tmp_path: Path
         True,
         ["length_mismatch"],
     )
+
+
+def requests_to(server: RunningServer, route: str) -> float:
+    """Requests the service answered on ``route``, from its Prometheus metrics."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Accept": "text/plain"}).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("digits_http_requests_total{") and f'endpoint="{route}"' in line
+    )
+
+
+def test_postal_codes_are_read_in_batches(server: RunningServer, tmp_path: Path) -> None:
+    folder = tmp_path / "codes"
+    folder.mkdir()
+    for index in range(20):
+        (folder / f"code-{index:02d}.png").write_bytes((EXAMPLES / "postal-code.png").read_bytes())
+    (folder / "zz-bad.png").write_text("not an image")
+    out = tmp_path / "codes.jsonl"
+    batches, singles = requests_to(server, "/recognize/batch"), requests_to(server, "/recognize")
+    result = run_cli(
+        "read", folder, "--recognize", "--expected-length", "5", "--url", server.url, "--out", out
+    )
+    assert result.exit_code == 1, result.stderr  # the bad file
+    table = {Path(str(row["path"])).name: row for row in rows(out)}
+    assert len(table) == 21
+    assert table.pop("zz-bad.png")["error"] == "not_an_image"
+    assert {(row["digits"], row["needs_review"], row["error"]) for row in table.values()} == {
+        ("75011", False, None)
+    }
+    assert all("review_id" in row for row in table.values())
+    sent = requests_to(server, "/recognize/batch") - batches
+    assert sent == -(-21 // STRING_BATCH_FILES), "21 strings in batches of the default size"
+    assert requests_to(server, "/recognize") == singles, "no string sent alone"
 
 
 def test_manifests_give_ids_and_a_missing_file_gets_its_row(
@@ -174,6 +211,14 @@ def test_usage_errors_exit_2(
     result = run_cli("read", *arguments, "--url", "http://127.0.0.1:9")
     assert result.exit_code == 2, result.stdout + result.stderr
     assert complaint in " ".join(result.stderr.split())
+
+
+def test_reviews_stats_asks_the_service_and_says_what_went_wrong(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("reviews", "stats", "--url", nowhere)
+    assert result.exit_code == 1, "the service is not there: not a usage error"
+    assert "no connection was made" in " ".join(result.stderr.split())
+    assert "stats" in run_cli("reviews", "--help").stdout
 
 
 def test_a_service_that_cannot_be_reached_stops_the_run(tmp_path: Path) -> None:

@@ -201,3 +201,70 @@ def test_the_async_client_answers_as_the_sync_one(limited: RunningServer, folder
             assert mine.prediction.confidence == pytest.approx(
                 theirs.prediction.confidence, abs=1e-6
             )
+
+
+def test_single_images_go_as_the_body_and_the_service_takes_them(limited: RunningServer) -> None:
+    sent: list[str] = []
+
+    def record(request: httpx.Request) -> None:
+        sent.append(request.headers["content-type"])
+
+    http = httpx.Client(base_url=limited.url, timeout=60, event_hooks={"request": [record]})
+    with Client(api_key=KEY, http_client=http) as client:
+        assert client.predict(EXAMPLES / "digit.png").digit == 3
+        assert client.predict((EXAMPLES / "digit-7.png").read_bytes()).digit == 7
+        assert client.predict(EXAMPLES / "digit.png", normalize="always", queue=None).digit == 3
+        assert client.recognize(EXAMPLES / "postal-code.png").digits == "75011"
+        jpeg = client.predict(photo(120, 90))  # bytes: the service finds out it is a JPEG
+        assert 0 <= jpeg.digit <= 9
+        with pytest.raises(ApiError) as raised:
+            client.recognize(b"not an image")
+    http.close()
+    assert sent == [
+        "image/png",
+        "application/octet-stream",
+        "image/png",
+        "image/png",
+        "application/octet-stream",
+        "application/octet-stream",
+    ]
+    assert (raised.value.status, raised.value.code) == (400, "not_an_image")
+
+
+def test_recognize_many_reads_strings_in_batches_within_the_limits(
+    limited: RunningServer, tmp_path: Path
+) -> None:
+    code = (EXAMPLES / "postal-code.png").read_bytes()
+    for index in range(40):
+        (tmp_path / f"code-{index:02d}.png").write_bytes(code)
+    buffer = io.BytesIO()
+    Image.new("L", (1500, 1500), 255).save(buffer, "PNG")
+    (tmp_path / "huge.png").write_bytes(buffer.getvalue())
+    (tmp_path / "too-big.jpg").write_bytes(photo(1000, 800, seed=99))
+    (tmp_path / "bad.png").write_text("not an image")
+    files = sorted(tmp_path.iterdir())
+    recorder = Recorder()
+    with Client(api_key=KEY, limits=LIMITS, http_client=recorder.http(limited.url)) as client:
+        results = client.recognize_many(files, expected_length=5)
+        alone = client.recognize(tmp_path / "code-00.png", expected_length=5)
+    assert set(recorder.statuses) == {200}
+    batches = recorder.sent[:-1]
+    assert len(batches) >= 2, "40 strings need two batches of at most 32"
+    for body, count, pixels in batches:
+        assert body <= LIMITS.max_bytes
+        assert count <= LIMITS.max_files
+        assert pixels <= LIMITS.max_request_pixels
+    by_name = {path.name: result for path, result in zip(files, results, strict=True)}
+    assert [r.index for r in results] == list(range(len(files)))
+    codes = [by_name[f"code-{i:02d}.png"].reading for i in range(40)]
+    assert all(r is not None and r.digits == "75011" and not r.needs_review for r in codes)
+    assert codes[0] is not None
+    assert codes[0].confidence == pytest.approx(alone.confidence, abs=1e-6), "as read alone"
+    for name, code_expected in [
+        ("huge.png", "image_too_large"),
+        ("too-big.jpg", "payload_too_large"),
+        ("bad.png", "not_an_image"),
+    ]:
+        error = by_name[name].error
+        assert error is not None
+        assert error.code == code_expected

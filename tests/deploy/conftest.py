@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 import yaml
 
+from app.settings import Settings
 from tests.deploy.formats import Dockerfile, NginxBlock, parse_dockerfile, parse_nginx
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def is_setting(field: str) -> bool:
+    """Whether ``field`` (lower case, without the ``DIGITS_`` prefix) is a setting of the
+    service."""
+    return field in Settings.model_fields
 
 
 @pytest.fixture(scope="session")

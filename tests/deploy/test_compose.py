@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 
 from app.settings import Settings
 from harness.servers import LAUNCHER, MALLOC_ARENA_MAX
-from tests.deploy.conftest import REPO
+from tests.deploy.conftest import REPO, is_setting
 from tests.deploy.formats import (
     Dockerfile,
     NginxBlock,
@@ -144,6 +144,7 @@ def test_profiles_and_build_targets(
     assert profiles == {
         "api": [],
         "lb": [],
+        "postgres": ["postgres"],
         "train": ["train"],
         "tfserving": ["tfserving"],
         "prometheus": ["monitoring"],
@@ -208,9 +209,32 @@ def test_api_mounts_the_models_read_only_over_the_bundled_model(
     assert mount["type"] == "bind"
     assert mount["source"] == MODELS_SOURCE
     assert mount["read_only"] is True
-    assert all(m["read_only"] for m in _mounts(api)), "the service writes nothing it reads"
+    data_dir = api["environment"]["DIGITS_DATA_DIR"]
+    assert all(m["read_only"] for m in _mounts(api) if m["target"] != data_dir), (
+        "the service writes nothing it reads, only its own state"
+    )
     assert api["read_only"] is True
     assert api["tmpfs"] == ["/tmp"], "multipart uploads spool to /tmp"
+
+
+def test_api_keeps_its_state_in_a_named_volume_its_user_owns(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], dockerfile: Dockerfile
+) -> None:
+    # The review queue's SQLite file lives in DIGITS_DATA_DIR: on the read-only root filesystem
+    # it needs a writable mount, and a named volume keeps the queue across `down` and `up`.
+    api = services["api"]
+    data_dir = api["environment"]["DIGITS_DATA_DIR"]
+    assert data_dir == dockerfile.final.env()["DIGITS_DATA_DIR"], "the image's own path"
+    mount = _mount_at(api, data_dir)
+    assert mount["type"] == "volume"
+    assert mount["source"] in compose["volumes"], "a named volume, kept between runs"
+    assert not mount["read_only"]
+    # A new named volume takes the owner of the image's directory: the image makes it the
+    # service user's, before switching to that user.
+    user = dockerfile.final.last("USER")
+    assert user is not None
+    (made,) = [i for i in dockerfile.final.all("RUN") if f"mkdir -p {data_dir}" in i.arguments]
+    assert f"chown {user.arguments} {data_dir}" in made.arguments
 
 
 def test_api_environment_is_real_settings_with_polling_on(
@@ -222,10 +246,13 @@ def test_api_environment_is_real_settings_with_polling_on(
     for key, value in environment.items():
         if key.startswith("DIGITS_"):
             field = key.removeprefix("DIGITS_").lower()
-            assert field in Settings.model_fields, f"{key} is not a setting: it would be ignored"
+            assert is_setting(field), f"{key} is not a setting: it would be ignored"
             if value is not None:
                 monkeypatch.setenv(key, str(value))
-    assert environment["DIGITS_API_KEY"] is None, "passed through from the host, never empty"
+    # Passed through from the host when set there, absent otherwise (never empty): unset, the
+    # queue is the SQLite file in DIGITS_DATA_DIR and the review endpoints follow the keys.
+    for key in ("DIGITS_API_KEY", "DIGITS_REVIEWER_API_KEY", "DIGITS_REVIEW_DATABASE_URL"):
+        assert environment[key] is None, f"{key}: passed through from the host, never empty"
     settings = Settings()
     assert settings.models_dir == Path("/app/models/mnist")
     assert settings.model_poll_seconds > 0, "a new version from `train` is picked up"
@@ -300,6 +327,99 @@ def test_api_trusts_forwarded_addresses_only_from_private_networks_and_nginx_ove
     # $proxy_add_x_forwarded_for would append to what the client sent, and uvicorn takes the
     # leftmost address when it trusts the whole chain: the client could name any address.
     assert forwarded == [["X-Forwarded-For", "$remote_addr"]]
+
+
+# ----------------------------------------------------------------------------- postgres
+
+POSTGRES_URL = re.compile(
+    r"postgresql\+psycopg://(?P<user>[^:@/\s]+):(?P<password>[^@/\s]+)@(?P<host>[^:/\s]+)"
+    r":(?P<port>\d+)/(?P<database>[\w-]+)"
+)
+
+
+def test_postgres_is_a_profile_published_nowhere_with_its_data_on_a_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    postgres = services["postgres"]
+    assert postgres["profiles"] == ["postgres"], "the default stack keeps SQLite"
+    assert "ports" not in postgres, "only this project's network reaches the database"
+    name, _, tag = postgres["image"].partition(":")
+    assert name == "postgres"
+    assert re.fullmatch(r"\d+-\w+", tag), "a major version and a Debian release, never latest"
+    # The official image's data directory (PGDATA), on a named volume kept between runs.
+    (mount,) = _mounts(postgres)
+    assert mount == {
+        "type": "volume",
+        "source": "postgres-data",
+        "target": "/var/lib/postgresql/data",
+        "read_only": False,
+    }
+    assert mount["source"] in compose["volumes"]
+    environment = _resolved(postgres["environment"])
+    assert environment["POSTGRES_PASSWORD"], "the official image refuses to start without one"
+    assert postgres["restart"] == "unless-stopped"
+    assert compose_seconds(postgres["stop_grace_period"]) >= 10, "a checkpoint before SIGKILL"
+    assert compose_bytes(postgres["deploy"]["resources"]["limits"]["memory"]) >= 256 * 2**20
+
+
+def test_postgres_is_healthy_only_once_it_answers_over_tcp(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    postgres = services["postgres"]
+    environment = postgres["environment"]
+    test = postgres["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"]
+    # The image initialises a new volume on a server that listens on its Unix socket only:
+    # a probe over the socket would call that ready and let the api replicas in too early.
+    assert _option(test, "-h") == "127.0.0.1"
+    assert _option(test, "-U") == environment["POSTGRES_USER"]
+    assert _option(test, "-d") == environment["POSTGRES_DB"]
+    assert compose_seconds(postgres["healthcheck"]["start_period"]) > 0
+
+
+def test_api_replicas_wait_for_postgres_only_when_its_profile_is_on(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    dependency = services["api"]["depends_on"]["postgres"]
+    assert dependency["condition"] == "service_healthy", "migrations need a database answering"
+    # Without the profile there is no postgres service: a required dependency would make
+    # `docker compose up` fail on the default stack.
+    assert dependency["required"] is False
+
+
+def test_the_documented_database_url_reaches_the_postgres_service(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    page = (REPO / "docs" / "deployment.md").read_text()
+    urls = [m for m in POSTGRES_URL.finditer(page) if m["host"] == "postgres"]
+    assert urls, "docs/deployment.md shows the URL the api replicas use with the profile"
+    postgres = _resolved(services["postgres"])
+    environment = postgres["environment"]
+    for url in urls:
+        assert url["user"] == environment["POSTGRES_USER"], url[0]
+        assert url["database"] == environment["POSTGRES_DB"], url[0]
+        assert url["port"] == "5432", url[0]
+        password = url["password"]
+        if not password.startswith("$"):
+            assert password == environment["POSTGRES_PASSWORD"], url[0]
+    # The URL names the service, which is on the api's network (the project's default).
+    assert "networks" not in postgres
+    assert "networks" not in services["api"]
+
+
+def test_the_postgres_stand_in_is_built_under_the_name_compose_uses(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    script = (REPO / "scripts" / "build-postgres-standin.sh").read_text()
+    (image,) = re.findall(r"^IMAGE=\$\{POSTGRES_STANDIN_IMAGE:-([^}]+)\}$", script, flags=re.M)
+    assert image == services["postgres"]["image"]
+    (major,) = re.findall(r"^MAJOR=(\d+)$", script, flags=re.M)
+    (suite,) = re.findall(r"^SUITE=(\w+)$", script, flags=re.M)
+    assert image.split(":")[1] == f"{major}-{suite}", "the stand-in is the version it is named"
+    entrypoint = REPO / "scripts" / "postgres-standin" / "docker-entrypoint.sh"
+    assert f"upload {entrypoint.relative_to(REPO)} " in script
+    for variable in services["postgres"]["environment"]:
+        assert variable in entrypoint.read_text(), f"the stand-in ignores {variable}"
 
 
 # ----------------------------------------------------------------------------- lb (nginx)

@@ -19,7 +19,11 @@ from tests.deploy.formats import Dockerfile, DockerIgnore, Instruction, Stage
 
 # The only files that may enter the image before dependencies are installed: with anything
 # else in that layer's inputs, a code edit would reinstall TensorFlow.
-DEPENDENCY_INPUTS = {"requirements/runtime.txt", "requirements/train.txt"}
+DEPENDENCY_INPUTS = {
+    "requirements/runtime.txt",
+    "requirements/train.txt",
+    "requirements/client.txt",
+}
 HEALTH_URL = re.compile(r"https?://(?P<host>[^:/'\"]+):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 
 
@@ -107,7 +111,7 @@ def test_bundled_model_lands_where_the_app_reads_it_by_default(dockerfile: Docke
 
 
 def test_final_user_is_a_fixed_non_root_uid_created_in_the_stage(dockerfile: Dockerfile) -> None:
-    for stage in (dockerfile.final, dockerfile.stage("train")):
+    for stage in (dockerfile.final, dockerfile.stage("train"), dockerfile.stage("client")):
         user = stage.last("USER")
         assert user is not None, f"{stage.name}: no USER, the container would run as root"
         uid, _, gid = user.arguments.partition(":")
@@ -132,9 +136,12 @@ def test_start_command(dockerfile: Dockerfile) -> None:
     assert argv[:3] == ["python", "-m", LAUNCHER]
     assert _option(argv, "--host") == "0.0.0.0"
     assert set(argv[3::2]) == {"--host", "--port"}, "every other setting is a DIGITS_* variable"
-    assert not any(
-        key.startswith("DIGITS_") and key != "DIGITS_MODELS_DIR" for key in dockerfile.final.env()
-    ), "the limits' defaults live in one place: Settings"
+    # The paths the image lays out (its model, its data directory) are stated with it; every
+    # other default lives in one place, Settings.
+    assert {key for key in dockerfile.final.env() if key.startswith("DIGITS_")} == {
+        "DIGITS_MODELS_DIR",
+        "DIGITS_DATA_DIR",
+    }
     assert dockerfile.final.env()["MALLOC_ARENA_MAX"] == MALLOC_ARENA_MAX
     assert "WEB_CONCURRENCY" not in dockerfile.final.env(), (
         "unset, the launcher runs one worker per core the container may use"
@@ -198,9 +205,50 @@ def test_train_stage_has_the_training_extra_and_runs_the_trainer(dockerfile: Doc
     assert _option(argv, "--models-dir") == "/app/models/mnist"
 
 
+def test_client_image_holds_the_client_and_its_locked_dependencies_alone(
+    dockerfile: Dockerfile,
+) -> None:
+    # The image of the `digits` command line (the Kubernetes bulk-read Job): its virtualenv is
+    # made from requirements/client.txt alone, before the client's code is copied...
+    deps = dockerfile.stage("client-deps")
+    assert dockerfile.parent(deps) is None
+    order = deps.instructions
+    installs = [item for item in order if _installs_dependencies(item)]
+    locked, project = installs[0], installs[1]
+    assert locked.words()[-4:] == ["--require-hashes", "--no-deps", "-r", "client.txt"]
+    assert locked.flag("mount") == "type=cache,target=/root/.cache/pip"
+    copies_before = [i for i in order[: order.index(locked)] if i.keyword in {"COPY", "ADD"}]
+    assert [_copy_sources(i) for i in copies_before] == [["requirements/client.txt"]]
+    (code,) = [i for i in order[order.index(locked) :] if i.keyword in {"COPY", "ADD"}]
+    assert _copy_sources(code) == ["client"], "the client package, nothing of the service"
+    # ...then the package is built with the pinned backend (no build isolation: pip would fetch
+    # an unpinned setuptools), which is removed again.
+    assert "--no-deps --no-build-isolation" in project.arguments
+    assert "pip uninstall --yes setuptools" in project.arguments
+    # The image takes that virtualenv and nothing else, and runs `digits` as a non-root user.
+    client = dockerfile.stage("client")
+    assert dockerfile.parent(client) is None
+    (venv,) = client.all("COPY")
+    assert venv.flag("from") == "client-deps"
+    assert venv.words() == ["/opt/venv", "/opt/venv"]
+    assert not any(_installs_dependencies(item) for item in client.instructions)
+    entrypoint = client.last("ENTRYPOINT")
+    assert entrypoint is not None
+    assert entrypoint.exec_form() == ["digits"]
+    scripts = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "digits" in scripts, "the command the client package installs"
+
+
+def test_client_lock_holds_nothing_of_the_service() -> None:
+    text = (REPO / "requirements" / "client.txt").read_text()
+    pinned = set(re.findall(r"^([A-Za-z0-9_.-]+)==", text, flags=re.M))
+    assert {"httpx", "pydantic", "typer", "rich", "setuptools"} <= pinned
+    assert not pinned & {"tensorflow", "tensorflow-cpu", "numpy", "pillow", "fastapi"}, pinned
+
+
 def test_every_stage_and_argument_named_in_build_args_exists(dockerfile: Dockerfile) -> None:
     names = [stage.name for stage in dockerfile.stages]
-    assert names == ["deps", "train-deps", "train", "runtime"]
+    assert names == ["deps", "train-deps", "train", "client-deps", "client", "runtime"]
     # The lock's markers choose tensorflow-cpu or tensorflow: no build argument can swap it.
     assert set(dockerfile.global_args) == {"PYTHON_IMAGE"}
 
@@ -213,6 +261,13 @@ def dockerignore() -> DockerIgnore:
     return DockerIgnore.parse((REPO / ".dockerignore").read_text())
 
 
+def _tracked(source: str) -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", source], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    return [REPO / name for name in listed.decode().split("\0") if name]
+
+
 def test_context_holds_everything_the_dockerfile_copies(
     dockerfile: Dockerfile, dockerignore: DockerIgnore
 ) -> None:
@@ -222,9 +277,9 @@ def test_context_holds_everything_the_dockerfile_copies(
                 continue
             for source in _copy_sources(item):
                 assert (REPO / source).exists(), f"line {item.line}: {source} missing"
-                files = [REPO / source] if (REPO / source).is_file() else []
-                files += [p for p in (REPO / source).rglob("*") if p.is_file()]
-                for path in files:
+                # What the repository holds there: build output beside it (an editable
+                # install's egg-info, bytecode) is left out of the context on purpose.
+                for path in _tracked(source):
                     relative = path.relative_to(REPO).as_posix()
                     # Hidden entries (the trainer's .tmp-* dirs) and bytecode stay out on purpose.
                     if any(p.startswith(".") or p == "__pycache__" for p in path.parts):
@@ -248,6 +303,9 @@ def test_context_holds_everything_the_dockerfile_copies(
         "app/api/__pycache__/deps.cpython-311.pyc",
         "models/mnist/.tmp-1234/saved_model.pb",
         "models/mnist/2.tmp",
+        "client/mnist_digits_client.egg-info/PKG-INFO",
+        "client/build/lib/digits_client/cli.py",
+        "client/digits_client/__pycache__/cli.cpython-311.pyc",
         ".env",
         "docker-compose.yml",
     ],

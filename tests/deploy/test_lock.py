@@ -252,11 +252,72 @@ def test_the_lock_parser_refuses_what_is_not_a_lock() -> None:
         parse_lock_file("numpy==2.0.0\n")
 
 
+# ----------------------------------------------------------------------------- the client's lock
+
+CLIENT = REPO / "client" / "pyproject.toml"
+
+
+@pytest.fixture(scope="module")
+def client_lock() -> list[Pin]:
+    return parse_lock_file((REPO / "requirements" / "client.txt").read_text())
+
+
+def _locked_packages(uv_lock: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (canonicalize_name(package["name"]), package["version"]): package
+        for package in uv_lock["package"]
+    }
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORMS))
+def test_client_lock_pins_what_the_client_needs_at_uv_locks_versions(
+    uv_lock: dict[str, Any], client_lock: list[Pin], platform: str
+) -> None:
+    # requirements/client.txt (the client image's, `make lock`): the client's dependencies and
+    # its build backend, each at the version and with hashes uv.lock holds, and with every
+    # dependency of every pin pinned too, since pip installs it with --no-deps.
+    environment = PLATFORMS[platform]
+    client = tomllib.loads(CLIENT.read_text())
+    locked = _locked_packages(uv_lock)
+    pins = {p.name: p for p in client_lock if p.applies(environment)}
+    assert len(pins) == len([p for p in client_lock if p.applies(environment)]), "one pin each"
+    wanted = [*client["project"]["dependencies"], *client["build-system"]["requires"]]
+    for line in wanted:
+        requirement = Requirement(line)
+        pin = pins.get(canonicalize_name(requirement.name))
+        assert pin is not None, f"client.txt on {platform}: {requirement.name} missing. {RELOCK}"
+        assert requirement.specifier.contains(pin.version), f"client.txt: {pin}. {RELOCK}"
+    for pin in pins.values():
+        package = locked.get((pin.name, pin.version))
+        assert package is not None, f"client.txt: {pin.name}=={pin.version} is not uv.lock's"
+        files = [package.get("sdist", {}), *package.get("wheels", [])]
+        assert pin.hashes <= {f["hash"] for f in files if "hash" in f}, pin.name
+        for dependency in package.get("dependencies", []):
+            marker = dependency.get("marker")
+            if marker is not None and not Marker(marker).evaluate(environment):
+                continue
+            assert canonicalize_name(dependency["name"]) in pins, (
+                f"client.txt on {platform}: {pin.name} needs {dependency['name']}. {RELOCK}"
+            )
+
+
+def test_make_lock_writes_the_client_lock() -> None:
+    plan = _make("-B", "lock").replace("\\\n", " ").splitlines()
+    (command,) = [line for line in plan if "scripts/lock_client.py" in line]
+    assert command.split()[0].endswith("/python")
+    assert re.search(r"--uv \S+/uv$", command), "the uv `make lock` installs"
+    assert plan.index(command) > max(i for i, line in enumerate(plan) if "uv lock" in line)
+    script = (REPO / "scripts" / "lock_client.py").read_text()
+    assert '"--generate-hashes"' in script
+    assert '"--frozen"' in script, "constrained to what uv.lock holds, never a new resolution"
+    assert (REPO / "requirements" / "client.txt").read_text().startswith("# The client image")
+
+
 # ----------------------------------------------------------------------------- who installs it
 
 
 def test_dockerfile_installs_the_locks(dockerfile: Dockerfile) -> None:
-    for stage, lock in [("deps", "runtime"), ("train-deps", "train")]:
+    for stage, lock in [("deps", "runtime"), ("train-deps", "train"), ("client-deps", "client")]:
         runs = " ".join(item.arguments for item in dockerfile.stage(stage).all("RUN"))
         assert f"pip install --require-hashes --no-deps -r {lock}.txt" in runs, stage
         copied = [item.words()[:-1] for item in dockerfile.stage(stage).all("COPY")]

@@ -152,8 +152,14 @@ class Facts:
 
     @property
     def interpolated(self) -> set[str]:
-        """The variables docker-compose.yml reads from the environment (``${NAME...}``)."""
-        return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", yaml.safe_dump(self.compose)))
+        """The variables docker-compose.yml reads from the environment: interpolated
+        (``${NAME...}``), or passed through to a service (``NAME:`` with no value)."""
+        named = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", yaml.safe_dump(self.compose)))
+        for service in self.services.values():
+            environment = service.get("environment", {})
+            if isinstance(environment, dict):
+                named |= {key for key, value in environment.items() if value is None}
+        return named
 
     def for_page(self) -> Facts:
         """The same facts for a new page: nothing built or forwarded yet."""
@@ -486,6 +492,11 @@ _KINDS = {
     "svc": "Service",
     "hpa": "HorizontalPodAutoscaler",
     "horizontalpodautoscaler": "HorizontalPodAutoscaler",
+    "statefulset": "StatefulSet",
+    "sts": "StatefulSet",
+    "job": "Job",
+    "pvc": "PersistentVolumeClaim",
+    "persistentvolumeclaim": "PersistentVolumeClaim",
 }
 
 
@@ -551,11 +562,27 @@ def check_kube(words: list[str], facts: Facts) -> None:
     if namespace is not None:
         assert namespace in k8s_namespaces(), f"{command}: no overlay uses namespace {namespace}"
     verb = arguments[0]
-    if verb in {"apply", "kustomize", "diff", "delete"}:
+    named = [word for word in arguments[1:] if not word.startswith("-")]
+    if verb == "delete" and "-k" not in arguments:
+        # kubectl delete KIND NAME, or KIND/NAME
+        kind, _, name = named[0].partition("/")
+        k8s_object(kind, name or named[1], command)
+    elif verb in {"apply", "kustomize", "diff", "delete"}:
         directory = arguments[arguments.index("-k") + 1] if "-k" in arguments else arguments[1]
         assert (REPO / directory / "kustomization.yaml").is_file(), (
             f"{command}: no kustomization in {directory}"
         )
+    elif verb in {"wait", "logs", "exec"}:
+        # kubectl wait --for=... KIND/NAME, logs KIND/NAME, exec KIND/NAME -- command
+        target = named[0]
+        assert "/" in target, f"{command}: name the object as KIND/NAME"
+        kind, _, name = target.partition("/")
+        k8s_object(kind, name, command)
+        if verb == "wait":
+            condition = next(w for w in arguments if w.startswith("--for="))
+            assert condition in {"--for=condition=complete", "--for=condition=available"}, command
+        if verb == "exec":
+            assert "--" in arguments, f"{command}: the container's command after --"
     elif verb in {"rollout", "scale"}:
         target = arguments[2] if verb == "rollout" else arguments[1]
         kind, _, name = target.partition("/")
@@ -623,6 +650,11 @@ def check_command(words: list[str], facts: Facts) -> str:
         for variable in named:
             assert variable in facts.interpolated, f"{variable}: docker-compose.yml never reads it"
         return "export"
+    if name == "eval":
+        # eval "$(make -s postgres)": the command whose output is evaluated is checked.
+        inner = re.fullmatch(r"\$\((.+)\)", " ".join(words[1:]))
+        assert inner is not None, f"{shlex.join(words)}: eval of what?"
+        return check_command(shlex.split(inner[1]), facts)
     if name == "echo":
         return "echo"
     if name == "digits":
@@ -786,6 +818,12 @@ def test_the_sample_section_passes(facts: Facts) -> None:
         ("kubectl -n mnist-digits port-forward service/mnist-digits 8080:81", "no port 81"),
         ('kubectl -n mnist-digits patch hpa mnist-digits -p \'{"spec":{"min":6}}\'', "fields"),
         ("kubectl -n mnist-digits create secret generic other --from-literal=a=b", "Secret"),
+        ("kubectl -n mnist-digits delete job other", "no Job 'other'"),
+        ("kubectl -n mnist-digits wait --for=condition=complete job/other", "no Job 'other'"),
+        ("kubectl -n mnist-digits logs job/mnist-digits-bulk-read2", "no Job"),
+        ("kubectl -n mnist-digits exec statefulset/pg -- psql", "no StatefulSet 'pg'"),
+        ("kubectl -n mnist-digits exec statefulset/mnist-digits-postgres psql", "after --"),
+        ('eval "$(make -s nowhere)"', "no make target 'nowhere'"),
         ("kind load docker-image unbuilt", "image not built"),
         ("export NOWHERE=1", "never reads it"),
         ("frobnicate --now", "no check for this command"),
@@ -1293,9 +1331,11 @@ def test_docs_settings_are_the_services_settings(compose: dict[str, Any]) -> Non
     from digits_client.cli import ENVIRONMENT
 
     client = set(ENVIRONMENT)
+    # What CI passes to the suite (.ci/run exports it), e.g. the test PostgreSQL's URL.
+    ci = set(re.findall(r"\b(DIGITS_[A-Z_]+)=", (REPO / ".ci" / "run").read_text()))
     for page in [*doc_pages(), CHANGELOG]:
         named = set(re.findall(r"(?<![A-Z_])DIGITS_[A-Z_]+[A-Z]", page.read_text()))
-        unread = named - fields - interpolated - client
+        unread = named - fields - interpolated - client - ci
         assert unread == set(), f"{page_name(page)}: names nothing reads"
 
 
