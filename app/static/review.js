@@ -699,7 +699,7 @@
 
   // ---------------------------------------------------------------- the counts
 
-  const waitingOf = (stats) => Number(stats.waiting ?? stats.pending ?? 0);
+  const waitingOf = (stats) => Number(stats.waiting ?? 0);
 
   /** Read the queue's counts and show them; errors throw only when not ``quiet``. */
   async function refreshStats({ quiet = true } = {}) {
@@ -714,7 +714,7 @@
     $("count-waiting").textContent = String(waitingOf(stats));
     $("count-claimed").textContent = String(stats.claimed ?? 0);
     $("count-done").textContent = String(stats.done ?? 0);
-    const oldest = stats.oldest_waiting_seconds ?? stats.oldest_pending_seconds;
+    const oldest = stats.oldest_waiting_seconds;
     $("count-oldest").textContent =
       typeof oldest === "number" ? `(the oldest waiting for ${ago(oldest)})` : "";
     $("counts").dataset.state = "fresh";

@@ -68,15 +68,11 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="package")
-def server_url(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url(models_dir: Path) -> Iterator[str]:
     """Base URL of the real service under uvicorn, serving the bundled model, once ready."""
     # The page is tried as a visitor without a key would; the key itself is the API's business:
-    # the server's environment carries no DIGITS_* setting but the models directory and a
-    # fresh directory for its state (the review queue), never the checkout's own data/.
-    state = {"DIGITS_DATA_DIR": str(tmp_path_factory.mktemp("server-data"))}
-    server = RunningServer.start(
-        models_dir, SERVER_LOG, env=state, ready_timeout=READY_WAIT_SECONDS
-    )
+    # the server's environment carries no DIGITS_* setting but the models directory.
+    server = RunningServer.start(models_dir, SERVER_LOG, ready_timeout=READY_WAIT_SECONDS)
     try:
         yield server.url
     finally:

@@ -102,8 +102,8 @@ class Queue:
 
 
 def waiting(stats: dict[str, Any]) -> int:
-    """Items a claim would hand out."""
-    return int(stats["waiting"] if "waiting" in stats else stats["pending"])
+    """Items a claim would hand out (pending, or claimed under a lease that ran out)."""
+    return int(stats["waiting"])
 
 
 def percent(value: float) -> str:
