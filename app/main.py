@@ -19,8 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.review_intake import ReviewIntake
 from app.api.routes import (
     docs,
     health,
@@ -28,6 +30,7 @@ from app.api.routes import (
     model,
     predict,
     recognize,
+    reviews,
     web,
 )
 from app.api.uploads import too_many_files
@@ -62,6 +65,8 @@ Reads handwritten digits with a TensorFlow SavedModel trained on MNIST.
 * `/v1/...` (TensorFlow Serving REST) and `/v2/...` (Open Inference Protocol) take raw 28×28
   uint8 tensors, for model-serving clients.
 * `GET /model`, `GET /metrics`, `GET /health/live`, `GET /health/ready` for operators.
+* `/reviews/...`: readings flagged for review (and a sample of the others, to audit them) are
+  stored for people to key; every reading's answer carries its `review_id` and `queue`.
 
 Every error has the same shape: `{"error": {"code": ..., "message": ..., "details": ...}}`,
 where `code` is for programs and `message` tells a person what to do.
@@ -77,6 +82,14 @@ TAGS: Final = [
     {"name": "model", "description": "The served model version."},
     {"name": "metrics", "description": "Model evaluation and live figures (JSON or Prometheus)."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "reviews",
+        "description": "The review queue: readings flagged for review, and a sample of the "
+        "others (audit), stored for people to key. Reviewers claim an item under a lease, see "
+        "its image and key what it shows (the reviewers' key, DIGITS_REVIEWER_API_KEY); the "
+        "keyed audit samples measure the error among accepted answers (`GET /model`, "
+        "`/metrics`). A client reads a reading's result with its `review_id`.",
+    },
     {
         "name": "tensorflow-serving",
         "description": "TensorFlow Serving's REST API: raw 28×28 uint8 tensors, for its clients.",
@@ -112,11 +125,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settle_heap()
     app.state.started = True
     worker.start()
+    # The review queue: opened (and migrated) in a thread; a database that is down is retried
+    # in the background while readings are answered without it.
+    intake: ReviewIntake = app.state.reviews
+    intake.start()
+    await intake.wait_started()
     grpc_server = await v2_grpc.start(app)
     try:
         yield
     finally:
         await v2_grpc.stop(grpc_server)
+        await intake.stop()
         store.stop_polling()
         worker.stop()
         if app.state.own_tracer_provider is not None:
@@ -176,6 +195,9 @@ def create_app(
         observer=telemetry,
         policy_file=settings.version_config,
     )
+    app.state.reviews = intake = ReviewIntake(settings, telemetry)
+    if intake.enabled:
+        telemetry.watch_reviews(intake.figures)
     app.state.worker = InferenceWorker(
         max_batch_delay_ms=settings.max_batch_delay_ms,
         on_batch=telemetry.observe_batch,
@@ -188,6 +210,7 @@ def create_app(
         predict.router,
         recognize.router,
         model.router,
+        reviews.router,
         metrics.router,
         health.router,
         tfserving.router,
@@ -233,21 +256,29 @@ def package_version() -> str:
 
 
 def _tidy_openapi(app: FastAPI, settings: Settings) -> None:
-    """Name the upload schemas, and keep the API-key scheme out without a key configured.
+    """Name the upload schemas, and keep the API-key scheme off what needs no key.
 
-    The document must say what this instance does: without DIGITS_API_KEY every endpoint is
-    open, and advertising a required header would be false.
+    The document must say what this instance does: without DIGITS_API_KEY the client's
+    endpoints are open, and without any key the reviewers' too; advertising a required header
+    would be false.
     """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = FastAPI.openapi(app)
             _rename_schemas(document, BODY_SCHEMAS)
-            if settings.api_key is None:
-                document.get("components", {}).pop("securitySchemes", None)
-                for operations in document.get("paths", {}).values():
-                    for operation in operations.values():
+            # The reviewers' routes take a key when any key is configured (without the
+            # reviewers' own they are closed); the others only with the client key.
+            reviews_open = settings.api_key is None and settings.reviewer_api_key is None
+            guarded = False
+            for path, operations in document.get("paths", {}).items():
+                for operation in operations.values():
+                    reviewers = path.startswith("/reviews") and not path.endswith("/result")
+                    if reviews_open if reviewers else settings.api_key is None:
                         operation.pop("security", None)
+                    guarded = guarded or "security" in operation
+            if not guarded:
+                document.get("components", {}).pop("securitySchemes", None)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -357,7 +388,25 @@ _FIELD_HINTS: Final = {
 }
 
 
+def _json_body_problem(path: list[str], kind: str, message: str) -> str:
+    """A sentence about one problem of a JSON body (the /reviews endpoints take JSON)."""
+    if kind == "json_invalid":
+        return "The body is not valid JSON: send a JSON object with Content-Type: application/json."
+    if not path:
+        if kind == "missing":
+            return "The request body is missing: send a JSON object (see /docs for its fields)."
+        return f"The body must be a JSON object: {message}."
+    name = ".".join(path)
+    if kind == "extra_forbidden":
+        return f"Field '{name}' is not one this endpoint takes (see /docs for its fields)."
+    if kind == "missing":
+        return f"Field '{name}' is required."
+    return f"Field '{name}': {message}."
+
+
 def _from_validation_error(exc: RequestValidationError) -> ApiError:
+    # A multipart form (the readings) or JSON (the reviews), by what the body was parsed as.
+    form = isinstance(exc.body, FormData)
     problems: list[dict[str, Any]] = []
     sentences: list[str] = []
     for error in exc.errors():
@@ -373,6 +422,8 @@ def _from_validation_error(exc: RequestValidationError) -> ApiError:
                 sentences.append(f"The form field '{name}' must be a file: {_FIELD_HINTS[name]}.")
         elif where == "query" and name == "normalize":
             sentences.append("Query parameter 'normalize' must be one of: auto, always, never.")
+        elif where == "body" and not form:
+            sentences.append(_json_body_problem(loc[1:], kind, str(error.get("msg", "invalid"))))
         else:
             label = {"query": "Query parameter", "body": "Form field", "header": "Header"}.get(
                 where, "Parameter"

@@ -17,6 +17,11 @@ state, probe accuracy) is computed at each scrape from the answering worker's st
 worker serves the same models directory. ``process_*`` then covers the launcher and all its
 processes. Without the variable (one worker, the tests' in-process apps) everything is this
 process's, as in any prometheus_client registry.
+
+**The review queue's figures** (the audit estimate per model version, the queue's counts) come
+from its database, which every worker and replica shares: :class:`ReviewFigures` reads them at
+scrape time (at most every 10 s) on the registry a scrape answers from, so they are reported
+once, by the worker that answers, and never added up over workers.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -54,6 +59,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ApiError
 from app.reading.review import ReasonCode
+from app.reviews.audit import AuditEstimate
+from app.reviews.queue import QueueStats
+from app.reviews.tables import Kind
 
 if TYPE_CHECKING:
     from app.serving.loaded import LoadedModel
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
+figures_logger = logging.getLogger("app.telemetry.reviews")
 
 #: prometheus_client's multiprocess directory: set by the launcher for several workers.
 MULTIPROCESS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -73,6 +82,11 @@ _CONFIDENCE_BUCKETS: Final = (
 )  # fmt: skip
 #: Why /recognize flagged an answer for review, as metric labels: the review reason codes.
 REVIEW_REASONS: Final = tuple(code.value for code in ReasonCode)
+#: Why a reading is in the review queue, and why one that should be is not: metric labels.
+REVIEW_KINDS: Final = tuple(kind.value for kind in Kind)
+NOT_QUEUED_REASONS: Final = ("unavailable", "full")
+#: How long the review queue's figures (read from its database) serve scrapes.
+REVIEW_FIGURES_SECONDS: Final = 10.0
 UNMATCHED: Final = "unmatched"
 _MAX_VERSION_SERIES: Final = 10
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -194,6 +208,21 @@ class Telemetry:
             ["reason"],
             registry=r,
         )
+        self.review_queued = Counter(
+            "digits_review_queued",
+            "Readings stored in the review queue, by kind: flagged (the service flagged them "
+            "for review) or audit (a sample of the answers it did not flag).",
+            ["kind"],
+            registry=r,
+        )
+        self.review_not_queued = Counter(
+            "digits_review_not_queued",
+            "Readings that should have been stored for review and were not (they were still "
+            "answered), by reason: unavailable (the database is not open or failed) or full "
+            "(DIGITS_REVIEW_MAX_ITEMS).",
+            ["reason"],
+            registry=r,
+        )
         #: What is served, as this process sees it: published at each scrape.
         self.served = ServedState()
         r.register(self.served)
@@ -202,6 +231,10 @@ class Telemetry:
             flag: self.recognize_answers.labels(str(flag).lower()) for flag in (True, False)
         }
         self._reason_counters = {code: self.review_reasons.labels(code) for code in REVIEW_REASONS}
+        self._queued = {kind: self.review_queued.labels(kind) for kind in REVIEW_KINDS}
+        self._not_queued = {
+            reason: self.review_not_queued.labels(reason) for reason in NOT_QUEUED_REASONS
+        }
         self._answer_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         #: The metrics the JSON figures are made of (this process's, without a shared dir).
@@ -283,6 +316,25 @@ class Telemetry:
         self._reviewed[bool(codes)].inc()
         for code in codes:
             self._reason_counters[code].inc()
+
+    def count_queued(self, kind: str) -> None:
+        """Count one reading stored for review (``flagged`` or ``audit``)."""
+        self._queued[kind].inc()
+
+    def count_not_queued(self, reason: str, count: int = 1) -> None:
+        """Count readings that should have been stored for review and were not."""
+        self._not_queued[reason].inc(count)
+
+    def watch_reviews(self, source: ReviewSource) -> ReviewFigures:
+        """Export the review queue's figures, read through ``source`` at scrape time.
+
+        Registered on the registry a scrape answers from, and only there: the figures come
+        from the database every worker process shares, so they are reported once per scrape
+        by the worker that answers it, never added up over workers.
+        """
+        figures = ReviewFigures(source)
+        self.exposed.register(figures)
+        return figures
 
     def set_probe_accuracy(self, version: int, accuracy: float) -> None:
         """Publish a model version's accuracy on the probe set checked when it was loaded."""
@@ -520,6 +572,98 @@ class ServedState:
             label_version,
             probe_accuracy,
         ]
+
+
+#: Reads the review queue's audit estimates and counts (blocking; raises when it cannot).
+ReviewSource = Callable[[], tuple[list[AuditEstimate], QueueStats]]
+
+
+class ReviewFigures:
+    """The review queue's figures, read from its database at scrape time.
+
+    The audit estimate per model version (reviewed, wrong, the error rate and its Wilson 95%
+    interval) and the queue's counts. A read serves the scrapes of the next
+    :data:`REVIEW_FIGURES_SECONDS` (a failed one too), so scrapes cost the database little; a
+    database that is down never fails a scrape: ``digits_review_queue_available`` says 0 and
+    the other families carry no sample.
+    """
+
+    def __init__(self, source: ReviewSource, max_age: float = REVIEW_FIGURES_SECONDS) -> None:
+        self.source = source
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = -math.inf
+        self._figures: tuple[list[AuditEstimate], QueueStats] | None = None
+
+    def figures(self) -> tuple[list[AuditEstimate], QueueStats] | None:
+        """The figures, read again when older than ``max_age``; None when unavailable."""
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.max_age:
+                try:
+                    self._figures = self.source()
+                except Exception as exc:  # a scrape must never fail for the queue
+                    figures_logger.debug("review figures unavailable: %s", type(exc).__name__)
+                    self._figures = None
+                self._read_at = time.monotonic()
+            return self._figures
+
+    def collect(self) -> list[Metric]:
+        """The review queue's metric families (empty ones while it is unavailable)."""
+        figures = self.figures()
+        available = GaugeMetricFamily(
+            "digits_review_queue_available",
+            "1 when the review queue's database answered the last read of these figures, else 0.",
+            value=int(figures is not None),
+        )
+        reviewed = GaugeMetricFamily(
+            "digits_audit_reviewed",
+            "Audit samples (answers not flagged for review, sampled) keyed by reviewers, by "
+            "model version.",
+            labels=["version"],
+        )
+        wrong = GaugeMetricFamily(
+            "digits_audit_wrong",
+            "Of those, the answers the reviewers found wrong (unreadable and not-digits count "
+            "as wrong), by model version.",
+            labels=["version"],
+        )
+        rate = GaugeMetricFamily(
+            "digits_audit_error_rate",
+            "The error among answers not flagged for review, estimated from keyed audit "
+            "samples, by model version: bound=estimate (wrong / reviewed), low and high (its "
+            "Wilson 95% interval).",
+            labels=["version", "bound"],
+        )
+        items = GaugeMetricFamily(
+            "digits_review_queue_items",
+            "Items in the review queue by status: waiting (to be claimed), claimed (held "
+            "under a running lease), done (keyed), expired (deleted by retention unkeyed).",
+            labels=["status"],
+        )
+        oldest = GaugeMetricFamily(
+            "digits_review_queue_oldest_waiting_seconds",
+            "Age of the oldest item waiting for a reviewer (0 when none waits).",
+        )
+        if figures is not None:
+            estimates, stats = figures
+            for estimate in estimates[-_MAX_VERSION_SERIES:]:
+                version = str(estimate.model_version)
+                reviewed.add_metric([version], estimate.reviewed)
+                wrong.add_metric([version], estimate.wrong)
+                if estimate.error_rate is not None:
+                    low, high = estimate.interval
+                    rate.add_metric([version, "estimate"], estimate.error_rate)
+                    rate.add_metric([version, "low"], low)
+                    rate.add_metric([version, "high"], high)
+            for status, count in (
+                ("waiting", stats.waiting),
+                ("claimed", stats.claimed),
+                ("done", stats.done),
+                ("expired", stats.expired),
+            ):
+                items.add_metric([status], count)
+            oldest.add_metric([], stats.oldest_waiting_seconds or 0.0)
+        return [available, reviewed, wrong, rate, items, oldest]
 
 
 class ReplicaProcessCollector:

@@ -1,4 +1,5 @@
-"""Dependencies the routes declare: settings, the served model, the inference worker, API key.
+"""Dependencies the routes declare: settings, the served model, the inference worker, the
+review queue, the API keys.
 
 Everything heavy is created once by ``create_app`` and its lifespan and kept on ``app.state``;
 these functions only hand it to the routes (``Annotated[..., Depends(...)]`` aliases below).
@@ -10,13 +11,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Final
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
 from pydantic import SecretStr
 
+from app.api.review_intake import ReviewIntake
 from app.core.errors import ApiError, DomainError, api_error
-from app.core.security import API_KEY_HEADER, api_key_dependency, passes_api_key
+from app.core.security import (
+    API_KEY_HEADER,
+    api_key_dependency,
+    api_key_scheme,
+    check_api_key_values,
+    key_matches,
+    passes_api_key,
+)
+from app.reviews.queue import ReviewQueue
 from app.serving.loaded import LoadedModel
 from app.serving.policy import LABEL_PATTERN, MAX_VERSION
 from app.serving.store import ModelNotReadyError, ModelStore
@@ -52,6 +62,8 @@ class Serving:
     worker: InferenceWorker
     settings: Settings
     telemetry: Telemetry
+    reviews: ReviewIntake
+    """Where readings go for review."""
 
 
 async def get_serving(
@@ -92,7 +104,7 @@ async def get_serving(
         raise not_ready(store, state.settings) from None
     except DomainError as exc:
         raise api_error(exc) from None
-    return Serving(model, state.worker, state.settings, state.telemetry)
+    return Serving(model, state.worker, state.settings, state.telemetry, state.reviews)
 
 
 def not_ready(store: ModelStore, settings: Settings) -> ApiError:
@@ -156,7 +168,79 @@ def current_serving(request: Request) -> Serving:
     model = state.store.current
     if model is None:
         raise not_ready(state.store, state.settings)
-    return Serving(model, state.worker, state.settings, state.telemetry)
+    return Serving(model, state.worker, state.settings, state.telemetry, state.reviews)
+
+
+async def get_reviews(request: Request) -> ReviewIntake:
+    """The app's side of the review queue (what readings are stored, and the queue's life)."""
+    intake: ReviewIntake = request.app.state.reviews
+    return intake
+
+
+async def get_review_queue(request: Request) -> ReviewQueue:
+    """The review queue; 503 while its database is not open, or when it is off."""
+    intake: ReviewIntake = request.app.state.reviews
+    return intake.require()
+
+
+_WHERE: Final = f"{API_KEY_HEADER} header"
+
+
+async def require_reviewer_key(
+    request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None
+) -> None:
+    """The reviewers' key (``DIGITS_REVIEWER_API_KEY``) on the reviewers' endpoints.
+
+    With no key configured at all, they are open like the rest (a service on loopback). With
+    a client key but no reviewer key they are closed: the client key must never open them.
+
+    Raises:
+        ApiError: 401 ``missing_api_key`` / ``invalid_api_key``; 403 ``reviews_closed`` (no
+            reviewer key configured, a client key is), 403 ``reviewer_key_required`` (the
+            client key was sent).
+    """
+    settings: Settings = request.app.state.settings
+    reviewer, client = settings.reviewer_api_key, settings.api_key
+    if reviewer is None:
+        if client is None:
+            return
+        raise ApiError(
+            403,
+            "reviews_closed",
+            "The review endpoints are closed on this service: it has a client API key "
+            "(DIGITS_API_KEY) but no reviewers' key. Set DIGITS_REVIEWER_API_KEY and send it "
+            f"in the {_WHERE}.",
+        )
+    values = request.headers.getlist(API_KEY_HEADER)
+    if (
+        client is not None
+        and len(values) == 1
+        and key_matches(values[0], client)
+        and not key_matches(values[0], reviewer)
+    ):
+        raise ApiError(
+            403,
+            "reviewer_key_required",
+            "This is a review endpoint: it takes the reviewers' key (DIGITS_REVIEWER_API_KEY), "
+            "not the client API key.",
+        )
+    check_api_key_values(values, reviewer, _WHERE)
+
+
+async def require_result_key(
+    request: Request, api_key: Annotated[str | None, Security(api_key_scheme)] = None
+) -> None:
+    """The client key (or the reviewers' key) on a reading's review result.
+
+    Raises:
+        ApiError: 401 ``missing_api_key`` / ``invalid_api_key``.
+    """
+    settings: Settings = request.app.state.settings
+    reviewer, client = settings.reviewer_api_key, settings.api_key
+    values = request.headers.getlist(API_KEY_HEADER)
+    if reviewer is not None and len(values) == 1 and key_matches(values[0], reviewer):
+        return
+    check_api_key_values(values, client, _WHERE)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -164,3 +248,7 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 ApiKeyDep = Depends(require_api_key)
+ReviewsDep = Annotated[ReviewIntake, Depends(get_reviews)]
+ReviewQueueDep = Annotated[ReviewQueue, Depends(get_review_queue)]
+ReviewerKeyDep = Depends(require_reviewer_key)
+ResultKeyDep = Depends(require_result_key)

@@ -69,6 +69,23 @@ class ReviewReason(BaseModel):
     )
 
 
+QueueState = Literal["queued", "audit", "not_queued"]
+
+_REVIEW_ID_DESCRIPTION = (
+    "The reading's item in the review queue when it was stored there (`queue` is `queued` or "
+    "`audit`): `GET /reviews/{review_id}/result` gives what the reviewers keyed. Null when "
+    "it was not stored."
+)
+_QUEUE_DESCRIPTION = (
+    "What became of the reading in the review queue: `queued` (flagged for review and stored "
+    "for people to key), `audit` (not flagged, stored as one of the sampled answers whose "
+    "keyed results measure the error among accepted answers), `not_queued` (it should have "
+    "been stored but the queue's database is unavailable or full; the reading itself is "
+    "unaffected), or null (nothing to store: not flagged and not sampled, or storing is off "
+    "for this endpoint)."
+)
+
+
 class DigitPrediction(BaseModel):
     """The model's reading of one digit image."""
 
@@ -95,6 +112,8 @@ class DigitPrediction(BaseModel):
         description="Why the reading needs review, one entry per reason (empty when not).",
         examples=[[]],
     )
+    review_id: str | None = Field(default=None, description=_REVIEW_ID_DESCRIPTION, examples=[None])
+    queue: QueueState | None = Field(default=None, description=_QUEUE_DESCRIPTION, examples=[None])
 
 
 class PredictResponse(DigitPrediction):
@@ -111,6 +130,8 @@ class PredictResponse(DigitPrediction):
                     "normalized": False,
                     "needs_review": False,
                     "review_reasons": [],
+                    "review_id": None,
+                    "queue": None,
                 }
             ]
         }
@@ -156,6 +177,8 @@ class BatchResponse(BaseModel):
                                 "normalized": False,
                                 "needs_review": False,
                                 "review_reasons": [],
+                                "review_id": None,
+                                "queue": None,
                             },
                             "error": None,
                         },
@@ -270,6 +293,8 @@ class RecognizeResponse(BaseModel):
                             "box": {"x": 0, "y": 81, "width": 400, "height": 3},
                         }
                     ],
+                    "review_id": "pXq3v1Kd0mVhQ8lZs2bA9w",
+                    "queue": "queued",
                 }
             ]
         }
@@ -300,6 +325,8 @@ class RecognizeResponse(BaseModel):
         description="What was found in the image and not read as digits, with boxes, so a "
         "page can show it: margins, ruled lines, specks, strays and punctuation.",
     )
+    review_id: str | None = Field(default=None, description=_REVIEW_ID_DESCRIPTION)
+    queue: QueueState | None = Field(default=None, description=_QUEUE_DESCRIPTION)
 
 
 class RecognizeBatchItem(BaseModel):
@@ -474,6 +501,247 @@ class ModelResponse(BaseModel):
     reader_calibration: ReaderCalibrationInfo | None = Field(
         default=None, description="The served version's reader calibration (null while none)."
     )
+    audit: list[AuditInfo] = Field(
+        default_factory=list,
+        description="The error among answers not flagged for review, per model version, "
+        "estimated from the audit samples reviewers keyed, with its Wilson 95% interval "
+        "(empty before any was keyed, or while the review queue is unavailable).",
+    )
+    review_queue: ReviewQueueInfo | None = Field(
+        default=None, description="The review queue's counts, or why it is unavailable."
+    )
+
+
+# --- /reviews ------------------------------------------------------------------------------
+
+ReviewKind = Literal["flagged", "audit"]
+ReviewStatus = Literal["pending", "claimed", "done", "expired"]
+VerdictName = Literal["digits", "unreadable", "not_digits"]
+_REVIEWER = Field(
+    min_length=1,
+    max_length=64,
+    description="Who keys: 1 to 64 letters, digits or `. _ @ + -` (a name or an e-mail "
+    "address), recorded with the result.",
+    examples=["alice"],
+)
+_LEASE = Field(
+    min_length=1,
+    max_length=64,
+    description="The lease token the claim gave.",
+    examples=["Q2hhbmdlIG1lOiBhIHJhbmRvbSB0b2tlbg-8a"],
+)
+
+
+class ReviewResultInfo(BaseModel):
+    """What the reviewer keyed for an item."""
+
+    verdict: VerdictName = Field(
+        description="`digits` (the image shows `digits`), `unreadable` (a digit string nobody "
+        "can read either) or `not_digits` (not a digit string at all)."
+    )
+    digits: str | None = Field(
+        description="The digit string keyed (null for the other verdicts).", examples=["75011"]
+    )
+    reading_was_correct: bool = Field(
+        description="Whether the service's reading was the string keyed."
+    )
+
+
+class ReviewItemInfo(BaseModel):
+    """One item of the review queue: the reading as the service gave it, and its review."""
+
+    review_id: str = Field(
+        description="The item's unguessable id.", examples=["pXq3v1Kd0mVhQ8lZs2bA9w"]
+    )
+    kind: ReviewKind = Field(
+        description="`flagged` (the service flagged the reading for review) or `audit` (an "
+        "answer it did not flag, sampled to measure the error among accepted answers)."
+    )
+    endpoint: str = Field(description="Where the reading was made.", examples=["/recognize"])
+    status: ReviewStatus = Field(
+        description="`pending` (waiting; also when a claim's lease ran out), `claimed` (held "
+        "by a reviewer until `lease_expires`), `done` (keyed: see `result`), `expired` (its "
+        "image was deleted by retention before anyone keyed it)."
+    )
+    created_at: datetime
+    model_version: int = Field(description="The model version that read it.")
+    request_id: str | None = Field(description="The reading's X-Request-ID.")
+    client_ref: str | None = Field(description="The client's X-Client-Ref, as sent.")
+    expected_length: int | None = Field(description="The `expected_length` the reading was asked.")
+    image_type: str = Field(description="The stored image's content type.", examples=["image/png"])
+    has_image: bool = Field(description="False once retention deleted the image.")
+    reading: dict[str, Any] = Field(
+        description="The answer as the service gave it (`/recognize`'s, or `/predict`'s with "
+        "`digits` and one entry in `segments` added), so every item has `digits`, "
+        "`confidence`, `segments` and `review_reasons`."
+    )
+    lease_expires: datetime | None = Field(description="Until when a claim holds it.")
+    reviewer: str | None = Field(description="Who keyed it.")
+    reviewed_at: datetime | None
+    result: ReviewResultInfo | None = Field(description="Null until it is keyed.")
+
+
+class ClaimedItemInfo(ReviewItemInfo):
+    """A claimed item: yours to key until ``lease_expires``, with the lease to send back."""
+
+    lease: str = Field(
+        description="Send it with the result (`POST /reviews/{review_id}`) or to give the "
+        "item back (`POST /reviews/{review_id}/release`)."
+    )
+
+
+class ReviewListResponse(BaseModel):
+    """A page of items, oldest first."""
+
+    items: list[ReviewItemInfo]
+    next: str | None = Field(
+        description="Pass it as `after` for the next page; null on the last page."
+    )
+
+
+class KindCounts(BaseModel):
+    """Items of one kind by where they are."""
+
+    waiting: int
+    claimed: int
+    done: int
+    expired: int
+
+
+class ReviewStatsResponse(KindCounts):
+    """How many items wait, are held, were keyed, and expired.
+
+    ``waiting``: to be claimed (pending, or claimed under a lease that ran out); ``claimed``:
+    held under a running lease; ``done``: keyed; ``expired``: their image was deleted by
+    retention before anyone keyed them.
+    """
+
+    by_kind: dict[str, KindCounts] = Field(description="The same counts for `flagged` and `audit`.")
+    oldest_waiting_seconds: float | None = Field(
+        description="How long the oldest waiting item has waited (null: none waits)."
+    )
+
+
+class ReviewResultResponse(BaseModel):
+    """Answer of ``GET /reviews/{review_id}/result``: what became of a reading sent to review."""
+
+    review_id: str
+    status: ReviewStatus
+    reading: dict[str, Any] = Field(description="The answer as the service gave it.")
+    result: ReviewResultInfo | None = Field(description="Null until a reviewer keyed it.")
+
+
+class ClaimRequest(BaseModel):
+    """Body of ``POST /reviews/claim``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reviewer: str = _REVIEWER
+    kind: ReviewKind | None = Field(
+        default=None, description="Claim only this kind (default: the oldest of either)."
+    )
+
+
+class Correction(BaseModel):
+    """One digit of the reading to change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: int = Field(
+        ge=0,
+        le=63,
+        description="Which digit of the reading, counted from 0 (its index in `digits` and "
+        "`segments`).",
+        examples=[2],
+    )
+    digit: int = Field(ge=0, le=9, description="What it really is.", examples=[7])
+
+
+class SubmitRequest(BaseModel):
+    """Body of ``POST /reviews/{review_id}``: exactly one of ``digits``, ``corrections`` and a
+    ``verdict`` of ``unreadable`` or ``not_digits``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "lease": "Q2hhbmdlIG1lOiBhIHJhbmRvbSB0b2tlbg-8a",
+                    "reviewer": "alice",
+                    "digits": "75011",
+                },
+                {
+                    "lease": "Q2hhbmdlIG1lOiBhIHJhbmRvbSB0b2tlbg-8a",
+                    "reviewer": "alice",
+                    "corrections": [{"position": 2, "digit": 7}],
+                },
+                {
+                    "lease": "Q2hhbmdlIG1lOiBhIHJhbmRvbSB0b2tlbg-8a",
+                    "reviewer": "alice",
+                    "verdict": "unreadable",
+                },
+            ]
+        },
+    )
+
+    lease: str | None = Field(
+        default=None, min_length=1, max_length=64, description="The lease token the claim gave."
+    )
+    reviewer: str = _REVIEWER
+    digits: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The whole string the image shows, digits 0-9 only (as many as "
+        "`expected_length` when the reading was asked for a length).",
+        examples=["75011"],
+    )
+    corrections: list[Correction] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Digits of the reading to change; the others stand. To change the number "
+        "of digits, send `digits` instead.",
+    )
+    verdict: VerdictName | None = Field(
+        default=None,
+        description="`unreadable` or `not_digits` alone; `digits` only beside `digits` or "
+        "`corrections`.",
+    )
+
+
+class ReleaseRequest(BaseModel):
+    """Body of ``POST /reviews/{review_id}/release``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease: str = _LEASE
+
+
+class AuditInfo(BaseModel):
+    """How often one model version's accepted answers were wrong, from keyed audit samples."""
+
+    model_version: int
+    reviewed: int = Field(description="Audit samples keyed.")
+    wrong: int = Field(
+        description="Of those, answers the reviewers found wrong (unreadable and not-digits "
+        "count as wrong)."
+    )
+    error_rate: float | None = Field(description="wrong / reviewed (null before any).")
+    low: float = Field(description="Low end of the error rate's Wilson 95% interval.")
+    high: float = Field(description="High end of the error rate's Wilson 95% interval.")
+
+
+class ReviewQueueInfo(BaseModel):
+    """The review queue: its counts, or why it is unavailable."""
+
+    enabled: bool = Field(description="False when DIGITS_REVIEW_QUEUE is off.")
+    available: bool = Field(description="Whether its database answers now.")
+    reason: str | None = Field(default=None, description="Why it is unavailable.")
+    waiting: int | None = None
+    claimed: int | None = None
+    done: int | None = None
+    expired: int | None = None
+    by_kind: dict[str, KindCounts] | None = None
+    oldest_waiting_seconds: float | None = None
 
 
 # --- /metrics ------------------------------------------------------------------------------

@@ -133,11 +133,14 @@ def api_error(exc: DomainError) -> ApiError:
 HTTP_ERRORS: dict[str, int] = {
     "missing_api_key": 401,
     "invalid_api_key": 401,
+    "reviews_closed": 403,
+    "reviewer_key_required": 403,
     "payload_too_large": 413,
     "too_many_pixels": 413,
     "too_many_files": 413,
     "invalid_request": 422,
     "model_not_ready": 503,
+    "review_queue_off": 503,
 }
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.errors import DomainError, domain_error
@@ -262,7 +262,22 @@ class ReviewQueue:
             QueueFullError: when ``max_items`` items hold an image.
             QueueUnavailableError: when the database fails.
         """
-        review_id = secrets.token_urlsafe(16)
+        (review_id,) = self.enqueue_many([item])
+        return review_id
+
+    def enqueue_many(self, items: Sequence[NewItem]) -> list[str]:
+        """Store ``items`` in one transaction (all or none); return their review ids in order.
+
+        The limit is checked once for the lot: a batch arriving just under ``max_items`` is
+        stored whole and may take the queue past it by less than its own size.
+
+        Raises:
+            QueueFullError: when ``max_items`` items hold an image.
+            QueueUnavailableError: when the database fails.
+        """
+        if not items:
+            return []
+        review_ids = [secrets.token_urlsafe(16) for _ in items]
         try:
             if self._held_count() >= self.max_items:
                 raise QueueFullError(
@@ -271,31 +286,37 @@ class ReviewQueue:
                     "DIGITS_REVIEW_RETENTION_DAYS.",
                     {"max_items": self.max_items},
                 )
-            with self.database.sessions.begin() as session:
-                session.add(
-                    ReviewItem(
-                        id=review_id,
-                        kind=item.kind.value,
-                        endpoint=item.endpoint,
-                        status=Status.PENDING.value,
-                        created_at=self._clock(),
-                        model_version=item.model_version,
-                        request_id=item.request_id,
-                        client_ref=item.client_ref,
-                        expected_length=item.expected_length,
-                        image=item.image,
-                        image_type=item.image_type,
-                        image_bytes=len(item.image),
-                        reading=item.reading,
-                        reading_digits=item.reading_digits[:MAX_LABEL_DIGITS],
-                    )
-                )
+            now = self._clock()
+            rows = [
+                {
+                    "id": review_id,
+                    "kind": item.kind.value,
+                    "endpoint": item.endpoint,
+                    "status": Status.PENDING.value,
+                    # A microsecond apart: claims hand a batch out in the order it was sent.
+                    "created_at": now + timedelta(microseconds=index),
+                    "model_version": item.model_version,
+                    "request_id": item.request_id,
+                    "client_ref": item.client_ref,
+                    "expected_length": item.expected_length,
+                    "image": item.image,
+                    "image_type": item.image_type,
+                    "image_bytes": len(item.image),
+                    "reading": item.reading,
+                    "reading_digits": item.reading_digits[:MAX_LABEL_DIGITS],
+                }
+                for index, (review_id, item) in enumerate(zip(review_ids, items, strict=True))
+            ]
+            # A plain INSERT rather than the ORM's unit of work: less than half the CPU time,
+            # for what runs once per reading stored.
+            with self.database.engine.begin() as connection:
+                connection.execute(insert(ReviewItem), rows)
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
         with self._held_lock:
             if self._held is not None:
-                self._held += 1
-        return review_id
+                self._held += len(items)
+        return review_ids
 
     def _held_count(self) -> int:
         with self._held_lock:

@@ -23,7 +23,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.reviews.db import default_url
 from app.settings import Settings
+from harness import postgres
 from harness.mnist import MISSING, mnist_dir, read_test_set
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +45,29 @@ def mnist_test() -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_test_set(directory)
     assert images.shape == (10_000, 28, 28)
     return images, labels
+
+
+# --- the review queue's databases ---------------------------------------------------------
+
+
+def postgres_server() -> str:
+    """The test PostgreSQL's URL; skips (or fails, when required) without one."""
+    url, reason = postgres.admin_url()
+    if url is None:
+        if postgres.required():
+            pytest.fail(f"{postgres.REQUIRE_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind (a test taking it runs once on each)."""
+    if request.param == "sqlite":
+        yield default_url(tmp_path / "data")
+        return
+    with postgres.fresh_database(postgres_server()) as url:
+        yield url
 
 
 # --- image builders ------------------------------------------------------------------------

@@ -1228,11 +1228,19 @@ def run_example(example: Example, client: TestClient, workdir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    """The service serving the bundled models, in process."""
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The service serving the bundled models, in process, with a review queue of its own.
+
+    No audit samples: the answers the pages show are the ones a reading gets 98 times in 100
+    (``"queue": null``), and a page's review examples find only the items the pages queued.
+    """
     from app.main import create_app
 
-    settings = settings_class()(models_dir=REPO / "models" / "mnist")
+    settings = settings_class()(
+        models_dir=REPO / "models" / "mnist",
+        data_dir=tmp_path_factory.mktemp("docs-service-data"),
+        review_audit_share=0.0,
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 

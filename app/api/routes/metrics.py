@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import StoreDep, TelemetryDep
 from app.api.schemas import EvaluationFigures, MetricsResponse, ModelEvaluation, ServiceFigures
@@ -68,7 +69,9 @@ def _evaluation(model: LoadedModel) -> ModelEvaluation:
         "`Accept: application/openmetrics-text` (what a Prometheus scraper sends) the same "
         "endpoint answers in that text format: request counts and latency histograms by "
         "endpoint and status, error counts, images predicted, model test accuracy (gauge) and "
-        "model version (info)."
+        "model version (info), and the review queue's figures: readings queued and not "
+        "queued, items by status, and the audit estimate of the error among accepted answers "
+        "per model version."
     ),
     response_model=MetricsResponse,
     responses={
@@ -84,7 +87,9 @@ async def metrics(request: Request, store: StoreDep, telemetry: TelemetryDep) ->
     """Answer with the metrics in the format the client asked for."""
     accept = request.headers.get("accept", "")
     if wants_prometheus(accept):
-        body, content_type = telemetry.prometheus(accept)
+        # In a thread: the review queue's figures are read from its database (at most every
+        # 10 s), which must not hold the event loop.
+        body, content_type = await run_in_threadpool(telemetry.prometheus, accept)
         return Response(content=body, media_type=content_type)
     model = store.current
     return MetricsResponse(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ApiKeyDep, SettingsDep, StoreDep
+from app.api.deps import ApiKeyDep, ReviewsDep, SettingsDep, StoreDep
+from app.api.review_intake import ReviewIntake
 from app.api.schemas import (
+    AuditInfo,
     FailedVersionInfo,
     HeldVersionInfo,
     IgnoredEntryInfo,
     ModelResponse,
     ReaderCalibrationInfo,
+    ReviewQueueInfo,
     ServedVersionInfo,
     Signature,
     TensorSpec,
@@ -18,6 +22,7 @@ from app.api.schemas import (
     error_responses,
 )
 from app.reading.calibration import calibration_for
+from app.reviews.queue import QueueUnavailableError
 from app.serving.runtime import SIGNATURE
 
 # Behind the API key like the prediction routes: it lists the models directory's contents and
@@ -37,13 +42,17 @@ router = APIRouter(prefix="/model", tags=["model"], dependencies=[ApiKeyDep])
         "the probe check and why, directory names that are not versions, and the version "
         "policy, with `policy.error` saying why a `models.config` (`DIGITS_VERSION_CONFIG`) is "
         "not used. New version directories and edits of `models.config` are picked up without "
-        "restart: polling is on by default (`DIGITS_MODEL_POLL_SECONDS`, 0 turns it off)."
+        "restart: polling is on by default (`DIGITS_MODEL_POLL_SECONDS`, 0 turns it off).\n\n"
+        "`audit` gives, per model version, the error among the answers the service did not "
+        "flag, as reviewers found it on the sampled audit items, with its Wilson 95% "
+        "interval; `review_queue` the queue's counts (or why it is unavailable)."
     ),
     response_model=ModelResponse,
     responses=error_responses(401),
 )
-async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
+async def model_info(store: StoreDep, settings: SettingsDep, reviews: ReviewsDep) -> ModelResponse:
     """Describe the served versions and the versions on disk."""
+    audit, review_queue = await _reviews(reviews)
     status = store.status()
     model = status.default
     report = model.report if model is not None else None
@@ -115,4 +124,23 @@ async def model_info(store: StoreDep, settings: SettingsDep) -> ModelResponse:
             if model is not None
             else None
         ),
+        audit=audit,
+        review_queue=review_queue,
+    )
+
+
+async def _reviews(reviews: ReviewIntake) -> tuple[list[AuditInfo], ReviewQueueInfo]:
+    """The audit estimates and the queue's counts, read from its database in a thread."""
+    if not reviews.enabled:
+        return [], ReviewQueueInfo(
+            enabled=False, available=False, reason="off (DIGITS_REVIEW_QUEUE=false)"
+        )
+    try:
+        estimates, stats = await run_in_threadpool(reviews.figures)
+    except QueueUnavailableError:
+        reason = f"its database is not available ({reviews.problem_type or 'it failed'})"
+        return [], ReviewQueueInfo(enabled=True, available=False, reason=reason)
+    return (
+        [AuditInfo.model_validate(estimate.as_dict()) for estimate in estimates],
+        ReviewQueueInfo.model_validate({"enabled": True, "available": True, **stats.as_dict()}),
     )

@@ -35,6 +35,7 @@ from app.api.deps import (
 )
 from app.api.disconnect import stop_if_client_gone
 from app.api.fastapi_compat import route_as_included
+from app.api.review_intake import CLIENT_REF_PARAMETER, client_ref
 from app.api.schemas import BatchResponse, PredictResponse, error_responses
 from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
@@ -45,6 +46,7 @@ from app.reading.decode import open_image
 from app.reading.normalize import Normalize, prepare_digit, prepare_opened
 from app.reading.pipeline import judge_digit, judge_digits
 from app.reading.review import ReviewReason
+from app.reviews.queue import NewItem
 from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ApiKeyDep])
@@ -65,6 +67,16 @@ NormalizeQuery = Annotated[
             "normalize every image. `never`: only convert to grayscale (the image must then "
             "be 28×28, white on black)."
         ),
+    ),
+]
+
+
+QueueQuery = Annotated[
+    bool,
+    Query(
+        description="Store a reading flagged for review in the review queue for people to key "
+        "(`DIGITS_REVIEW_QUEUE_PREDICT` does it for every request); the answer's `review_id` "
+        "then names it.",
     ),
 ]
 
@@ -187,8 +199,9 @@ FileField = Annotated[
 
 async def _predict_plain(request: Request, file: FileField = None) -> Response:
     """``predict`` for a request that passed :func:`~app.api.deps.passes_default_checks`."""
+    ref = client_ref(request)
     data = await upload_bytes(request, file, "file")
-    return await _predict_one(data, "auto", current_serving(request), None)
+    return await _predict_one(data, "auto", current_serving(request), None, False, ref)
 
 
 async def predict(
@@ -196,12 +209,14 @@ async def predict(
     file: FileField = None,
     normalize: NormalizeQuery = "auto",
     threshold: ThresholdQuery = None,
+    queue: QueueQuery = False,
     *,
     serving: ServingDep,
 ) -> Response:
     """Classify one uploaded digit image."""
+    ref = client_ref(request)
     data = await upload_bytes(request, file, "file")
-    return await _predict_one(data, normalize, serving, threshold)
+    return await _predict_one(data, normalize, serving, threshold, queue, ref)
 
 
 router.add_api_route(
@@ -220,14 +235,22 @@ router.add_api_route(
         "(`curl --data-binary @digit.png -H 'Content-Type: image/png'`): no multipart "
         "parsing, the same limits and answers."
     ),
-    openapi_extra=raw_body_openapi("The image of one digit."),
+    openapi_extra={
+        **raw_body_openapi("The image of one digit."),
+        "parameters": [CLIENT_REF_PARAMETER],
+    },
     response_model=PredictResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 
 
 async def _predict_one(
-    data: bytes, normalize: Normalize, serving: Serving, threshold: float | None
+    data: bytes,
+    normalize: Normalize,
+    serving: Serving,
+    threshold: float | None,
+    queue: bool,
+    ref: str | None,
 ) -> Response:
     # One span: app.reading decodes and normalizes in one call (decoding JPEGs at reduced size).
     with child_span("decode_normalize", {"digits.images": 1}):
@@ -245,11 +268,28 @@ async def _predict_one(
     answer = _digit(result.probabilities[0], digit, normalized, reasons)
     serving.telemetry.observe_answer("/predict", digit, float(result.probabilities[0][digit]))
     answer["model_version"] = result.model_version
+    # A random() and nothing more unless the reading is stored for review.
+    reviews = serving.reviews
+    kind = reviews.kind_for(bool(reasons), queue or serving.settings.review_queue_predict)
+    if kind is None:
+        answer["review_id"] = answer["queue"] = None
+    else:
+        stored = reviews.item(
+            kind, "/predict", data, stored_reading(answer), str(digit), result.model_version, ref
+        )
+        answer["review_id"], answer["queue"] = await reviews.store_one(stored)
     # Serialized here rather than validated against PredictResponse and encoded by FastAPI:
     # the answer is built from the model's output in exactly that shape, and the generic
     # path cost a noticeable share of the event loop's time per request under load. Same
     # JSON document as FastAPI would send.
     return Response(_json(answer), media_type="application/json")
+
+
+def stored_reading(answer: dict[str, object]) -> dict[str, object]:
+    """A digit's answer as the review queue keeps it: as given, plus the string form every
+    item has (``digits`` and one entry in ``segments``, with no box)."""
+    segment = {key: answer[key] for key in ("digit", "confidence", "probabilities")}
+    return {**answer, "digits": str(answer["digit"]), "segments": [{**segment, "box": None}]}
 
 
 def _json(content: dict[str, object]) -> bytes:
@@ -348,6 +388,7 @@ async def _prepare_batch(
     ),
     response_model=BatchResponse,
     responses=error_responses(400, 401, 404, 413, 422, 503),
+    openapi_extra={"parameters": [CLIENT_REF_PARAMETER]},
 )
 async def predict_batch(
     request: Request,
@@ -356,16 +397,19 @@ async def predict_batch(
     ],
     normalize: NormalizeQuery = "auto",
     threshold: ThresholdQuery = None,
+    queue: QueueQuery = False,
     *,
     serving: ServingDep,
 ) -> dict[str, object]:
     """Classify a batch of uploaded digit images with one model call."""
-    model, worker, settings, telemetry = (
+    model, worker, settings, telemetry, reviews = (
         serving.model,
         serving.worker,
         serving.settings,
         serving.telemetry,
+        serving.reviews,
     )
+    ref = client_ref(request)
     if len(files) > settings.max_batch_size:
         raise too_many_files(len(files), settings.max_batch_size)
     items = [await f.read() for f in files]
@@ -386,6 +430,10 @@ async def predict_batch(
             operator_threshold=settings.review_threshold,
         )
     results: list[dict[str, object]] = []
+    answers: list[dict[str, object]] = []
+    stored: list[NewItem | None] = []
+    wanted = queue or settings.review_queue_predict
+    version = predictions.model_version if predictions is not None else model.version
     row = 0
     for index, (upload, item) in enumerate(zip(files, prepared, strict=True)):
         entry: dict[str, object] = {"index": index, "filename": upload.filename}
@@ -396,14 +444,28 @@ async def predict_batch(
         else:
             assert predictions is not None
             digit = int(predictions.digits[row])
-            entry["prediction"] = _digit(
-                predictions.probabilities[row], digit, item[1], judged[row]
-            )
+            answer = _digit(predictions.probabilities[row], digit, item[1], judged[row])
+            entry["prediction"] = answer
             telemetry.observe_answer(
                 "/predict/batch", digit, float(predictions.probabilities[row][digit])
             )
             entry["error"] = None
+            kind = reviews.kind_for(bool(judged[row]), wanted)
+            answers.append(answer)
+            stored.append(
+                None
+                if kind is None
+                else reviews.item(
+                    kind,
+                    "/predict",
+                    items[index],
+                    stored_reading({**answer, "model_version": version}),
+                    str(digit),
+                    version,
+                    ref,
+                )
+            )
             row += 1
         results.append(entry)
-    version = predictions.model_version if predictions is not None else model.version
+    await reviews.file_many(answers, stored)
     return {"model_version": version, "results": results}

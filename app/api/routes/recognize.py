@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ApiKeyDep, Serving, ServingDep
 from app.api.disconnect import stop_if_client_gone
+from app.api.review_intake import CLIENT_REF_PARAMETER, client_ref
 from app.api.schemas import RecognizeBatchResponse, RecognizeResponse, error_responses
 from app.api.uploads import raw_body_openapi, too_many_files, too_many_pixels, upload_bytes
 from app.core.deadline import check_deadline, request_deadline
@@ -33,6 +34,7 @@ from app.reading.pipeline import (
     read_string,
     read_strings,
 )
+from app.reviews.queue import NewItem
 from app.settings import Settings
 
 router = APIRouter(prefix="/recognize", tags=["recognize"], dependencies=[ApiKeyDep])
@@ -80,7 +82,10 @@ ThresholdQuery = Annotated[
         "The image may also be sent as the request body itself, with its image Content-Type "
         "(`curl --data-binary @code.png -H 'Content-Type: image/png'`)."
     ),
-    openapi_extra=raw_body_openapi("The image of the digit string."),
+    openapi_extra={
+        **raw_body_openapi("The image of the digit string."),
+        "parameters": [CLIENT_REF_PARAMETER],
+    },
     response_model=RecognizeResponse,
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
@@ -97,6 +102,7 @@ async def recognize(
 ) -> dict[str, object]:
     """Read the digit string in one uploaded image."""
     settings = serving.settings
+    ref = client_ref(request)
     data = await upload_bytes(request, file, "file")
     limits = reading_limits(settings)
     with request_deadline(settings.request_deadline_seconds):
@@ -114,7 +120,24 @@ async def recognize(
                 prediction.probabilities,
             )
     _observe(serving, result)
-    return answer(result, prediction.model_version)
+    body = answer(result, prediction.model_version)
+    reviews = serving.reviews
+    kind = reviews.kind_for(result.needs_review, settings.review_queue_recognize)
+    if kind is None:
+        body["review_id"] = body["queue"] = None
+    else:
+        stored = reviews.item(
+            kind,
+            "/recognize",
+            data,
+            dict(body),
+            result.digits,
+            prediction.model_version,
+            ref,
+            expected_length,
+        )
+        body["review_id"], body["queue"] = await reviews.store_one(stored)
+    return body
 
 
 @router.post(
@@ -131,6 +154,7 @@ async def recognize(
     ),
     response_model=RecognizeBatchResponse,
     responses=error_responses(400, 401, 404, 413, 422, 503),
+    openapi_extra={"parameters": [CLIENT_REF_PARAMETER]},
 )
 async def recognize_batch(
     request: Request,
@@ -142,6 +166,7 @@ async def recognize_batch(
 ) -> dict[str, object]:
     """Read the digit string in each of several uploaded images, with one model call."""
     settings = serving.settings
+    ref = client_ref(request)
     if len(files) > settings.max_batch_size:
         raise too_many_files(len(files), settings.max_batch_size)
     items = [await f.read() for f in files]
@@ -173,6 +198,9 @@ async def recognize_batch(
                     partial(read_strings, **options), valid, prediction.probabilities
                 )
     results: list[dict[str, object]] = []
+    answers: list[dict[str, object]] = []
+    stored: list[NewItem | None] = []
+    reviews = serving.reviews
     read = iter(readings)
     for index, (upload, done) in enumerate(zip(files, prepared, strict=True)):
         outcome = done if isinstance(done, DomainError) else next(read)
@@ -182,8 +210,26 @@ async def recognize_batch(
             entry.update(reading=None, error={"code": outcome.code, "message": outcome.message})
         else:
             _observe(serving, outcome)
-            entry.update(reading=answer(outcome, version), error=None)
+            body = answer(outcome, version)
+            entry.update(reading=body, error=None)
+            kind = reviews.kind_for(outcome.needs_review, settings.review_queue_recognize)
+            answers.append(body)
+            stored.append(
+                None
+                if kind is None
+                else reviews.item(
+                    kind,
+                    "/recognize",
+                    items[index],
+                    dict(body),
+                    outcome.digits,
+                    version,
+                    ref,
+                    expected_length,
+                )
+            )
         results.append(entry)
+    await reviews.file_many(answers, stored)
     return {"model_version": version, "results": results}
 
 

@@ -72,7 +72,7 @@ def test_unknown_code_is_a_500() -> None:
 
 
 def test_openapi_descriptions_list_the_codes_of_each_status() -> None:
-    responses = error_responses(400, 401, 413, 415, 422, 503)
+    responses = error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503)
     for code, spec in DOMAIN_ERRORS.items():
         if spec.status in responses:
             assert f"`{code}`" in responses[spec.status]["description"], code

@@ -55,6 +55,8 @@ def test_predict_answers_with_the_documented_shape(client: TestClient) -> None:
         "normalized",
         "needs_review",
         "review_reasons",
+        "review_id",
+        "queue",
     }
     assert body["digit"] == 1  # the fixture model always answers 1
     assert body["model_version"] == 1
@@ -342,7 +344,10 @@ def test_recognize_takes_the_image_as_the_body_too(client: TestClient) -> None:
     ink, _ = draw_string([seven, zero, one])
     data = encode(as_photo(ink))
     multipart = client.post("/recognize", files={"file": ("c.png", data)}).json()
-    assert raw(client, "/recognize", data).json() == multipart
+    body = raw(client, "/recognize", data).json()
+    # The same reading, queued for review as another item.
+    assert multipart["queue"] == body["queue"] == "queued"
+    assert {**body, "review_id": None} == {**multipart, "review_id": None}
     assert_error(client.post("/recognize", data={"x": "1"}), 422, "invalid_request")
 
 

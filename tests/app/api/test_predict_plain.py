@@ -132,6 +132,7 @@ def test_dependency_overrides_are_honoured(models: ModelsDir, plain_calls: list[
                 state.worker,
                 state.settings,
                 state.telemetry,
+                state.reviews,
             )
 
         app.dependency_overrides[deps.get_serving] = first_version
@@ -149,8 +150,12 @@ def test_the_documented_operation_is_unchanged(models: ModelsDir) -> None:
     assert [(p["name"], p["in"], p.get("required", False)) for p in operation["parameters"]] == [
         ("normalize", "query", False),
         ("threshold", "query", False),
+        ("queue", "query", False),
         ("version", "query", False),
         ("label", "query", False),
+        # Read by the route itself, not declared to FastAPI: a declared header would take
+        # every request off the short cut.
+        ("X-Client-Ref", "header", False),
     ]
     assert operation["security"] == [{"APIKeyHeader": []}]
     assert {"200", "400", "401", "404", "413", "415", "422", "503"} <= set(operation["responses"])

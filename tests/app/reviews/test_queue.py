@@ -112,6 +112,32 @@ def test_the_queue_refuses_past_its_size_bound(database: Database) -> None:
         queue.enqueue(item())
 
 
+def test_a_batch_is_stored_in_one_transaction_and_claimed_in_its_order(
+    timed: ReviewQueue,
+) -> None:
+    ids = timed.enqueue_many([item("1"), item("22", kind=Kind.AUDIT), item("333")])
+    assert len(set(ids)) == 3
+    assert [timed.get(i).reading["digits"] for i in ids] == ["1", "22", "333"]
+    assert timed.get(ids[1]).kind == "audit"
+    # Stored at one moment, yet handed out in the order sent.
+    claimed = [timed.claim("alice", 60) for _ in ids]
+    assert [c.item.review_id for c in claimed if c is not None] == ids
+    assert timed.enqueue_many([]) == []
+
+
+def test_a_batch_is_all_or_nothing(database: Database) -> None:
+    queue = ReviewQueue(database, max_items=2)
+    queue.enqueue_many([item("1"), item("2")])
+    with pytest.raises(QueueFullError):
+        queue.enqueue_many([item("3")])
+    # A row the database refuses (no image type: NOT NULL) fails the whole batch.
+    fresh = ReviewQueue(database)
+    before = fresh.stats().waiting
+    with pytest.raises(QueueUnavailableError):
+        fresh.enqueue_many([item("4"), item("5", image_type=None)])
+    assert fresh.stats().waiting == before
+
+
 # --- claims and leases ---------------------------------------------------------------------
 
 
