@@ -33,7 +33,7 @@ ONE_DIGIT = (REPO_ROOT / "examples" / "digit-7.png").read_bytes()
 # Every digit below this confidence flags the reading, with a reason naming its position.
 FLAG_EVERYTHING = 1.0
 # Long enough to press a key in, short enough to wait out in a test.
-SHORT_LEASE_SECONDS = 3.0
+SHORT_LEASE_SECONDS = 6.0
 # A bound on waiting for the page (a busy 2-core machine), not a speed check.
 SETTLE_SECONDS = 20.0
 
