@@ -9,7 +9,8 @@ is. The unflagged, unsampled answer, by far the most common, costs one ``random(
 **Before the answer.** :meth:`ReviewIntake.store` writes the original upload (its bytes and
 sniffed type), the answer as given, the model version, the request id and the client's
 ``X-Client-Ref`` in a worker thread and returns only once the row is committed, so a
-``review_id`` a client holds always names a stored item. A database that fails, is not open
+``review_id`` a client holds always names a stored item. Requests that store at the same time
+share one transaction. A database that fails, is not open
 or is full never fails the reading: the answer says ``"queue": "not_queued"``, a metric counts
 it (``digits_review_not_queued_total{reason}``) and a warning is logged, without the image.
 

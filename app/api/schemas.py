@@ -532,6 +532,38 @@ _LEASE = Field(
 )
 
 
+class StoredReason(BaseModel):
+    """A review reason as the stored answer gave it (its code as it was then)."""
+
+    code: str = Field(examples=["low_confidence"])
+    message: str
+    position: int | None = None
+
+
+class StoredSegment(BaseModel):
+    """One digit of a stored reading (no box for a `/predict` upload: the image is the digit)."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    box: BoxModel | None = None
+
+
+class StoredReading(BaseModel):
+    """The answer as the service gave it, kept with its item: the fields every item has, and
+    every other field of that endpoint's answer as it was (`/recognize`'s `image` and
+    `ignored`, `/predict`'s `digit` and `normalized`, `model_version`...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    digits: str = Field(description="The digits read (one for `/predict`).", examples=["75011"])
+    confidence: float
+    segments: list[StoredSegment] = Field(
+        default_factory=list, description="Per digit, in the order of `digits`."
+    )
+    review_reasons: list[StoredReason] = Field(default_factory=list)
+
+
 class ReviewResultInfo(BaseModel):
     """What the reviewer keyed for an item."""
 
@@ -570,7 +602,7 @@ class ReviewItemInfo(BaseModel):
     expected_length: int | None = Field(description="The `expected_length` the reading was asked.")
     image_type: str = Field(description="The stored image's content type.", examples=["image/png"])
     has_image: bool = Field(description="False once retention deleted the image.")
-    reading: dict[str, Any] = Field(
+    reading: StoredReading = Field(
         description="The answer as the service gave it (`/recognize`'s, or `/predict`'s with "
         "`digits` and one entry in `segments` added), so every item has `digits`, "
         "`confidence`, `segments` and `review_reasons`."
@@ -627,7 +659,7 @@ class ReviewResultResponse(BaseModel):
 
     review_id: str
     status: ReviewStatus
-    reading: dict[str, Any] = Field(description="The answer as the service gave it.")
+    reading: StoredReading = Field(description="The answer as the service gave it.")
     result: ReviewResultInfo | None = Field(description="Null until a reviewer keyed it.")
 
 

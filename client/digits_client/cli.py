@@ -425,7 +425,7 @@ def model(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
 @reviews_app.command("stats")
 def review_stats(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
     """Show the review queue's counts (GET /reviews/stats) as JSON: items by status and kind,
-    and how long the oldest pending one has waited. Needs the reviewers' key as --api-key."""
+    and how long the oldest waiting one has waited. Needs the reviewers' key as --api-key."""
     try:
         with Client(url, api_key=api_key) as client:
             stats = client.review_stats()

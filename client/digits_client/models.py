@@ -230,6 +230,40 @@ class ReaderCalibration(_Answer):
     notes: list[str]
 
 
+class KindCounts(_Answer):
+    """Items of one kind by where they are."""
+
+    waiting: int
+    claimed: int
+    done: int
+    expired: int
+
+
+class AuditEstimate(_Answer):
+    """How often one version's accepted answers were wrong, with its Wilson 95% interval."""
+
+    model_version: int
+    reviewed: int
+    wrong: int
+    error_rate: float | None
+    low: float
+    high: float
+
+
+class ReviewQueueInfo(_Answer):
+    """The review queue's counts in ``GET /model``, or why it is unavailable."""
+
+    enabled: bool
+    available: bool
+    reason: str | None = None
+    waiting: int | None = None
+    claimed: int | None = None
+    done: int | None = None
+    expired: int | None = None
+    by_kind: dict[str, KindCounts] | None = None
+    oldest_waiting_seconds: float | None = None
+
+
 class ModelInfo(_Answer):
     """Answer of ``GET /model``: the served version and what is on disk."""
 
@@ -251,6 +285,9 @@ class ModelInfo(_Answer):
     poll_interval_seconds: float
     last_checked: datetime | None
     reader_calibration: ReaderCalibration | None = None
+    audit: list[AuditEstimate] = Field(default_factory=list)
+    """The error among accepted answers per version, from keyed audit samples."""
+    review_queue: ReviewQueueInfo | None = None
 
 
 # --- /reviews -----------------------------------------------------------------------------
@@ -298,7 +335,7 @@ class ReviewItem(_Answer):
     request_id: str | None
     client_ref: str | None
     expected_length: int | None
-    image_type: str | None
+    image_type: str
     has_image: bool
     reading: StoredReading
     lease_expires: datetime | None
@@ -321,15 +358,13 @@ class ReviewPage(_Answer):
     next: str | None
 
 
-class ReviewStats(_Answer):
-    """Answer of ``GET /reviews/stats``: items by status, by kind, and the oldest wait."""
+class ReviewStats(KindCounts):
+    """Answer of ``GET /reviews/stats``: items ``waiting`` (to be claimed: pending, or claimed
+    under a lease that ran out), ``claimed``, ``done`` and ``expired``, the same by kind, and
+    how long the oldest waiting one has waited."""
 
-    pending: int
-    claimed: int
-    done: int
-    expired: int
-    by_kind: dict[str, int]
-    oldest_pending_seconds: float | None
+    by_kind: dict[str, KindCounts]
+    oldest_waiting_seconds: float | None
 
 
 class ReviewOutcome(_Answer):

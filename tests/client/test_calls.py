@@ -482,12 +482,15 @@ def test_list_sends_its_filters_and_reads_the_next_page() -> None:
 
 def test_stats_delete_and_result() -> None:
     stats = {
-        "pending": 3,
+        "waiting": 3,
         "claimed": 1,
         "done": 10,
         "expired": 0,
-        "by_kind": {"flagged": 12, "audit": 2},
-        "oldest_pending_seconds": 42.5,
+        "by_kind": {
+            "flagged": {"waiting": 2, "claimed": 1, "done": 9, "expired": 0},
+            "audit": {"waiting": 1, "claimed": 0, "done": 1, "expired": 0},
+        },
+        "oldest_waiting_seconds": 42.5,
     }
     outcome = {
         "review_id": "AAAAAAAAAAAAAAAAAAAAAA",
@@ -504,7 +507,8 @@ def test_stats_delete_and_result() -> None:
         }
     )
     found, _, _ = both(service, "review_stats")
-    assert (found.pending, found.by_kind["audit"], found.oldest_pending_seconds) == (3, 2, 42.5)
+    assert (found.waiting, found.oldest_waiting_seconds) == (3, 42.5)
+    assert found.by_kind["audit"].done == 1
     deleted, _, requests = both(service, "delete_review", "AAAAAAAAAAAAAAAAAAAAAA")
     assert deleted is None
     assert requests[0].method == "DELETE"

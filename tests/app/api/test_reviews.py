@@ -10,6 +10,7 @@ the database take ``database_url`` and run on SQLite and on a real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +24,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, text
 
+from app.api.review_intake import ReviewIntake
 from app.main import create_app
 from app.reviews.audit import wilson_interval
+from app.reviews.tables import Kind
+from app.telemetry import Telemetry
 from harness.servers import free_port
 from tests.app.api.test_predict import digit_png
 from tests.app.conftest import ModelsDir, encode, make_settings, postgres_server
@@ -232,6 +236,39 @@ def test_a_batch_stores_its_readings_in_one_go(start: Start) -> None:
     assert reading["queue"] == "queued"
     assert client.get(f"/reviews/{reading['review_id']}").json()["client_ref"] == "batch-9"
     assert strings["results"][1]["reading"] is None
+
+
+def test_requests_storing_at_once_share_a_write(database_url: str) -> None:
+    async def scenario() -> tuple[list[list[Any]], int]:
+        intake = ReviewIntake(
+            make_settings(Path("unused"), review_database_url=database_url), Telemetry()
+        )
+        intake.start()
+        await intake.wait_started()
+        queue = intake.queue
+        assert queue is not None
+        writes = 0
+        real = queue.enqueue_many
+
+        def counted(items: Any) -> list[str]:
+            nonlocal writes
+            writes += 1
+            return real(items)
+
+        queue.enqueue_many = counted  # type: ignore[method-assign]
+        item = intake.item(Kind.FLAGGED, "/predict", digit_png(), {"digits": "1"}, "1", 1, None)
+        try:
+            answers = await asyncio.gather(*(intake.store([item] * n) for n in (1, 2, 1, 3, 1)))
+        finally:
+            await intake.stop()
+        return [list(a) for a in answers], writes
+
+    answers, writes = asyncio.run(scenario())
+    assert [len(a) for a in answers] == [1, 2, 1, 3, 1]
+    ids = [review_id for answer in answers for review_id, queue in answer if queue == "queued"]
+    assert len(set(ids)) == 8
+    # The five requests that stored at once: one transaction, each its own ids.
+    assert writes == 1
 
 
 # --- X-Client-Ref ------------------------------------------------------------------------------
