@@ -441,6 +441,36 @@ def test_a_wrong_length_is_refused_and_the_item_kept(queue: Queue, alice: PageRe
     assert_clean(alice, refused=True)
 
 
+def test_a_single_digit_from_predict_is_keyed_without_boxes(
+    queue: Queue, alice: PageRecord
+) -> None:
+    answer = httpx.post(
+        f"{queue.url}/predict",
+        params={"queue": "true"},
+        files={"file": ("digit.png", ONE_DIGIT, "image/png")},
+        timeout=60.0,
+    ).json()
+    assert answer.get("review_id"), f"the reading was not queued: {answer}"
+    page = alice.page
+    open_review_page(alice, queue)
+    sign_in(page, "alice")
+
+    expect_item(page, answer["review_id"])
+    expect(page.locator("#answer")).to_have_value(str(answer["digit"]))
+    expect(page.locator("#digit-list li .digit-char")).to_have_text([str(answer["digit"])])
+    expect(page.locator("#digit-list li .digit-confidence")).to_have_text(
+        [percent(answer["confidence"])]
+    )
+    # /predict finds no boxes: the image is shown whole, nothing drawn over it.
+    expect(page.locator("#boxes .box")).to_have_count(0)
+    expect(page.locator("#item-meta")).to_contain_text("/predict")
+    page.keyboard.press("Enter")
+    expect(page.locator("#idle")).to_be_visible()
+    assert queue.item(answer["review_id"])["result"]["digits"] == str(answer["digit"])
+    leave([alice], queue)
+    assert_clean(alice)
+
+
 def test_an_item_deleted_meanwhile_is_left_for_the_next(queue: Queue, alice: PageRecord) -> None:
     gone, kept = (queue.seed()["review_id"] for _ in range(2))
     page = alice.page
