@@ -327,10 +327,6 @@ def shared_queue_check(http: str, replicas: int, compose: list[str]) -> None:
         )
     servers = {(p["server"], p["database"]) for p in before}
     check(len(servers) == 1, f"the replicas reach different databases: {servers}")
-    if any(p["stats"] == 404 for p in before):
-        check(all(p["stats"] == 404 for p in before), f"some replicas lack the queue: {before}")
-        say("  /reviews/stats: 404 on every replica (this service has no review queue yet)")
-        return
     for probe in before:
         check(isinstance(probe["stats"], dict), f"/reviews/stats answered {probe['stats']}")
     with httpx.Client(base_url=f"http://{http}", timeout=30) as client:
@@ -340,12 +336,12 @@ def shared_queue_check(http: str, replicas: int, compose: list[str]) -> None:
     body = answer.json()
     check(body.get("queue") == "queued", f"the flagged reading was not queued: {body}")
     after = _replica_probes(compose, replicas)
-    pending = [p["stats"]["pending"] for p in after]
-    check(len(set(pending)) == 1, f"the replicas count different queues: {pending}")
-    check(pending[0] == before[0]["stats"]["pending"] + 1, f"pending {before} -> {after}")
+    waiting = [p["stats"]["waiting"] for p in after]
+    check(len(set(waiting)) == 1, f"the replicas count different queues: {waiting}")
+    check(waiting[0] == before[0]["stats"]["waiting"] + 1, f"waiting {before} -> {after}")
     say(
         f"  a flagged /recognize through the balancer (review_id {body.get('review_id')}): "
-        f"pending {before[0]['stats']['pending']} -> {pending[0]} on all {replicas} replicas"
+        f"waiting {before[0]['stats']['waiting']} -> {waiting[0]} on all {replicas} replicas"
     )
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from harness.mnist import MISSING, mnist_dir, read_test_set
 from harness.servers import RunningServer
-from tests.browser.support import REPO_ROOT, PageRecord
+from tests.browser.support import REPO_ROOT, PageRecord, open_page
 
 SERVER_LOG = REPO_ROOT / "artifacts" / "browser-server.log"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,16 +54,22 @@ def _model_versions(models_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="package")
-def server_url() -> Iterator[str]:
-    """Base URL of the real service under uvicorn, serving the bundled model, once ready."""
-    models_dir = Path(os.environ.get("DIGITS_MODELS_DIR", REPO_ROOT / "models" / "mnist"))
-    if not models_dir.is_absolute():
-        models_dir = REPO_ROOT / models_dir
-    if not _model_versions(models_dir):
+def models_dir() -> Path:
+    """The bundled model's directory (or DIGITS_MODELS_DIR), holding at least one version."""
+    found = Path(os.environ.get("DIGITS_MODELS_DIR", REPO_ROOT / "models" / "mnist"))
+    if not found.is_absolute():
+        found = REPO_ROOT / found
+    if not _model_versions(found):
         pytest.fail(
-            f"No model version in {models_dir}: the browser tests need the bundled model "
+            f"No model version in {found}: the browser tests need the bundled model "
             "models/mnist/<n>/ (train one with `make train`)."
         )
+    return found
+
+
+@pytest.fixture(scope="package")
+def server_url(models_dir: Path) -> Iterator[str]:
+    """Base URL of the real service under uvicorn, serving the bundled model, once ready."""
     # The page is tried as a visitor without a key would; the key itself is the API's business:
     # the server's environment carries no DIGITS_* setting but the models directory.
     server = RunningServer.start(models_dir, SERVER_LOG, ready_timeout=READY_WAIT_SECONDS)
@@ -90,41 +96,16 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-def _open_page(
-    browser: Browser, width: int, height: int, *, touch: bool = False
-) -> Iterator[PageRecord]:
-    context = browser.new_context(
-        viewport={"width": width, "height": height}, has_touch=touch, is_mobile=touch
-    )
-    page = context.new_page()
-    record = PageRecord(page)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            record.console_errors.append(message.text)
-
-    def on_request(request: Request) -> None:
-        record.requests.append(request.url)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: record.page_errors.append(str(error)))
-    page.on("request", on_request)
-    try:
-        yield record
-    finally:
-        context.close()
-
-
 @pytest.fixture
 def desktop(browser: Browser) -> Iterator[PageRecord]:
     """A fresh browser tab the size of a laptop screen."""
-    yield from _open_page(browser, 1280, 900)
+    yield from open_page(browser, 1280, 900)
 
 
 @pytest.fixture
 def phone(browser: Browser) -> Iterator[PageRecord]:
     """A fresh browser tab on a small touch-screen phone held upright."""
-    yield from _open_page(browser, 375, 740, touch=True)
+    yield from open_page(browser, 375, 740, touch=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS_DIR = REPO_ROOT / "artifacts" / "screenshots"
@@ -37,3 +38,33 @@ class PageRecord:
         path = SCREENSHOTS_DIR / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         return path
+
+
+def open_page(
+    browser: Browser, width: int, height: int, *, touch: bool = False
+) -> Iterator[PageRecord]:
+    """A fresh browser context and tab of that size, recording what the page does; closed after.
+
+    A generator for fixtures to ``yield from``; each call is a context of its own (its own
+    cookies and session storage), so two of them are two people.
+    """
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, has_touch=touch, is_mobile=touch
+    )
+    page = context.new_page()
+    record = PageRecord(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            record.console_errors.append(message.text)
+
+    def on_request(request: Request) -> None:
+        record.requests.append(request.url)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: record.page_errors.append(str(error)))
+    page.on("request", on_request)
+    try:
+        yield record
+    finally:
+        context.close()

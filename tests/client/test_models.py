@@ -6,10 +6,7 @@ are required and which may be null, nested objects compared the same way) and mu
 must the error shape, the multipart field, the raw and JSON bodies and the query parameters the
 client sends. A field added, renamed or retyped on either side fails here.
 
-The review queue's parts of the client were written against the review-queue contract while
-the service's routes were being written: until the service has them, a review route it lacks
-is skipped and the fields and query the contract adds to the readings (``AHEAD``) may be the
-client's alone. Once the service has a route or a field it is compared like every other.
+The review queue's routes and the fields they add to the readings are compared like every other.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from digits_client.endpoints import (
     RAW_IMAGE_TYPES,
     RAW_OTHER_TYPE,
     REVIEW_CLAIM,
-    REVIEW_ENDPOINTS,
     REVIEW_SUBMIT,
     Empty,
     Endpoint,
@@ -37,9 +33,6 @@ from app.settings import Settings
 
 Schema = dict[str, Any]
 
-#: What the review-queue contract adds to the answers of the reading routes (``review_id``,
-#: ``queue``) and to /predict's query (``queue``): the client's alone until the service has it.
-AHEAD: frozenset[str] = frozenset({"review_id", "queue"})
 #: The JSON bodies the client sends, every form of them.
 JSON_BODIES = {
     REVIEW_CLAIM: [calls.claim_review("alice"), calls.claim_review("alice", kind="audit")],
@@ -126,13 +119,6 @@ def differences(mine: Any, theirs: Any, where: str = "") -> list[str]:
     return [] if mine == theirs else [f"{where or '.'}: {mine!r} vs {theirs!r}"]
 
 
-def not_yet_in_the_service(found: list[str]) -> list[str]:
-    """``found`` without the contract's additions the service does not have yet."""
-    return [
-        f for f in found if not any(f.endswith(f".{name}: only in the client") for name in AHEAD)
-    ]
-
-
 def template(path: str) -> str:
     """A path with its parameters unnamed: ``/reviews/{id}`` and ``/reviews/{review_id}`` match."""
     return re.sub(r"\{[^}]*\}", "{}", path)
@@ -141,8 +127,6 @@ def template(path: str) -> str:
 def operation(openapi: Schema, endpoint: Endpoint[Any]) -> Schema:
     paths = {template(path): item for path, item in openapi["paths"].items()}
     path = paths.get(template(endpoint.path))
-    if path is None and endpoint in REVIEW_ENDPOINTS:
-        pytest.skip(f"the service has no {endpoint.path} yet (the review queue's routes)")
     assert path is not None, f"the service has no {endpoint.path}"
     found: Schema = path[endpoint.method.lower()]
     return found
@@ -158,7 +142,7 @@ def test_each_answer_model_is_the_services_schema(openapi: Schema, endpoint: End
         return
     schema = responses["200"]["content"]["application/json"]
     theirs = shape(schema["schema"], openapi["components"]["schemas"])
-    assert not_yet_in_the_service(differences(client_shape(model), theirs)) == []
+    assert differences(client_shape(model), theirs) == []
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
@@ -167,7 +151,7 @@ def test_each_endpoint_takes_the_files_and_query_the_client_sends(
 ) -> None:
     found = operation(openapi, endpoint)
     parameters = {p["name"] for p in found.get("parameters", []) if p["in"] == "query"}
-    assert set(endpoint.query) - AHEAD <= parameters
+    assert set(endpoint.query) <= parameters
     if endpoint.json_body:
         schemas = openapi["components"]["schemas"]
         body = found["requestBody"]["content"]["application/json"]["schema"]
@@ -200,7 +184,7 @@ def test_the_error_shape_is_the_services(openapi: Schema) -> None:
 def test_the_batch_items_prediction_is_predict_without_the_version(openapi: Schema) -> None:
     schemas = openapi["components"]["schemas"]
     found = differences(client_shape(DigitPrediction), shape(schemas["DigitPrediction"], schemas))
-    assert not_yet_in_the_service(found) == []
+    assert found == []
     assert set(Prediction.model_fields) - set(DigitPrediction.model_fields) == {"model_version"}
 
 
@@ -214,14 +198,12 @@ def test_a_drifted_model_is_caught(openapi: Schema) -> None:
     )
     retyped = create_model("Retyped", __base__=Prediction, digit=(str, ...))
     optional = create_model("Optional", __base__=Prediction, model_version=(int | None, None))
-    assert not_yet_in_the_service(differences(client_shape(renamed), theirs)) == [
+    assert differences(client_shape(renamed), theirs) == [
         ".model_version: only in the service",
         ".version: only in the client",
     ]
-    assert not_yet_in_the_service(differences(client_shape(retyped), theirs)) == [
-        ".digit: ('string', None) vs 'integer'"
-    ]
-    assert not_yet_in_the_service(differences(client_shape(optional), theirs)) == [
+    assert differences(client_shape(retyped), theirs) == [".digit: ('string', None) vs 'integer'"]
+    assert differences(client_shape(optional), theirs) == [
         ".model_version: required False vs True",
         ".model_version: ('nullable', 'integer') vs 'integer'",
     ]

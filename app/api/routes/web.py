@@ -1,4 +1,5 @@
-"""The web page: ``GET /`` and its static files under ``/static``.
+"""The web pages: ``GET /`` (the reader), ``GET /review`` (the reviewers' queue) and their
+static files under ``/static``.
 
 The page is plain HTML, CSS and JavaScript that only talks to this service, so it works offline
 and behind any proxy that forwards the API.
@@ -13,7 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-"""Where index.html, app.js and style.css live (shipped as package data of ``app``)."""
+"""Where index.html, review.html and their scripts and styles live (package data of ``app``)."""
 
 # The page loads nothing from any other origin; saying so in a policy makes the browser enforce
 # it, so a stray external font or script fails loudly in development instead of silently
@@ -47,6 +48,16 @@ router = APIRouter(prefix="", tags=["web"])
 def index() -> FileResponse:
     """Serve the page where a person draws a digit or uploads a photo of a postal code."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+@router.get("/review", include_in_schema=False)
+def review() -> FileResponse:
+    """Serve the page where reviewers key the readings of the review queue.
+
+    The page itself is public, like ``/``: everything it shows comes from the ``/reviews``
+    endpoints, which ask for the reviewer key the page sends.
+    """
+    return FileResponse(STATIC_DIR / "review.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
 def mount_static(app: FastAPI) -> None:

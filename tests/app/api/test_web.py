@@ -1,4 +1,5 @@
-"""GET / and /static: the page and everything it loads come from this service alone.
+"""GET /, GET /review and /static: the pages and everything they load come from this service
+alone.
 
 The page's behaviour is tested in a real browser (tests/browser/); these checks are the fast,
 browser-free part: what is served, with which headers, and that nothing points elsewhere.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.api.routes.web import STATIC_DIR
@@ -25,35 +27,61 @@ class _Assets(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.urls: list[str] = []
+        self.inline: list[str] = []
+        """Inline scripts, style elements, style attributes and event handlers: what the
+        pages' policy (no 'unsafe-inline') would make the browser refuse."""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {name for name, _ in attrs}
+        if tag == "style" or (tag == "script" and "src" not in names):
+            self.inline.append(f"<{tag}>")
         for name, value in attrs:
             if name in {"src", "href"} and value:
                 self.urls.append(value)
+            if name == "style" or name.startswith("on"):
+                self.inline.append(f"<{tag} {name}=...>")
 
 
-def test_the_page_is_served_with_a_same_origin_policy(client: TestClient) -> None:
-    response = client.get("/")
+# Each page: a text it must hold, the assets it must load, the other pages it may link to.
+PAGES = {
+    "/": ("<canvas", {"/static/app.js", "/static/style.css"}, {"/docs", "/metrics", "/review"}),
+    "/review": (
+        'id="answer"',
+        {"/static/review.js", "/static/review.css", "/static/style.css"},
+        {"/", "/docs"},
+    ),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PAGES))
+def test_the_page_is_served_with_a_same_origin_policy(client: TestClient, path: str) -> None:
+    response = client.get(path)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
     assert "default-src 'self'" in policy
     assert "connect-src 'self'" in policy
+    # The review page shows the queue's images through blob: URLs, fetched with the key.
+    assert "img-src 'self' blob:" in policy
+    assert "unsafe-inline" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert "<canvas" in response.text
+    assert PAGES[path][0] in response.text
 
 
-def test_every_asset_the_page_names_is_served_from_here(client: TestClient) -> None:
+@pytest.mark.parametrize("path", sorted(PAGES))
+def test_every_asset_the_page_names_is_served_from_here(client: TestClient, path: str) -> None:
+    _, wanted, links = PAGES[path]
     parser = _Assets()
-    parser.feed(client.get("/").text)
+    parser.feed(client.get(path).text)
 
     assets = [url for url in parser.urls if url.startswith("/static/")]
-    assert {"/static/app.js", "/static/style.css", "/static/favicon.svg"} <= set(assets)
+    assert {*wanted, "/static/favicon.svg"} <= set(assets)
     for url in assets:
         assert client.get(url).status_code == 200, url
     others = [url for url in parser.urls if not url.startswith("/static/")]
-    assert set(others) <= {"/docs", "/metrics"}
+    assert set(others) <= links
+    assert parser.inline == [], "the policy forbids inline scripts and styles"
 
 
 def test_no_static_file_refers_to_another_host() -> None:
@@ -64,8 +92,10 @@ def test_no_static_file_refers_to_another_host() -> None:
         assert EXTERNAL.search(text) is None, path.name
 
 
-def test_the_page_is_not_in_the_api_description(client: TestClient) -> None:
-    assert "/" not in client.get("/openapi.json").json()["paths"]
+def test_the_pages_are_not_in_the_api_description(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/" not in paths
+    assert "/review" not in paths
 
 
 def test_a_missing_static_file_is_a_404_in_the_error_shape(client: TestClient) -> None:
