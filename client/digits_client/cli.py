@@ -399,7 +399,8 @@ def _print_summary(summary: Summary, out: Path | None) -> None:
     )
     if summary.skipped:
         line += f"; {summary.skipped:,} skipped, already in {out}"
-    stderr.print(line, highlight=False)
+    # One line, never folded at the terminal's width: logs and scripts read it whole.
+    stderr.print(line, highlight=False, soft_wrap=True)
     if summary.stopped is not None:
         stderr.print(f"[red]stopped[/red]: {summary.stopped.message}", highlight=False)
         if out is not None:
