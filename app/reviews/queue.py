@@ -240,6 +240,18 @@ def _waiting(now: datetime) -> ColumnElement[bool]:
     )
 
 
+#: The queue's one order, oldest first (ties broken by id): claims, pages and the export.
+QUEUE_ORDER: Final = (ReviewItem.created_at, ReviewItem.id)
+
+
+def _later_than(created_at: datetime, review_id: str) -> ColumnElement[bool]:
+    """Rows after (``created_at``, ``review_id``) in :data:`QUEUE_ORDER`: a page's cursor."""
+    return or_(
+        ReviewItem.created_at > created_at,
+        and_(ReviewItem.created_at == created_at, ReviewItem.id > review_id),
+    )
+
+
 class ReviewQueue:
     """The queue over one database (see the module's docstring for its rules)."""
 
@@ -348,7 +360,7 @@ class ReviewQueue:
                 query = select(ReviewItem.id).where(_waiting(now))
                 if kind is not None:
                     query = query.where(ReviewItem.kind == kind.value)
-                query = query.order_by(ReviewItem.created_at, ReviewItem.id).limit(1)
+                query = query.order_by(*QUEUE_ORDER).limit(1)
                 if postgres:
                     query = query.with_for_update(skip_locked=True)
                 review_id = session.scalar(query)
@@ -497,13 +509,8 @@ class ReviewQueue:
                 anchor = session.get(ReviewItem, after)
                 if anchor is None:
                     raise _not_found(after)
-                query = query.where(
-                    or_(
-                        ReviewItem.created_at > anchor.created_at,
-                        and_(ReviewItem.created_at == anchor.created_at, ReviewItem.id > anchor.id),
-                    )
-                )
-            query = query.order_by(ReviewItem.created_at, ReviewItem.id).limit(limit + 1)
+                query = query.where(_later_than(anchor.created_at, anchor.id))
+            query = query.order_by(*QUEUE_ORDER).limit(limit + 1)
             rows = list(session.scalars(query))
         views = [_view(row) for row in rows[:limit]]
         return views, (views[-1].review_id if len(rows) > limit else None)
@@ -557,17 +564,8 @@ class ReviewQueue:
                     ReviewItem.status == Status.DONE, ReviewItem.image.is_not(None)
                 )
                 if after is not None:
-                    query = query.where(
-                        or_(
-                            ReviewItem.created_at > after[0],
-                            and_(ReviewItem.created_at == after[0], ReviewItem.id > after[1]),
-                        )
-                    )
-                rows = list(
-                    session.scalars(
-                        query.order_by(ReviewItem.created_at, ReviewItem.id).limit(batch)
-                    )
-                )
+                    query = query.where(_later_than(*after))
+                rows = list(session.scalars(query.order_by(*QUEUE_ORDER).limit(batch)))
                 views = [_view(row, with_image=True) for row in rows]
             yield from views
             if len(rows) < batch:
