@@ -118,7 +118,8 @@ def read_all(
     from app.main import create_app
     from app.settings import Settings
 
-    settings = Settings(models_dir=models_dir, model_poll_seconds=0.0)
+    # The reading alone: no review queue (it would store every flagged code in ./data).
+    settings = Settings(models_dir=models_dir, model_poll_seconds=0.0, review_queue=False)
     readings = []
     reference = []
     version = -1

@@ -261,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.reading.review import DEFAULT_REVIEW_THRESHOLD
     from app.settings import Settings
 
-    settings = Settings(models_dir=args.models_dir, model_poll_seconds=0.0, log_level="WARNING")
+    # The reading alone: no review queue (it would store every flagged item in ./data and
+    # count that storing in the times).
+    settings = Settings(
+        models_dir=args.models_dir, model_poll_seconds=0.0, log_level="WARNING", review_queue=False
+    )
     rows: list[Row] = []
     with TestClient(create_app(settings)) as client:
         described = client.get("/model").json()
