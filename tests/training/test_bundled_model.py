@@ -1,5 +1,6 @@
-"""The committed models: version 2 (served by default) and version 1 (kept for pinning and
-rollback). Each metrics.json must hold today, on the real test set."""
+"""The committed models: version 3 (served by default: version 2's recipe plus reviewed real
+digits), version 2 and version 1 (kept for pinning and rollback). Each metrics.json must hold
+today, on the real test set."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from training.export import load_signature
 from training.report import FILES as REPORT_FILES
 
 MODELS = Path(__file__).resolve().parents[2] / "models" / "mnist"
-SERVED = 2  # what the `latest` policy serves: the newest version, promoted over version 1
+SERVED = 3  # what the `latest` policy serves: the newest version, promoted over the others
 BUNDLED = MODELS / str(SERVED)
-VERSIONS = (1, SERVED)
+VERSIONS = (1, 2, SERVED)
 
 
 def _metrics(version: int) -> dict[str, Any]:
@@ -78,13 +79,39 @@ def test_bundled_model_matches_its_metrics_on_the_real_test_set(
     assert evaluation.accuracy >= 0.97
 
 
-def test_served_version_passes_the_default_promotion_gate_over_version_1() -> None:
+@pytest.mark.parametrize("older", [1, 2])
+def test_served_version_passes_the_default_promotion_gate_over_the_older_ones(older: int) -> None:
     from app.settings import Settings
 
     settings = Settings()
-    old, new = _metrics(1)["test"]["accuracy"], _metrics(SERVED)["test"]["accuracy"]
+    old, new = _metrics(older)["test"]["accuracy"], _metrics(SERVED)["test"]["accuracy"]
     assert new >= settings.promotion_min_accuracy
     assert new >= old - settings.promotion_tolerance
+
+
+def test_served_version_lists_the_reviewed_digits_it_was_trained_on(
+    metrics: dict[str, Any],
+) -> None:
+    [extra] = metrics["extra_data"]
+    assert extra["weight"] == 1.0
+    assert extra["fit_items"] + extra["held_out_items"] == extra["items"]
+    assert metrics["dataset"]["extra_fit_examples"] == extra["fit_items"]
+    assert len(extra["sha256"]) == 64
+    reviewed = extra["reviewed"]
+    # The development parts of two real sets, never the set kept to measure unseen handwriting.
+    assert set(reviewed["readings"]) == {"usps-train", "orand-car-a-dev"}
+    # Every exported digit is accounted for: fitted, held out, or skipped with its reason.
+    assert sum(reviewed["digits"].values()) == extra["items"] + sum(extra["skipped"].values())
+
+
+def test_served_version_reads_held_out_reviewed_digits_better_than_the_one_before(
+    metrics: dict[str, Any],
+) -> None:
+    real = metrics["real_digits"]
+    assert real["baseline"]["version"] == 2
+    assert real["items"] == metrics["extra_data"][0]["held_out_items"]
+    assert real["accuracy"] > real["baseline"]["accuracy"]
+    assert real["baseline"]["test_accuracy"] == _metrics(2)["test"]["accuracy"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
