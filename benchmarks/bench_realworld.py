@@ -98,15 +98,18 @@ class Row:
         return [a for a in self.answers if a.read is not None and not a.flagged]
 
     @property
-    def unflagged_error(self) -> float:
-        accepted = self.unflagged
-        if not accepted:
-            return float("nan")
-        return sum(a.read != a.truth for a in accepted) / len(accepted)
-
-    @property
     def accepted(self) -> float:
         return len(self.unflagged) / max(1, self.count)
+
+    @property
+    def error_cell(self) -> str:
+        """The error among unflagged answers with its counts ("0.2% (2 of 1177)"), or "none
+        accepted": a share of a few answers means little without them."""
+        accepted = self.unflagged
+        if not accepted:
+            return "none accepted"
+        wrong = sum(a.read != a.truth for a in accepted)
+        return f"{wrong / len(accepted):.1%} ({wrong} of {len(accepted)})"
 
 
 def _refused(truth: str, body: dict[str, object]) -> Answer:
@@ -220,7 +223,7 @@ def print_table(rows: list[Row]) -> None:
         refusals = ", ".join(f"{code} {n}" for code, n in sorted(row.refusals.items())) or "0"
         print(
             f"| {row.name} | {row.endpoint} | {row.count} | {refusals} | {row.accuracy:.3f} "
-            f"| {row.char_accuracy:.3f} | {row.flagged:.1%} | {row.unflagged_error:.1%} "
+            f"| {row.char_accuracy:.3f} | {row.flagged:.1%} | {row.error_cell} "
             f"| {row.accepted:.1%} | {1000 * row.seconds / max(1, row.count):.0f} |"
         )
 

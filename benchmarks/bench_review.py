@@ -437,7 +437,7 @@ def print_round(result: RoundResult, options: RoundOptions) -> None:
         print(
             f"| {name} | {old.endpoint} | {old.count} | {old.accuracy:.3f} → {new.accuracy:.3f} "
             f"| {old.flagged:.1%} → {new.flagged:.1%} "
-            f"| {old.unflagged_error:.1%} → {new.unflagged_error:.1%} "
+            f"| {old.error_cell} → {new.error_cell} "
             f"| {old.accepted:.1%} → {new.accepted:.1%} |"
         )
 
