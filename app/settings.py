@@ -199,6 +199,13 @@ class Settings(BaseSettings):
         description="Apply the review queue's database migrations at start (else run "
         "`python -m app.reviews upgrade` before starting).",
     )
+    review_retry_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="How often the review queue's database is tried again while it is not "
+        "available: at start, and after a failure (a database dropped, recreated empty or "
+        "unreachable) until it answers with its tables again.",
+    )
     reviewer_api_key: SecretStr | None = Field(
         default=None,
         description="The reviewers' key, sent in the X-API-Key header: required by the /reviews "

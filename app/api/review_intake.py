@@ -16,9 +16,20 @@ it (``digits_review_not_queued_total{reason}``) and a warning is logged, without
 
 **The queue's life.** :meth:`ReviewIntake.start` opens the database and applies the migrations
 (``DIGITS_REVIEW_MIGRATE``; else it checks they were applied) in a thread. A database that is
-down does not stop the service: it is tried again every :data:`RETRY_SECONDS` while readings
-are answered as usual. Once open, images past ``DIGITS_REVIEW_RETENTION_DAYS`` are purged at
-once and every :data:`PURGE_SECONDS`. :meth:`ReviewIntake.stop` disposes of the connections.
+down does not stop the service: it is tried again every ``DIGITS_REVIEW_RETRY_SECONDS`` while
+readings are answered as usual. Once open, images past ``DIGITS_REVIEW_RETENTION_DAYS`` are
+purged at once and every :data:`PURGE_SECONDS`. :meth:`ReviewIntake.stop` disposes of the
+connections.
+
+**A database lost later.** A database dropped and recreated empty, whose tables were dropped, or
+that stopped answering fails the queue's calls; each failure marks the database as doubtful
+(the queue's ``on_failure``: a flag, no query) and the background task, which wakes every retry
+interval, checks it then: its revision and tables (:meth:`ReviewIntake._check`), migrated again
+when ``DIGITS_REVIEW_MIGRATE`` allows. A database that fails the check is set aside (readings
+``not_queued`` at once, reviewers 503, ``problem`` in ``/model``) and checked every retry
+interval until it passes. A SQLite file deleted or replaced under the service is noticed by its
+inode (one ``stat`` per write, :meth:`app.reviews.db.Database.file_identity`): connections still
+open on it would write where nobody reads. Each change of state is logged once.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from app.reviews.db import (
     Database,
     current_revision,
     head_revision,
+    missing_tables,
     open_database,
     redacted,
     upgrade,
@@ -60,8 +72,6 @@ from app.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-#: How often a database that could not be opened (or migrated) is tried again.
-RETRY_SECONDS: Final = 30.0
 #: How often images past the retention period are deleted.
 PURGE_SECONDS: Final = 3600.0
 #: How long the start waits for the first attempt before serving without the queue.
@@ -157,7 +167,9 @@ class ReviewIntake:
         self.audit_share = settings.review_audit_share
         self.lease_seconds = settings.review_lease_seconds
         self.retention_days = settings.review_retention_days
-        self.retry_seconds = RETRY_SECONDS
+        self.retry_seconds = settings.review_retry_seconds
+        """How often a database that is not available is tried again (and a doubtful one
+        checked): ``DIGITS_REVIEW_RETRY_SECONDS``."""
         self.purge_seconds = PURGE_SECONDS
         self.queue: ReviewQueue | None = None
         """The queue once its database is open and migrated; None before (or when off)."""
@@ -175,6 +187,10 @@ class ReviewIntake:
         self._drainer: asyncio.Task[None] | None = None
         self._warned_at = -math.inf
         self._unwarned = 0
+        self._doubtful = False
+        """A queue call failed on the database since the last check: check it."""
+        self._identity: tuple[int, int] | None = None
+        """The SQLite file's identity when last checked (None: not SQLite, or not open)."""
 
     # --- which readings -----------------------------------------------------------------------
 
@@ -266,12 +282,13 @@ class ReviewIntake:
         items = [item for stored, _ in batch for item in stored]
         outcome: list[str] | str = "unavailable"
         try:
-            outcome = await run_in_threadpool(queue.enqueue_many, items)
+            outcome = await run_in_threadpool(self._enqueue, queue, items)
         except QueueFullError:
             outcome = "full"
         except QueueUnavailableError:
-            pass
+            pass  # the queue called _doubt already
         except Exception as exc:  # a reading must never fail for its review copy
+            self._doubt()
             # The type only: SQLAlchemy's messages carry the statement's parameters, which
             # hold the image.
             logger.error("storing readings for review failed: %s", type(exc).__name__)
@@ -285,6 +302,19 @@ class ReviewIntake:
                         else outcome[start : start + len(stored)]
                     )
                 start += len(stored)
+
+    def _enqueue(self, queue: ReviewQueue, items: Sequence[NewItem]) -> list[str]:
+        """:meth:`ReviewQueue.enqueue_many`, unless the SQLite file was deleted or replaced
+        since it was checked (in a worker thread)."""
+        if self._identity is not None and queue.database.file_identity() != self._identity:
+            self._doubt()
+            raise QueueUnavailableError("The review queue's SQLite file was deleted or replaced.")
+        return queue.enqueue_many(items)
+
+    def _doubt(self) -> None:
+        """A queue call failed on the database: the background task checks it at its next
+        wake-up. Any thread; costs nothing."""
+        self._doubtful = True
 
     def _not_queued(self, reason: str, count: int) -> list[Queued]:
         self._telemetry.count_not_queued(reason, count)
@@ -311,11 +341,17 @@ class ReviewIntake:
         self._unwarned += count
         if now - self._warned_at < WARN_EVERY_SECONDS:
             return
-        why = (
-            f"the queue is full (DIGITS_REVIEW_MAX_ITEMS={self._settings.review_max_items:,})"
-            if reason == "full"
-            else f"its database is not available ({self.problem or 'it failed'})"
-        )
+        if reason == "full":
+            why = f"the queue is full (DIGITS_REVIEW_MAX_ITEMS={self._settings.review_max_items:,})"
+        elif self.problem is not None:
+            why = f"its database is not available ({self.problem})"
+        elif self.queue is None:
+            why = "its database is not open yet"
+        else:
+            why = (
+                f"a write to its database failed; the database is checked within "
+                f"{self.retry_seconds:g} s"
+            )
         logger.warning(
             "%d reading(s) answered without being queued for review since the last warning: "
             "%s. Readings are answered as usual.",
@@ -415,9 +451,99 @@ class ReviewIntake:
             if opened:
                 break
             await asyncio.sleep(self.retry_seconds)
+        purge_at = -math.inf
         while True:
-            await run_in_threadpool(self.purge)
-            await asyncio.sleep(self.purge_seconds)
+            if time.monotonic() >= purge_at:
+                await run_in_threadpool(self.purge)
+                purge_at = time.monotonic() + self.purge_seconds
+            await asyncio.sleep(min(self.retry_seconds, max(0.0, purge_at - time.monotonic())))
+            await run_in_threadpool(self._watch)
+
+    def _watch(self) -> None:
+        """At each wake-up of the background task (in a thread): check the database when a
+        call failed on it, while it is set aside, or when its SQLite file changed."""
+        database = self._database
+        if database is None:
+            return
+        moved = self._identity is not None and database.file_identity() != self._identity
+        if not (self._doubtful or moved or self.queue is None):
+            return
+        self._doubtful = False
+        where = redacted(self._url)
+        if moved and self.problem is None:
+            logger.warning(
+                "The review queue's SQLite file %s was deleted or replaced while the service "
+                "ran: its connections are closed and the file is opened again.",
+                where,
+            )
+        if moved:
+            # Connections still open on a deleted file would go on writing into it.
+            database.dispose()
+        try:
+            found = self._check(database)
+        except Exception as exc:
+            problem = _describe(exc)
+            self.queue = None
+            if problem != self.problem:
+                logger.warning(
+                    "The review queue's database %s failed its check: %s. Readings are answered "
+                    "as usual and not queued; checking it again every %g s.",
+                    where,
+                    problem,
+                    self.retry_seconds,
+                )
+            self.problem = problem
+            return
+        self._identity = database.file_identity()
+        if found != head_revision():
+            logger.warning(
+                "The review queue's database %s had lost its schema (revision %s): the "
+                "migrations were applied again and readings are queued from now on; what it "
+                "held before is not in it.",
+                where,
+                found or "none",
+            )
+        elif self.problem is not None or moved:
+            logger.warning(
+                "The review queue's database %s is available again: readings are queued from "
+                "now on.",
+                where,
+            )
+        if self.queue is None or found != head_revision() or moved:
+            # A new queue: its count of stored images belonged to the database that went.
+            self.queue = self._new_queue(database)
+        self.problem = None
+
+    def _check(self, database: Database) -> str | None:
+        """Make sure the database has this service's schema, migrating it when allowed
+        (blocking); the revision it was found at.
+
+        Raises:
+            Exception: the database's own failure when it does not answer;
+                :class:`_NotMigratedError` when it lacks migrations the service may not apply;
+                :class:`_DamagedError` when it claims the newest revision without the tables.
+        """
+        found, wanted = current_revision(database), head_revision()
+        if found != wanted:
+            if not self._settings.review_migrate:
+                raise _NotMigratedError(
+                    f"the database is at revision {found or 'none'}, this service needs "
+                    f"{wanted}: run `python -m app.reviews upgrade` (DIGITS_REVIEW_MIGRATE "
+                    "is false)"
+                )
+            upgrade(database)
+        elif missing := missing_tables(database):
+            raise _DamagedError(
+                f"the database says it is at revision {found} but has no table "
+                f"{', '.join(missing)}: restore it, or drop its alembic_version table so the "
+                "migrations create the tables again"
+            )
+        return found
+
+    def _new_queue(self, database: Database) -> ReviewQueue:
+        return ReviewQueue(
+            database, max_items=self._settings.review_max_items, on_failure=self._doubt
+        )
 
     def _open(self) -> bool | None:
         """One attempt to open (and migrate) the database: True when open, False to retry,
@@ -438,21 +564,13 @@ class ReviewIntake:
         except Exception as exc:  # e.g. a SQLite directory that cannot be made
             return self._failed(where, exc)
         try:
-            if self._settings.review_migrate:
-                upgrade(database)
-            else:
-                found, wanted = current_revision(database), head_revision()
-                if found != wanted:
-                    raise _NotMigratedError(
-                        f"the database is at revision {found or 'none'}, this service needs "
-                        f"{wanted}: run `python -m app.reviews upgrade` (DIGITS_REVIEW_MIGRATE "
-                        "is false)"
-                    )
+            self._check(database)
         except Exception as exc:
             database.dispose()
             return self._failed(where, exc)
         self._database = database
-        self.queue = ReviewQueue(database, max_items=self._settings.review_max_items)
+        self._identity = database.file_identity()
+        self.queue = self._new_queue(database)
         if self._attempts > 1:
             logger.warning(
                 "The review queue's database %s is available again (attempt %d): readings are "
@@ -502,6 +620,10 @@ class ReviewIntake:
 
 class _NotMigratedError(Exception):
     """The database lacks migrations and the service may not apply them."""
+
+
+class _DamagedError(Exception):
+    """The database says it is migrated but lacks the queue's tables."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -378,6 +378,33 @@ class FailedVersionInfo(BaseModel):
     attempts: int = Field(default=1, description="Load attempts that failed so far.")
 
 
+class RealDigitsBaselineInfo(BaseModel):
+    """The version served when a version was trained, measured on the same held-out digits."""
+
+    version: int = Field(examples=[3])
+    accuracy: float = Field(examples=[0.9507])
+
+
+class RealDigitsInfo(BaseModel):
+    """A version's accuracy on the held-out labelled real digits it was measured on at training
+    time (``--extra-data``; its metrics.json's ``real_digits``), beside the then served
+    version's on the same digits. What the promotion gate compares."""
+
+    items: int = Field(examples=[1500], description="Held-out labelled real digits measured.")
+    accuracy: float = Field(examples=[0.968], description="This version's share read right.")
+    baseline: RealDigitsBaselineInfo | None = Field(
+        description="The version served then (the newest the promotion gate accepted), on the "
+        "same digits; null when there was none to compare with."
+    )
+
+
+#: What ``real_digits`` means wherever /model lists a version.
+REAL_DIGITS_DESCRIPTION: Final = (
+    "Its accuracy on held-out labelled real digits beside the then served version's, measured "
+    "when it was trained with --extra-data; null when its metrics.json has no such figures."
+)
+
+
 class HeldVersionInfo(BaseModel):
     """A newer version the promotion gate keeps from being served (pin it to serve it)."""
 
@@ -387,6 +414,7 @@ class HeldVersionInfo(BaseModel):
     )
     held_at: datetime
     test_accuracy: float | None
+    real_digits: RealDigitsInfo | None = Field(default=None, description=REAL_DIGITS_DESCRIPTION)
 
 
 class ServedVersionInfo(BaseModel):
@@ -399,6 +427,7 @@ class ServedVersionInfo(BaseModel):
     probe_accuracy: float | None = Field(
         description="Share of the built-in probe digits it read correctly."
     )
+    real_digits: RealDigitsInfo | None = Field(default=None, description=REAL_DIGITS_DESCRIPTION)
     loaded_at: datetime
 
 

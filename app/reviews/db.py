@@ -17,6 +17,7 @@ safely when several processes start at once.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,9 +26,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from app.reviews.tables import Base
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,25 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+    def file_identity(self) -> tuple[int, int] | None:
+        """SQLite on a file: the file's (device, inode), ``(0, 0)`` while it is missing; None
+        for any other database.
+
+        A connection open on a SQLite file keeps writing to it after it was deleted or replaced,
+        where nobody will ever read: comparing this with its value at open tells (one ``stat``,
+        no query).
+        """
+        if self.dialect != "sqlite":
+            return None
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            return None
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            return (0, 0)
+        return (found.st_dev, found.st_ino)
 
 
 def open_database(url: str) -> Database:
@@ -144,6 +166,13 @@ def current_revision(database: Database) -> str | None:
     """The revision the database is at (None: never migrated)."""
     with database.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def missing_tables(database: Database) -> list[str]:
+    """The queue's tables (those of ``app/reviews/tables.py``) the database lacks."""
+    with database.engine.connect() as connection:
+        inspector = inspect(connection)
+        return [name for name in Base.metadata.tables if not inspector.has_table(name)]
 
 
 def upgrade(database: Database) -> str:

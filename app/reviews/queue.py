@@ -256,11 +256,20 @@ class ReviewQueue:
     """The queue over one database (see the module's docstring for its rules)."""
 
     def __init__(
-        self, database: Database, *, max_items: int = 100_000, clock: Clock = utc_now
+        self,
+        database: Database,
+        *,
+        max_items: int = 100_000,
+        clock: Clock = utc_now,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.database = database
         self.max_items = max_items
         self._clock = clock
+        self._on_failure = on_failure
+        """Called (in the failing thread) each time the database fails a call, before the
+        call raises :class:`QueueUnavailableError`: how the service learns that its database
+        may need looking at, at no cost to the calls that succeed."""
         self._held: int | None = None
         self._held_read_at = 0.0
         self._held_lock = threading.Lock()
@@ -324,7 +333,7 @@ class ReviewQueue:
             with self.database.engine.begin() as connection:
                 connection.execute(insert(ReviewItem), rows)
         except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
+            raise self._unavailable(exc) from exc
         with self._held_lock:
             if self._held is not None:
                 self._held += len(items)
@@ -616,29 +625,37 @@ class ReviewQueue:
     # --- plumbing -----------------------------------------------------------------------------
 
     def _session(self) -> _Transaction:
-        return _Transaction(self.database)
+        return _Transaction(self.database, self._unavailable)
+
+    def _unavailable(self, exc: Exception) -> QueueUnavailableError:
+        if self._on_failure is not None:
+            self._on_failure()
+        return _unavailable(exc)
 
 
 class _Transaction:
     """One session in one transaction, with database failures turned into
-    :class:`QueueUnavailableError` (the queue's own errors pass through)."""
+    :class:`QueueUnavailableError` by ``unavailable`` (the queue's own errors pass through)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, unavailable: Callable[[Exception], QueueUnavailableError]
+    ) -> None:
         self._context = database.sessions.begin()
+        self._unavailable = unavailable
 
     def __enter__(self) -> Any:
         try:
             return self._context.__enter__()
         except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
+            raise self._unavailable(exc) from exc
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
             self._context.__exit__(*exc_info)
         except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
+            raise self._unavailable(exc) from exc
         if isinstance(exc_info[1], SQLAlchemyError):
-            raise _unavailable(exc_info[1]) from exc_info[1]
+            raise self._unavailable(exc_info[1]) from exc_info[1]
 
 
 def _unavailable(exc: Exception) -> QueueUnavailableError:

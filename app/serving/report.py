@@ -69,6 +69,15 @@ class RealDigitsFigures:
                 version = accuracy_of_baseline = None
         return cls(items, accuracy, version, accuracy_of_baseline)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The figures in ``metrics.json``'s shape (without the per-set rows), for ``/model``."""
+        baseline = (
+            None
+            if self.baseline_version is None or self.baseline_accuracy is None
+            else {"version": self.baseline_version, "accuracy": self.baseline_accuracy}
+        )
+        return {"items": self.items, "accuracy": self.accuracy, "baseline": baseline}
+
 
 @dataclass(frozen=True)
 class ModelReport:

@@ -40,7 +40,7 @@ from app.serving.model_dir import (
 from app.serving.models_config import ConfigError, policy_from_config, read_config_file
 from app.serving.policy import VersionPolicy
 from app.serving.report import FILE_NAME as REPORT_FILE
-from app.serving.report import ModelReport, read_report
+from app.serving.report import ModelReport, RealDigitsFigures, read_report
 from app.serving.runtime import Loader, ModelLoadError, first_line
 from app.serving.runtime import load as load_predictor
 
@@ -92,6 +92,8 @@ class HeldVersion:
     reason: str
     held_at: datetime
     test_accuracy: float | None
+    real_digits: RealDigitsFigures | None = None
+    """Its figures on held-out labelled real digits, when its metrics.json has them."""
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -486,8 +488,13 @@ class ModelStore:
                 updated[version] = previous
                 continue
             report = self._report(version)
-            accuracy = report.test_accuracy if report is not None else None
-            updated[version] = HeldVersion(version, reason, now, accuracy)
+            updated[version] = HeldVersion(
+                version,
+                reason,
+                now,
+                report.test_accuracy if report is not None else None,
+                report.real_digits if report is not None else None,
+            )
             logger.warning("model version %d held by the promotion gate: %s", version, reason)
             if self._observer is not None:
                 self._observer.version_held(version, reason)

@@ -16,6 +16,8 @@
   const NAME_PATTERN = /^[A-Za-z0-9._@+-]{1,64}$/;
   const STORE_NAME = "digits.review.name";
   const STORE_KEY = "digits.review.key";
+  // The kinds a reviewer may choose to key (POST /reviews/claim's "kind"); "" is every kind.
+  const KINDS = { "": "items", flagged: "flagged readings", audit: "audit samples" };
   // Images displayed this high (CSS pixels) at most; wide ones shrink to the page's width.
   const IMAGE_HEIGHT = 260;
 
@@ -23,6 +25,10 @@
 
   let reviewer = sessionStorage.getItem(STORE_NAME);
   let apiKey = sessionStorage.getItem(STORE_KEY) || "";
+  /** The kind this reviewer keys ("" for all), kept in the address (?kind=audit). */
+  let kind = kindFromAddress();
+  /** The last counts read, for the idle panel's word on the other kinds. */
+  let lastStats = null;
   /** The item on screen: {item, lease, deadline, url, width, height, decoded} or null. */
   let current = null;
   /** The next item, claimed and its image decoded while the current one is keyed. */
@@ -150,9 +156,11 @@
 
   // ---------------------------------------------------------------- the queue
 
-  /** Claim one item (null: nothing waits), with when its lease runs out on this machine's clock. */
+  /** Claim one item of the chosen kind (null: none waits), with when its lease runs out on this
+   * machine's clock. */
   async function claimOne() {
-    const { response, body } = await api("/reviews/claim", { method: "POST", body: { reviewer } });
+    const wanted = kind ? { reviewer, kind } : { reviewer };
+    const { response, body } = await api("/reviews/claim", { method: "POST", body: wanted });
     if (body === null) return null;
     const item = body.item || body;
     // The lease's length from the service's own clock (its Date header), so a machine whose
@@ -235,6 +243,8 @@
   }
 
   const fresh = (entry) => entry !== null && entry.deadline - Date.now() > LEASE_MARGIN_MS;
+  /** Whether an item is of the kind chosen now (one claimed before a change may not be). */
+  const wanted = (entry) => entry !== null && (!kind || entry.item.kind === kind);
 
   /** Claim the item after the current one while the current one is keyed. */
   function prefetch() {
@@ -256,22 +266,23 @@
       });
   }
 
-  /** Show the next item: the prefetched one while its lease runs, else a freshly claimed one. */
-  async function advance() {
+  /** Show the next item: the prefetched one while its lease runs (and it is of the chosen
+   * kind), else a freshly claimed one. ``focus``: put the focus in the answer field. */
+  async function advance({ focus = true } = {}) {
     if (prefetching !== null) await prefetching;
     let entry = next;
     next = null;
-    if (entry !== null && !fresh(entry)) {
+    if (entry !== null && !(fresh(entry) && wanted(entry))) {
       forget(entry);
       release(entry);
       entry = null;
     }
     if (entry === null) entry = await claimFresh();
     if (entry === null) {
-      showIdle();
+      showIdle({ focus });
       return;
     }
-    show(entry);
+    show(entry, { focus });
   }
 
   // ---------------------------------------------------------------- showing an item
@@ -300,7 +311,7 @@
     return positions;
   }
 
-  function show(entry) {
+  function show(entry, { focus = true } = {}) {
     const previous = current;
     current = entry;
     if (previous && previous !== entry) forget(previous);
@@ -415,32 +426,56 @@
     setMode("work");
     // One more item is held now: the counts follow at once rather than at the next refresh.
     refreshStats();
-    answer.focus();
-    answer.select();
+    if (focus) {
+      answer.focus();
+      answer.select();
+    }
     prefetch();
   }
 
-  function showIdle() {
+  function showIdle({ focus = true } = {}) {
     if (current) forget(current);
     current = null;
     $("answer").dataset.reviewId = "";
     delete $("work").dataset.reviewId;
     const others = skippedWaiting;
-    $("idle-title").textContent = others ? "Nothing else waiting" : "Nothing waiting";
+    const title = kind
+      ? `No ${others ? "other " : ""}${KINDS[kind]} waiting`
+      : others
+        ? "Nothing else waiting"
+        : "Nothing waiting";
+    $("idle-title").textContent = title;
     $("idle-text").textContent = others
       ? `Only ${others === 1 ? "the item" : `${others} items`} you skipped ${others === 1 ? "is" : "are"} ` +
         "waiting. This page looks for new ones every few seconds."
-      : "Every reading is keyed. This page looks again every few seconds.";
+      : kind
+        ? `You chose to key ${KINDS[kind]} only. This page looks for new ones every few seconds.`
+        : "Every reading is keyed. This page looks again every few seconds.";
     $("skipped-block").hidden = skipped.size === 0;
     $("idle").dataset.state = "empty";
+    showOtherKinds();
     const wasIdle = mode === "idle";
     setMode("idle");
     if (!wasIdle) {
-      say(others ? "Nothing else waiting." : "Nothing waiting.");
+      say(`${title}.`);
       // Keyboard first: Enter brings the skipped items back, when there are any.
-      (skipped.size ? $("show-skipped") : $("idle")).focus();
+      if (focus) (skipped.size ? $("show-skipped") : $("idle")).focus();
     }
     startPolling();
+  }
+
+  /** On the idle panel: how many items of the kinds not chosen wait, from the last counts. */
+  function showOtherKinds() {
+    const line = $("idle-others");
+    const byKind = (lastStats && lastStats.by_kind) || {};
+    const others = Object.keys(KINDS)
+      .filter((name) => name && name !== kind && byKind[name] && Number(byKind[name].waiting) > 0)
+      .map((name) => {
+        const count = Number(byKind[name].waiting);
+        return `${count} ${count === 1 ? KINDS[name].replace(/s$/, "") : KINDS[name]}`;
+      });
+    line.hidden = !kind || others.length === 0;
+    line.textContent = line.hidden ? "" : `Also waiting: ${others.join(" and ")}. Choose All to key them.`;
   }
 
   // ---------------------------------------------------------------- keying
@@ -699,7 +734,14 @@
 
   // ---------------------------------------------------------------- the counts
 
-  const waitingOf = (stats) => Number(stats.waiting ?? 0);
+  /** The counts of the chosen kind (the totals when every kind is keyed, or the service gives
+   * no counts per kind). */
+  function countsOf(stats) {
+    const own = kind && stats.by_kind ? stats.by_kind[kind] : null;
+    return own || stats;
+  }
+
+  const waitingOf = (stats) => Number(countsOf(stats).waiting ?? 0);
 
   /** Read the queue's counts and show them; errors throw only when not ``quiet``. */
   async function refreshStats({ quiet = true } = {}) {
@@ -711,13 +753,20 @@
       if (quiet) return null;
       throw err;
     }
+    lastStats = stats;
+    const counts = countsOf(stats);
+    const scoped = counts !== stats;
+    $("count-scope").hidden = !scoped;
+    $("count-scope").textContent = scoped ? `${KINDS[kind][0].toUpperCase()}${KINDS[kind].slice(1)}:` : "";
     $("count-waiting").textContent = String(waitingOf(stats));
-    $("count-claimed").textContent = String(stats.claimed ?? 0);
-    $("count-done").textContent = String(stats.done ?? 0);
-    const oldest = stats.oldest_waiting_seconds;
+    $("count-claimed").textContent = String(counts.claimed ?? 0);
+    $("count-done").textContent = String(counts.done ?? 0);
+    // The service gives the oldest item's age over every kind only.
+    const oldest = scoped ? null : stats.oldest_waiting_seconds;
     $("count-oldest").textContent =
       typeof oldest === "number" ? `(the oldest waiting for ${ago(oldest)})` : "";
     $("counts").dataset.state = "fresh";
+    if (mode === "idle") showOtherKinds();
     return stats;
   }
 
@@ -733,6 +782,76 @@
     if (statsTimer !== null) clearInterval(statsTimer);
     statsTimer = null;
   }
+
+  // ---------------------------------------------------------------- which kind to key
+
+  function kindFromAddress() {
+    const asked = new URLSearchParams(window.location.search).get("kind") || "";
+    return Object.hasOwn(KINDS, asked) ? asked : "";
+  }
+
+  function showKind() {
+    for (const input of document.querySelectorAll('input[name="kind"]')) input.checked = input.value === kind;
+    document.body.dataset.kind = kind || "all";
+  }
+
+  /**
+   * Key only ``chosen`` ("" for every kind) from now on: kept in the address, so a reload or a
+   * link keeps it. An item on screen of another kind is given back and one of the chosen kind
+   * shown; ``focus``: then put the focus in the answer field (not when the choice was made with
+   * the arrow keys, which move on through the choices).
+   */
+  async function chooseKind(chosen, { focus = true } = {}) {
+    if (chosen === kind) return;
+    kind = chosen;
+    const address = new URL(window.location.href);
+    if (kind) address.searchParams.set("kind", kind);
+    else address.searchParams.delete("kind");
+    window.history.replaceState(window.history.state, "", address);
+    showKind();
+    if (next !== null && !wanted(next)) {
+      release(next);
+      forget(next);
+      next = null;
+    }
+    if (mode !== "work" && mode !== "idle") return; // signing in: the choice applies once started
+    refreshStats();
+    say(kind ? `Keying ${KINDS[kind]} only.` : "Keying every item, oldest first.", "info", { transient: true });
+    if (busy || (mode === "work" && wanted(current))) return;
+    const entry = current;
+    current = null;
+    stopPolling();
+    setBusy(true);
+    try {
+      if (entry !== null) {
+        await release(entry);
+        forget(entry);
+      }
+      await advance({ focus });
+    } catch (err) {
+      failed(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  let choosingByKeys = false;
+  $("kind-choice").addEventListener("keydown", (event) => {
+    choosingByKeys = event.key.startsWith("Arrow");
+    if (event.key === "Enter" && mode === "work") {
+      // Chosen: back to keying.
+      event.preventDefault();
+      $("answer").focus();
+      $("answer").select();
+    }
+  });
+  $("kind-choice").addEventListener("pointerdown", () => {
+    choosingByKeys = false;
+  });
+  $("kind-choice").addEventListener("change", (event) => {
+    if (event.target.name !== "kind") return;
+    chooseKind(event.target.value, { focus: !choosingByKeys });
+  });
 
   // ---------------------------------------------------------------- keys and buttons
 
@@ -788,6 +907,7 @@
 
   // ---------------------------------------------------------------- start
 
+  showKind();
   if (reviewer === null) {
     setMode("sign-in");
     say("Enter your name and the reviewer key to start.");

@@ -209,11 +209,21 @@ class ModelsDir:
         self.path = path
         self._constant = constant_models
 
-    def add(self, version: int, digit: int, accuracy: float = 0.5) -> Path:
-        """Install a version that answers ``digit`` for everything, atomically (via rename)."""
+    def add(
+        self,
+        version: int,
+        digit: int,
+        accuracy: float = 0.5,
+        real_digits: dict[str, Any] | None = None,
+    ) -> Path:
+        """Install a version that answers ``digit`` for everything, atomically (via rename);
+        ``real_digits`` goes into its metrics.json as training writes it."""
         staging = self.path / f".tmp-{version}"
         shutil.copytree(self._constant[digit], staging)
-        (staging / "metrics.json").write_text(json.dumps(metrics_for(version, accuracy)))
+        metrics = metrics_for(version, accuracy)
+        if real_digits is not None:
+            metrics["real_digits"] = real_digits
+        (staging / "metrics.json").write_text(json.dumps(metrics))
         target = self.path / str(version)
         staging.rename(target)
         return target

@@ -583,6 +583,88 @@ def test_two_reviewers_key_one_queue_at_once(
     assert_clean(bob)
 
 
+def test_a_reviewer_keys_audit_samples_only(queue: Queue, alice: PageRecord) -> None:
+    # Flagged readings first: every claim without a kind would hand them out before the audits.
+    flagged = [queue.seed()["review_id"] for _ in range(2)]
+    audit = [queue.seed(threshold=None)["review_id"] for _ in range(2)]
+    assert [queue.item(review_id)["kind"] for review_id in flagged + audit] == [
+        "flagged",
+        "flagged",
+        "audit",
+        "audit",
+    ]
+    page = alice.page
+    open_review_page(alice, queue)
+    sign_in(page, "alice")
+    expect_item(page, flagged[0])
+    expect(page.get_by_role("radio", name="All")).to_be_checked()
+
+    # With the keyboard: back from the field into the choice, arrows to Audit.
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("radio", name="All")).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("radio", name="Flagged")).to_be_checked()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("radio", name="Audit")).to_be_checked()
+    # The flagged item on screen is given back for someone else; the oldest audit shows.
+    expect(page.locator("#work")).to_have_attribute("data-review-id", audit[0])
+    expect(page.locator("#work")).to_have_attribute("data-kind", "audit")
+    expect(page.locator("#audit-note")).to_be_visible()
+    expect(page.get_by_role("radio", name="Audit")).to_be_focused()
+    assert page.evaluate("window.location.search") == "?kind=audit"
+    wait_for(lambda: queue.item(flagged[0])["status"] == "pending", "the flagged item is held")
+    # The item fetched ahead is the next audit, not the older flagged one.
+    wait_for(lambda: queue.item(audit[1])["status"] == "claimed", "no audit fetched ahead")
+    assert queue.item(flagged[1])["status"] == "pending"
+    # The counts are the audit samples'.
+    expect(page.locator("#count-scope")).to_have_text("Audit samples:")
+    by_kind = queue.stats()["by_kind"]
+    expect(page.locator("#count-waiting")).to_have_text(str(by_kind["audit"]["waiting"]))
+    expect(page.locator("#count-claimed")).to_have_text(str(by_kind["audit"]["claimed"]))
+    alice.screenshot("review-07-audit-only")
+
+    # Enter in the choice goes back to keying.
+    page.keyboard.press("Enter")
+    expect_item(page, audit[0])
+    page.keyboard.press("Enter")
+    expect_item(page, audit[1])
+    page.keyboard.press("Enter")
+
+    # No audit left: said so, with what else waits.
+    expect(page.locator("#idle")).to_be_visible()
+    expect(page.locator("#idle-title")).to_have_text("No audit samples waiting")
+    expect(page.locator("#status")).to_contain_text("No audit samples waiting")
+    expect(page.locator("#idle-others")).to_have_text(
+        "Also waiting: 2 flagged readings. Choose All to key them."
+    )
+    expect(page.locator("#count-waiting")).to_have_text("0")
+    alice.screenshot("review-08-no-audit-waiting")
+    assert [queue.item(review_id)["status"] for review_id in audit] == ["done", "done"]
+    assert [queue.item(review_id)["status"] for review_id in flagged] == ["pending", "pending"]
+
+    # The choice is in the address: a reload (or a link) keeps it.
+    page.reload()
+    expect(page.get_by_role("radio", name="Audit")).to_be_checked()
+    expect(page.locator("#idle-title")).to_have_text("No audit samples waiting")
+    # A new audit sample arrives while the page waits; a flagged one does not wake it.
+    queue.seed()
+    late = queue.seed(threshold=None)["review_id"]
+    expect_item(page, late)
+    page.keyboard.press("Enter")
+    expect(page.locator("#idle-title")).to_have_text("No audit samples waiting")
+
+    # Flagged, with the mouse: the flagged items, oldest first, the focus in the field.
+    page.locator('label[for="kind-flagged"]').click()
+    expect_item(page, flagged[0])
+    expect(page.locator("#count-scope")).to_have_text("Flagged readings:")
+    assert page.evaluate("window.location.search") == "?kind=flagged"
+    page.locator('label[for="kind-all"]').click()
+    expect(page.locator("#count-scope")).to_be_hidden()
+    assert page.evaluate("window.location.search") == ""
+    leave([alice], queue)
+    assert_clean(alice)
+
+
 def test_the_page_fits_a_phone(queue: Queue, phone_reviewer: PageRecord) -> None:
     review_id = queue.seed()["review_id"]
     page = phone_reviewer.page

@@ -8,6 +8,7 @@ an audit share of 1 for the rest), so each answer says where its reading went.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -82,6 +83,131 @@ def test_a_database_that_goes_away_never_fails_a_reading(
     log = server.log()
     assert "answered without being queued for review" in log
     assert "\\x89PNG" not in log  # never the image
+
+
+#: A short retry interval, so a lost database is checked again within the test's patience.
+RETRY = {"DIGITS_REVIEW_RETRY_SECONDS": "0.5"}
+RECOVERY_SECONDS = 30.0  # sixty retry intervals: a bound on a busy machine, not a speed check
+
+
+def read_until_queued(
+    client: httpx.Client, server: RunningServer, served_model: ServedModel
+) -> list[dict[str, Any]]:
+    """Readings until one is stored again (each answered 200); all of them."""
+    answers: list[dict[str, Any]] = []
+    deadline = time.monotonic() + RECOVERY_SECONDS
+    while True:
+        answer = read(client, server, served_model.pngs[len(answers) % len(served_model.pngs)])
+        answers.append(answer)
+        assert answer["digit"] == served_model.digits[(len(answers) - 1) % len(served_model.pngs)]
+        if answer["queue"] != "not_queued":
+            return answers
+        assert time.monotonic() < deadline, f"the queue never came back:\n{server.tail()}"
+        time.sleep(0.1)
+
+
+def assert_recovered(
+    client: httpx.Client, server: RunningServer, answers: list[dict[str, Any]]
+) -> None:
+    """Every reading said stored since the loss is in the queue, and the reviewers' routes work."""
+    stored = [a["review_id"] for a in answers if a["queue"] != "not_queued"]
+    assert stored, answers
+    for review_id in stored:
+        assert client.get(f"{server.url}/reviews/{review_id}").status_code == 200, review_id
+    stats = client.get(f"{server.url}/reviews/stats")
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["waiting"] == len(stored)
+    claimed = client.post(f"{server.url}/reviews/claim", json={"reviewer": "after"})
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["review_id"] == stored[0]
+    queue_info = client.get(f"{server.url}/model").json()["review_queue"]
+    assert queue_info["available"] is True, queue_info
+
+
+def test_a_sqlite_database_lost_while_serving_comes_back_without_a_restart(
+    start_server: ServerFactory, models_dir: Path, served_model: ServedModel, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start_server(models_dir, {**STORE_EVERYTHING, **RETRY, "DIGITS_DATA_DIR": str(data)})
+    database = data / "reviews.sqlite3"
+    with httpx.Client(timeout=TIMEOUT) as client:
+        before = read(client, server, served_model.pngs[0])
+        assert before["queue"] in {"queued", "audit"}, before
+
+        # The file deleted under the running service (its open connections keep the old one).
+        database.unlink()
+        answers = read_until_queued(client, server, served_model)
+        assert database.exists()
+        assert_recovered(client, server, answers)
+        gone = client.get(f"{server.url}/reviews/{before['review_id']}")
+        assert gone.status_code == 404, gone.text
+
+        # Its tables dropped by hand: the next write fails, the check applies the migrations.
+        with sqlite3.connect(database) as connection:
+            connection.execute("DROP TABLE review_items")
+            connection.execute("DROP TABLE alembic_version")
+        connection.close()
+        answers = read_until_queued(client, server, served_model)
+        assert answers[0]["queue"] == "not_queued"
+        assert_recovered(client, server, answers)
+    log = server.log()
+    assert log.count("was deleted or replaced while the service ran") == 1, log
+    assert log.count("had lost its schema (revision none)") == 2, log
+    assert "\\x89PNG" not in log  # never the image
+    assert "INSERT" not in log  # never the statement or its parameters
+
+
+def test_a_postgresql_database_lost_while_serving_comes_back_without_a_restart(
+    start_server: ServerFactory, models_dir: Path, served_model: ServedModel
+) -> None:
+    admin_url = postgres_server()
+    with postgres.fresh_database(admin_url, "digits_lost") as url:
+        name = url.rsplit("/", 1)[1]
+        server = start_server(
+            models_dir, {**STORE_EVERYTHING, **RETRY, "DIGITS_REVIEW_DATABASE_URL": url}
+        )
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert read(client, server, served_model.pngs[0])["queue"] in {"queued", "audit"}
+
+            # Dropped: readings go on, not queued; the check says why in /model.
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            deadline = time.monotonic() + RECOVERY_SECONDS
+            while True:
+                answer = read(client, server, served_model.pngs[1])
+                assert (answer["queue"], answer["review_id"]) == ("not_queued", None)
+                queue_info = client.get(f"{server.url}/model").json()["review_queue"]
+                assert queue_info["available"] is False, queue_info
+                if "OperationalError" in queue_info["reason"]:
+                    break
+                assert time.monotonic() < deadline, queue_info
+                time.sleep(0.1)
+            refused = client.get(f"{server.url}/reviews/stats")
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "review_queue_unavailable"
+            time.sleep(1.5)  # three retry intervals: a state said once is not said again
+
+            # Recreated empty: the check migrates it and readings are queued again.
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+            answers = read_until_queued(client, server, served_model)
+            assert_recovered(client, server, answers)
+
+            # Its tables dropped while the service holds connections to it.
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as connection:
+                connection.execute(text("DROP TABLE review_items, alembic_version"))
+            engine.dispose()
+            answers = read_until_queued(client, server, served_model)
+            assert answers[0]["queue"] == "not_queued"
+            assert_recovered(client, server, answers)
+        admin.dispose()
+    log = server.log()
+    assert log.count("failed its check") == 1, log
+    assert log.count("had lost its schema (revision none)") == 2, log
+    assert "\\x89PNG" not in log
+    assert "INSERT" not in log
 
 
 def test_a_database_that_is_down_at_the_start_never_stops_the_service(

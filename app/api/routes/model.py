@@ -14,6 +14,7 @@ from app.api.schemas import (
     IgnoredEntryInfo,
     ModelResponse,
     ReaderCalibrationInfo,
+    RealDigitsInfo,
     ReviewQueueInfo,
     ServedVersionInfo,
     Signature,
@@ -23,6 +24,7 @@ from app.api.schemas import (
 )
 from app.reading.calibration import calibration_for
 from app.reviews.queue import QueueUnavailableError
+from app.serving.report import RealDigitsFigures
 from app.serving.runtime import SIGNATURE
 
 # Behind the API key like the prediction routes: it lists the models directory's contents and
@@ -43,6 +45,9 @@ router = APIRouter(prefix="/model", tags=["model"], dependencies=[ApiKeyDep])
         "policy, with `policy.error` saying why a `models.config` (`DIGITS_VERSION_CONFIG`) is "
         "not used. New version directories and edits of `models.config` are picked up without "
         "restart: polling is on by default (`DIGITS_MODEL_POLL_SECONDS`, 0 turns it off).\n\n"
+        "Each served and held version carries `real_digits` when it was trained with labelled "
+        "real digits (`--extra-data`): its accuracy on their held-out part beside the then "
+        "served version's on the same digits, what the promotion gate compares.\n\n"
         "`audit` gives, per model version, the error among the answers the service did not "
         "flag, as reviewers found it on the sampled audit items, with its Wilson 95% "
         "interval; `review_queue` the queue's counts (or why it is unavailable)."
@@ -85,6 +90,7 @@ async def model_info(store: StoreDep, settings: SettingsDep, reviews: ReviewsDep
                 default=m is model,
                 test_accuracy=m.test_accuracy,
                 probe_accuracy=m.probe.accuracy if m.probe is not None else None,
+                real_digits=_real_digits(m.report.real_digits if m.report is not None else None),
                 loaded_at=m.loaded_at,
             )
             for m in status.served
@@ -95,6 +101,7 @@ async def model_info(store: StoreDep, settings: SettingsDep, reviews: ReviewsDep
                 reason=h.reason,
                 held_at=h.held_at,
                 test_accuracy=h.test_accuracy,
+                real_digits=_real_digits(h.real_digits),
             )
             for h in status.held
         ],
@@ -127,6 +134,10 @@ async def model_info(store: StoreDep, settings: SettingsDep, reviews: ReviewsDep
         audit=audit,
         review_queue=review_queue,
     )
+
+
+def _real_digits(figures: RealDigitsFigures | None) -> RealDigitsInfo | None:
+    return RealDigitsInfo.model_validate(figures.as_dict()) if figures is not None else None
 
 
 async def _reviews(reviews: ReviewIntake) -> tuple[list[AuditInfo], ReviewQueueInfo]:

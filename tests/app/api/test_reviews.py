@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -776,6 +777,37 @@ def test_a_postgresql_created_after_the_start_is_migrated_and_used(models: Model
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_database_that_lost_its_table_but_not_its_revision_is_set_aside(
+    start: Start, tmp_path: Path
+) -> None:
+    # The real-server tests (tests/ops/test_review_queue.py) cover a database dropped whole;
+    # here only the queue's table goes, so the revision alone would call the database fine.
+    client = start(review_retry_seconds=0.1)
+    assert recognize(client, code_png()).json()["queue"] == "queued"
+    database = tmp_path / "data-0" / "reviews.sqlite3"
+    with sqlite3.connect(database) as connection:
+        connection.execute("DROP TABLE review_items")
+    connection.close()
+    deadline = time.monotonic() + 20
+    while True:
+        assert recognize(client, code_png()).json()["queue"] == "not_queued"
+        review_queue = client.get("/model").json()["review_queue"]
+        if "DamagedError" in (review_queue["reason"] or ""):
+            break
+        assert time.monotonic() < deadline, review_queue
+        time.sleep(0.1)
+    error = error_of(client.get("/reviews/stats"), 503, "review_queue_unavailable")
+    assert "DamagedError" in error["message"]
+    # As the log advises: without its revision the check applies the migrations again.
+    with sqlite3.connect(database) as connection:
+        connection.execute("DROP TABLE alembic_version")
+    connection.close()
+    while recognize(client, code_png()).json()["queue"] != "queued":
+        assert time.monotonic() < deadline, "the queue never came back"
+        time.sleep(0.1)
+    assert client.get("/reviews/stats").json()["waiting"] == 1
 
 
 def test_a_queue_not_migrated_is_not_used_until_it_is(start: Start, database_url: str) -> None:

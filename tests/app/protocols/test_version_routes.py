@@ -128,6 +128,56 @@ def test_the_gate_holds_a_worse_version_and_a_pin_serves_it(models: ModelsDir) -
         assert client.get("/model").json()["held_versions"] == []
 
 
+def test_model_shows_each_versions_real_digit_figures(models: ModelsDir) -> None:
+    # As training writes them (training/real_digits.py), with the per-set rows.
+    better = {
+        "items": 1500,
+        "accuracy": 0.968,
+        "baseline": {"version": 1, "accuracy": 0.9507},
+        "sets": [
+            {"name": "reviewed", "items": 1500, "accuracy": 0.968, "baseline_accuracy": 0.9507}
+        ],
+    }
+    worse = {"items": 1200, "accuracy": 0.931, "baseline": {"version": 2, "accuracy": 0.9642}}
+    models.add(1, digit=1, accuracy=0.9727)
+    models.add(2, digit=2, accuracy=0.9730, real_digits=better)
+    models.add(3, digit=3, accuracy=0.9731, real_digits=worse)
+    # Held on MNIST; measured on real digits with no version served before it to compare with.
+    models.add(4, digit=1, accuracy=0.90, real_digits={"items": 40, "accuracy": 0.9})
+    settings = make_settings(models.path, version_labels="stable=1")
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/model").json()
+        served = {v["version"]: v for v in info["served_versions"]}
+        assert sorted(served) == [1, 2]
+        assert served[1]["real_digits"] is None  # trained without real digits
+        assert served[2]["real_digits"] == {
+            "items": 1500,
+            "accuracy": 0.968,
+            "baseline": {"version": 1, "accuracy": 0.9507},
+        }
+        held = {h["version"]: h for h in info["held_versions"]}
+        assert sorted(held) == [3, 4]
+        assert held[3]["real_digits"] == {
+            "items": 1200,
+            "accuracy": 0.931,
+            "baseline": {"version": 2, "accuracy": 0.9642},
+        }
+        assert held[4]["real_digits"] == {"items": 40, "accuracy": 0.9, "baseline": None}
+
+    pinned = make_settings(models.path, version_policy="specific", versions="3")
+    with TestClient(create_app(pinned)) as client:
+        [version] = client.get("/model").json()["served_versions"]
+        assert version["version"] == 3
+        assert version["real_digits"]["accuracy"] == 0.931
+
+    schemas = create_app(settings).openapi()["components"]["schemas"]
+    for name in ("ServedVersionInfo", "HeldVersionInfo"):
+        field = schemas[name]["properties"]["real_digits"]
+        assert "--extra-data" in field["description"], name
+    assert schemas["RealDigitsInfo"]["description"]
+    assert set(schemas["RealDigitsInfo"]["properties"]) == {"items", "accuracy", "baseline"}
+
+
 def test_failures_are_counted_and_shown_without_absolute_paths(models: ModelsDir) -> None:
     models.add(1, digit=1)
     models.add_corrupt(2)
