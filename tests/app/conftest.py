@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import struct
@@ -297,3 +298,16 @@ def bundled_client(bundled_model_dir: Path) -> Iterator[TestClient]:
     settings = make_settings(bundled_model_dir.parent, log_level="WARNING")
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def app_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` that sees the service's own log lines: the service's ``app`` logger does not
+    propagate to the root logger once the app configured logging, so the capture handler is
+    attached to it directly (whatever test ran before)."""
+    logger = logging.getLogger("app")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

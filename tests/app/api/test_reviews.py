@@ -712,7 +712,7 @@ def closed_port_url() -> str:
 
 
 def test_a_database_that_is_down_never_fails_a_reading(
-    start: Start, caplog: pytest.LogCaptureFixture
+    start: Start, app_logs: pytest.LogCaptureFixture
 ) -> None:
     client = start(review_database_url=closed_port_url(), review_audit_share=1.0)
     data = code_png()
@@ -731,13 +731,13 @@ def test_a_database_that_is_down_never_fails_a_reading(
     assert review_queue["available"] is False
     assert "OperationalError" in review_queue["reason"]
     # Said clearly in the log, without the image.
-    assert "not available" in caplog.text
-    assert "not queued" in caplog.text
-    assert repr(data)[2:40] not in caplog.text
+    assert "not available" in app_logs.text
+    assert "not queued" in app_logs.text
+    assert repr(data)[2:40] not in app_logs.text
 
 
 def test_a_database_that_comes_up_later_is_used(
-    models: ModelsDir, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    models: ModelsDir, tmp_path: Path, app_logs: pytest.LogCaptureFixture
 ) -> None:
     models.add(1, digit=1)
     blocker = tmp_path / "data"
@@ -753,7 +753,7 @@ def test_a_database_that_comes_up_later_is_used(
             assert time.monotonic() < deadline, "the queue never opened"
             time.sleep(0.1)
         assert client.get("/reviews/stats").json()["waiting"] == 1
-    assert "available again" in caplog.text
+    assert "available again" in app_logs.text
 
 
 def test_a_postgresql_created_after_the_start_is_migrated_and_used(models: ModelsDir) -> None:
@@ -820,12 +820,12 @@ def test_a_queue_not_migrated_is_not_used_until_it_is(start: Start, database_url
 
 
 def test_a_database_url_that_cannot_work_is_said_once(
-    start: Start, caplog: pytest.LogCaptureFixture
+    start: Start, app_logs: pytest.LogCaptureFixture
 ) -> None:
     client = start(review_database_url="mysql://user@127.0.0.1/digits")
     assert recognize(client, code_png()).json()["queue"] == "not_queued"
-    assert "SQLite or PostgreSQL" in caplog.text
-    assert "restart" in caplog.text
+    assert "SQLite or PostgreSQL" in app_logs.text
+    assert "restart" in app_logs.text
     error_of(client.get("/reviews/stats"), 503, "review_queue_unavailable")
 
 
