@@ -23,6 +23,8 @@ from harness.servers import RunningServer
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODELS = REPO / "models" / "mnist"
+#: The version the bundled models serve by default: the newest committed one.
+SERVED_VERSION = max(int(p.name) for p in BUNDLED_MODELS.iterdir() if p.name.isdigit())
 EXAMPLES = REPO / "examples"
 
 

@@ -15,7 +15,7 @@ from digits_client.imagesize import image_pixels
 from PIL import Image
 
 from harness.servers import RunningServer
-from tests.client.conftest import EXAMPLES, digit_files, photo, start_server
+from tests.client.conftest import EXAMPLES, SERVED_VERSION, digit_files, photo, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -112,9 +112,9 @@ def test_batches_stay_within_every_limit_and_every_file_is_answered(
     too_big = by_name["too-big.jpg"].error
     assert too_big is not None
     assert too_big.code == "payload_too_large"  # refused by the client, never sent
-    assert all(r.prediction.model_version == 2 for r in results if r.prediction is not None), (
-        "each item carries its batch's model version"
-    )
+    assert all(
+        r.prediction.model_version == SERVED_VERSION for r in results if r.prediction is not None
+    ), "each item carries its batch's model version"
 
 
 def test_default_limits_are_tightened_by_the_services_413s(
@@ -150,10 +150,10 @@ def test_the_examples_read_as_documented(limited: RunningServer) -> None:
         assert flagged.needs_review
         assert [r.code for r in flagged.review_reasons] == ["length_mismatch"]
         info = client.model()
-        assert (info.ready, info.version) == (True, 2)
+        assert (info.ready, info.version) == (True, SERVED_VERSION)
         assert info.signature is not None
         assert info.signature.name == "serving_default"
-        assert client.ready().model_version == 2
+        assert client.ready().model_version == SERVED_VERSION
         assert client.live().status == "alive"
 
 
@@ -182,7 +182,7 @@ def test_the_async_client_answers_as_the_sync_one(limited: RunningServer, folder
             many = await client.predict_many(files, concurrency=3)
             one = await client.recognize(EXAMPLES / "postal-code.png")
             assert one.digits == "75011"
-            assert (await client.model()).version == 2
+            assert (await client.model()).version == SERVED_VERSION
             return list(many)
 
     answered = asyncio.run(main())
