@@ -175,6 +175,22 @@ class FailedVersion(_Answer):
     attempts: int = 1
 
 
+class RealDigitsBaseline(_Answer):
+    """The version served when a version was trained, on the same held-out real digits."""
+
+    version: int
+    accuracy: float
+
+
+class RealDigits(_Answer):
+    """A version's accuracy on held-out labelled real digits (training's ``--extra-data``)
+    beside the then served version's: what the promotion gate compared."""
+
+    items: int
+    accuracy: float
+    baseline: RealDigitsBaseline | None
+
+
 class HeldVersion(_Answer):
     """A newer version the promotion gate keeps from being served."""
 
@@ -182,6 +198,7 @@ class HeldVersion(_Answer):
     reason: str
     held_at: datetime
     test_accuracy: float | None
+    real_digits: RealDigits | None = None
 
 
 class ServedVersion(_Answer):
@@ -193,6 +210,7 @@ class ServedVersion(_Answer):
     test_accuracy: float | None
     probe_accuracy: float | None
     loaded_at: datetime
+    real_digits: RealDigits | None = None
 
 
 class IgnoredEntry(_Answer):

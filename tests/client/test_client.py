@@ -138,7 +138,7 @@ def test_default_limits_are_tightened_by_the_services_413s(
 def test_the_examples_read_as_documented(limited: RunningServer) -> None:
     with Client(limited.url, api_key=KEY) as client:
         three = client.predict(EXAMPLES / "digit.png")
-        assert (three.digit, three.model_version, three.normalized) == (3, 2, True)
+        assert (three.digit, three.model_version, three.normalized) == (3, SERVED_VERSION, True)
         assert len(three.probabilities) == 10
         batch = client.predict_batch([EXAMPLES / "digit.png", EXAMPLES / "digit-7.png"])
         assert [r.prediction.digit for r in batch.results if r.prediction] == [3, 7]

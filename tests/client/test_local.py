@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import BUNDLED_MODELS, EXAMPLES, REPO, rows, run_cli
+from tests.client.conftest import BUNDLED_MODELS, EXAMPLES, REPO, SERVED_VERSION, rows, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_local_reads_the_example_digits(tmp_path: Path) -> None:
     table = {Path(str(row["path"])).name: row for row in rows(out)}
     assert table["digit.png"]["digits"] == "3"
     assert table["digit-7.png"]["digits"] == "7"
-    assert table["digit.png"]["model_version"] == 2, "the version the service would serve"
+    assert table["digit.png"]["model_version"] == SERVED_VERSION, "the version the service serves"
     assert table["bad.png"]["error"] == "not_an_image"
     assert "2 read" in result.stderr
 
