@@ -21,7 +21,8 @@ as the raw body of ``/predict`` at concurrency 1 and 16; at each concurrency the
 cells are interleaved: a warm-up each, then ``--rounds`` rounds of ``--duration`` seconds taken
 in turn; req/s and p99 are the medians of the rounds, the server's CPU time per request is summed
 over them. With a PostgreSQL on this machine, the CPU time of the database's backends per request
-is given too (the service's own CPU time does not hold it, whereas SQLite works in-process).
+is given too (the service's own CPU time does not hold it, whereas SQLite works in-process), and
+at c16 how many requests a model call served.
 
 At the end each store's items are counted in its database (``review_items``) beside what the
 server answered and said it stored; for the "every reading" rows the counts must match, or the
@@ -244,7 +245,8 @@ def postgres_admin(url: str) -> Engine:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        sys.exit(f"PostgreSQL at {redacted(url)} is not answering: {type(exc).__name__}: {exc}")
+        first = str(exc).strip().splitlines()[0]
+        sys.exit(f"PostgreSQL at {redacted(url)} is not answering: {first}")
     return admin
 
 
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no configuration {', '.join(sorted(unknown))}")
     stores = [s for s in STORES if s.key in keys]
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--rounds must be at least 1, --duration above 0, --warmup 0 or more")
 
     wrk = find_wrk()
     models_dir = args.models_dir.resolve()
@@ -345,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"- PostgreSQL: SKIPPED, no server given (--postgres-url or ${URL_ENV}; "
                 "scripts/start-postgres.sh starts a throw-away one)"
             )
+    if not stores:
+        return 0
     print(f"- Load generator: {wrk_version.strip()} (1 thread), script {WRK_SCRIPT.name}")
     print(
         "- Service: `python -m app.serve`, 1 worker, MALLOC_ARENA_MAX=2, a temporary "
@@ -430,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| configuration | c1 req/s (p99 ms) | c16 req/s (p99 ms) | ÷ queue off, c1 / c16 "
         "| server CPU ms/request, c1 / c16 | PostgreSQL backends CPU ms/request, c1 / c16 "
-        "| errors |"
+        "| c16 requests per model call | errors |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for one in served:
         c1, c16 = (one.cells[c] for c in CONCURRENCIES)
         if off is not None and one is not off:
@@ -447,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {one.store.name} | {c1.rps:,.0f} ({c1.p99_ms:.2f}) | {c16.rps:,.0f} "
             f"({c16.p99_ms:.2f}) | {ratio} | {c1.cpu_ms_per_request:.3f} / "
-            f"{c16.cpu_ms_per_request:.3f} | {backend} | {one.errors} |"
+            f"{c16.cpu_ms_per_request:.3f} | {backend} | {c16.requests_per_call or 0:.2f} "
+            f"| {one.errors} |"
         )
 
     print("\n## What each store holds at the end\n")
