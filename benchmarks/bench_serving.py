@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -171,7 +172,7 @@ def run_wrk(
     )
 
 
-def _inference_counts(server: RunningServer) -> tuple[int, int] | None:
+def inference_counts(server: RunningServer) -> tuple[int, int] | None:
     """(model calls, requests) of the service's inference worker so far (from /metrics).
 
     None for a server without these figures (the typical app) or with several workers (each
@@ -213,11 +214,11 @@ def measure_group(
     calls: dict[str, list[tuple[int, int]]] = {run.key: [] for run in runs}
     for _ in range(rounds):
         for run in runs:
-            before = _inference_counts(run.server)
+            before = inference_counts(run.server)
             parts[run.key].append(
                 run_wrk(wrk, run.server, run.path, run.body, run.concurrency, duration / rounds)
             )
-            after = _inference_counts(run.server)
+            after = inference_counts(run.server)
             if before is not None and after is not None:
                 calls[run.key].append((after[0] - before[0], after[1] - before[1]))
     cells: dict[str, Cell] = {}
@@ -335,8 +336,9 @@ def print_cells(title: str, rows: list[tuple[str, Cell]]) -> None:
     print()
 
 
-def machine_lines() -> list[str]:
-    """CPU, cores, load and versions, as markdown list items."""
+def machine_lines(extra_packages: Sequence[str] = ()) -> list[str]:
+    """CPU, cores, load and versions (the serving stack's, then ``extra_packages``), as
+    markdown list items."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -363,6 +365,7 @@ def machine_lines() -> list[str]:
         "python-multipart",
         "pillow",
         "numpy",
+        *extra_packages,
     ):
         try:
             versions.append(f"{package} {metadata.version(package)}")
