@@ -69,6 +69,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.settings import Settings
+from benchmarks.machine import machine_lines
 from harness.attacks import (
     bar_png,
     blank_one_bit_png,
@@ -930,8 +931,6 @@ class HostileWorkRun:
 def run_hostile_work(models_dir: Path, log_dir: Path) -> HostileWorkRun:
     """Every hostile-work row: the request-shaped attacks, the idle connections and the
     unimplemented calls on one fresh server (gRPC on), then a fresh server per hostile file."""
-    from benchmarks.bench_serving import machine_lines  # imports this module: not at the top
-
     run = HostileWorkRun(machine_lines(), [])
     started = time.perf_counter()
     images, _ = digit_images(16)

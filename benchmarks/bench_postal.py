@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from benchmarks.machine import cpu_model
 from training.postal_codes import PostalCode, generate_postal_codes, load_test_digits
 
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
@@ -92,17 +93,6 @@ def edit_distance(a: str, b: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1]
-
-
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo where available."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def read_all(

@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_postal import cpu_model, edit_distance
+from benchmarks.bench_postal import edit_distance
+from benchmarks.machine import cpu_model
 from harness.realdigits import DATA_DIR_ENV, SETS, load_items, realdigits_dir, set_dir
 
 

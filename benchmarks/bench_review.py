@@ -46,8 +46,8 @@ from typing import Any, Final
 import httpx
 
 from app.reading.review import DEFAULT_REVIEW_THRESHOLD
-from benchmarks.bench_postal import cpu_model
 from benchmarks.bench_realworld import Answer, Row, print_table, read_predict, read_recognize
+from benchmarks.machine import cpu_model
 from harness.mnist import mnist_dir
 from harness.realdigits import DATA_DIR_ENV, Item, load_items, realdigits_dir, set_dir
 from harness.servers import REPO, RunningServer

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -40,9 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -54,6 +51,7 @@ if __package__ in (None, ""):
 
 from benchmarks.bench_app import NOOP_PATH
 from benchmarks.bench_memory import MemoryResult, run_memory_benchmark
+from benchmarks.machine import machine_lines
 from harness.bodies import digit_images, multipart, png
 from harness.servers import REPO, RunningServer, tree_cpu_seconds
 
@@ -334,55 +332,6 @@ def print_cells(title: str, rows: list[tuple[str, Cell]]) -> None:
             f"| {cell.cpu_ms_per_request:.2f} | {per_call} |"
         )
     print()
-
-
-def machine_lines(extra_packages: Sequence[str] = ()) -> list[str]:
-    """CPU, cores, load and versions (the serving stack's, then ``extra_packages``), as
-    markdown list items."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    versions = []
-    # The lock installs tensorflow-cpu on Linux x86-64 and tensorflow elsewhere.
-    tensorflow = "tensorflow-cpu"
-    try:
-        metadata.version(tensorflow)
-    except metadata.PackageNotFoundError:
-        tensorflow = "tensorflow"
-    for package in (
-        tensorflow,
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "uvloop",
-        "httptools",
-        "python-multipart",
-        "pillow",
-        "numpy",
-        *extra_packages,
-    ):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    memory = "unknown"
-    try:
-        total_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f"{total_kb / 1048576:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} cores, {memory} RAM; {platform.system()} "
-        f"{platform.release()}",
-        f"- Load average (1, 5, 15 min) at start: {load}",
-        f"- Python {platform.python_version()}; " + ", ".join(versions),
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

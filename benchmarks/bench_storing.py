@@ -65,11 +65,11 @@ from benchmarks.bench_serving import (
     Run,
     find_wrk,
     inference_counts,
-    machine_lines,
     measure_group,
     newest_version,
     run_wrk,
 )
+from benchmarks.machine import machine_lines
 from harness.bodies import digit_images, png
 from harness.postgres import URL_ENV, fresh_database
 from harness.servers import REPO, RunningServer, cpu_seconds
