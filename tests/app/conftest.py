@@ -258,13 +258,16 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
 
     The fixture models answer one digit for everything and report an accuracy of 0.5: the
     probe's accuracy floor and the promotion gate's floor are off unless a test asks for them
-    (the probe's other checks and the gate's tolerance still apply).
+    (the probe's other checks and the gate's tolerance still apply). No unflagged reading is
+    sampled as an audit unless a test asks (``review_audit_share``): a random sample would make
+    an answer's ``queue`` differ from run to run.
     """
     values: dict[str, Any] = {
         "models_dir": models_dir,
         "model_poll_seconds": 0.0,
         "probe_min_accuracy": 0.0,
         "promotion_min_accuracy": 0.0,
+        "review_audit_share": 0.0,
     }
     values.update(overrides)
     return Settings(**values)
