@@ -30,6 +30,7 @@ __all__ = [
     "as_saved",
     "load_basis",
     "mass_outside",
+    "not_like_digit",
     "not_like_digits",
     "save_basis",
     "unlikeness",
@@ -130,6 +131,37 @@ def not_like_digits(
     ``threshold``, or :func:`mass_outside` (one conversion of the images for both)."""
     x = _as_vectors(images)
     return (_unlikeness(basis, x, classes) > threshold) | _mass_outside(basis, x, classes)
+
+
+def not_like_digit(
+    basis: LikenessBasis, image: npt.NDArray[np.generic], digit: int, threshold: float
+) -> bool:
+    """:func:`not_like_digits` for one 28×28 image read as ``digit``, to the bit.
+
+    The same float32 operations on arrays of the same shapes (so the same BLAS calls and sums),
+    without the batch's bookkeeping (grouping by class, gathers, masks): ``/predict`` judges
+    every digit it answers, and in a request, with the caches cold, each of those numpy calls
+    costs several times what it costs in a loop.
+    """
+    if not 0 <= digit < CLASSES:
+        raise ValueError("classes must be one digit 0..9 per image")
+    x = _as_vectors(image[np.newaxis])  # [1, 784], 0..1
+    limit_low, limit_high = basis.mass_low, basis.mass_high
+    if limit_low is not None or limit_high is not None:
+        # x.mean(axis=1) as numpy computes it (a float32 sum, divided in float64, stored as
+        # float32), without the Python layer of ndarray.mean.
+        mass = np.float32(float(np.add.reduce(x, axis=1)[0]) / PIXELS)
+        if (limit_low is not None and mass < limit_low[digit]) or (
+            limit_high is not None and mass > limit_high[digit]
+        ):
+            return True
+    centred = x - basis.means[digit : digit + 1]
+    comps = basis.components[digit]
+    residual = centred - (centred @ comps.T) @ comps
+    # np.linalg.norm(axis=1) of both, in one reduction: sqrt(sum of squares), float32.
+    both = np.concatenate((x, residual))
+    norm, err = (float(v) for v in np.sqrt(np.add.reduce(both * both, axis=1)))
+    return (err / max(norm, 1e-12) if norm > 0 else 1.0) > threshold
 
 
 def _unlikeness(

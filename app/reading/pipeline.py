@@ -32,7 +32,7 @@ from app.reading.calibration import ReaderCalibration
 from app.reading.components import Box
 from app.reading.decode import load_image, open_image, run_in_large_image_slot
 from app.reading.lattice import MAX_WORK_PIXELS, Lattice, find_candidates, normalize_candidates
-from app.reading.likeness import not_like_digits
+from app.reading.likeness import not_like_digit, not_like_digits
 from app.reading.marks import Mark, is_hairline
 from app.reading.reader import choose_reading
 from app.reading.review import (
@@ -309,14 +309,27 @@ def judge_digit(
     scores. The digit is held to the same threshold as a digit of a string (the request's, the
     operator's, else the version's calibrated one) and to the same likeness judge; an image that
     holds several digits side by side is flagged too (``/recognize`` reads strings).
+
+    The same judgement as :func:`judge_digits` for a batch of one, computed without its batch
+    bookkeeping: ``/predict`` makes it for every answer.
     """
-    return judge_digits(
-        image[np.newaxis],
-        np.asarray(probabilities)[np.newaxis],
-        calibration,
-        threshold=threshold,
-        operator_threshold=operator_threshold,
-    )[0]
+    scores = np.asarray(probabilities)
+    digit = int(scores.argmax())
+    reasons = []
+    if looks_like_several_digits(image):
+        reasons.append(_SEVERAL)
+    likeness, likeness_threshold = calibration.likeness, calibration.likeness_threshold
+    if (
+        likeness is not None
+        and likeness_threshold is not None
+        and not_like_digit(likeness, np.asarray(image), digit, likeness_threshold)
+    ):
+        reasons.append(_UNLIKE)
+    confidence = float(scores[digit])
+    limit = review_threshold(threshold, operator_threshold, calibration.review_threshold)
+    if confidence < limit:
+        reasons.append(_low_confidence(confidence, limit))
+    return tuple(reasons)
 
 
 def judge_digits(
@@ -345,17 +358,18 @@ def judge_digits(
             reasons.append(_UNLIKE)
         confidence = float(confidences[index])
         if confidence < limit:
-            shown, limit_shown = distinct_figures(confidence, limit)
-            reasons.append(
-                ReviewReason(
-                    ReasonCode.LOW_CONFIDENCE,
-                    f"the digit was read with confidence {shown}, below the threshold "
-                    f"{limit_shown}",
-                    1,
-                )
-            )
+            reasons.append(_low_confidence(confidence, limit))
         judged.append(tuple(reasons))
     return judged
+
+
+def _low_confidence(confidence: float, limit: float) -> ReviewReason:
+    shown, limit_shown = distinct_figures(confidence, limit)
+    return ReviewReason(
+        ReasonCode.LOW_CONFIDENCE,
+        f"the digit was read with confidence {shown}, below the threshold {limit_shown}",
+        1,
+    )
 
 
 _SEVERAL: Final = ReviewReason(
@@ -373,18 +387,24 @@ def looks_like_several_digits(image: npt.NDArray[np.uint8]) -> bool:
     """Whether a normalized 28×28 image holds a string rather than one digit: its ink is much
     wider than tall, or falls into two or more column runs apart that each hold a good share."""
     ink = np.asarray(image) >= _INK_LEVEL
-    mass = np.where(ink, image, 0).sum(axis=0, dtype=np.int64)
-    columns = np.flatnonzero(mass)
-    if columns.size == 0:
+    # Which columns and rows hold ink, as bytes (0 or 1 each): most digits are answered from
+    # these alone, with a few bytes operations rather than more numpy calls (judge_digit makes
+    # this test for every /predict answer).
+    inked_columns = np.logical_or.reduce(ink, axis=0).tobytes()
+    left = inked_columns.find(1)
+    if left < 0:
         return False
-    rows = np.flatnonzero(ink.any(axis=1))
-    width = int(columns[-1] - columns[0]) + 1
-    height = int(rows[-1] - rows[0]) + 1
+    right = inked_columns.rfind(1)
+    inked_rows = np.logical_or.reduce(ink, axis=1).tobytes()
+    width = right - left + 1
+    height = inked_rows.rfind(1) - inked_rows.find(1) + 1
     if width >= _SEVERAL_ASPECT * height:
         return True
-    breaks = np.flatnonzero(np.diff(columns) > 1)
-    if breaks.size == 0:  # one run of columns: most digits end here
+    if 0 not in inked_columns[left : right + 1]:  # one run of columns: most digits end here
         return False
+    mass = np.where(ink, image, 0).sum(axis=0, dtype=np.int64)
+    columns = np.flatnonzero(mass)
+    breaks = np.flatnonzero(np.diff(columns) > 1)
     total = float(mass.sum())
     runs = np.split(columns, breaks + 1)
     return sum(float(mass[run].sum()) >= _SEVERAL_SHARE * total for run in runs) >= 2

@@ -28,6 +28,8 @@ from app.reading.likeness import (
     LikenessBasis,
     load_basis,
     mass_outside,
+    not_like_digit,
+    not_like_digits,
     unlikeness,
 )
 from app.reading.reader import READING_WEIGHTS
@@ -245,3 +247,28 @@ def test_a_reader_file_that_is_no_regular_file_is_not_opened(tmp_path: Path) -> 
     calibration = load_calibration(tmp_path)
     assert calibration.likeness is None
     assert any("not a regular file" in n for n in calibration.notes), calibration.notes
+
+
+def test_one_image_is_judged_as_in_a_batch(
+    bundled: ReaderCalibration, mnist_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """/predict's judge of one digit (not_like_digit) gives the batch's flags, for every class
+    it may be read as, on digits (mostly alike) and on shapes (unlike), uint8 or float 0..1."""
+    basis, threshold = bundled.likeness, bundled.likeness_threshold
+    assert basis is not None
+    assert threshold is not None
+    images = np.concatenate([mnist_test[0][:300], not_digits(), np.zeros((1, 28, 28), np.uint8)])
+    flags = {False: 0, True: 0}
+    for digit in range(10):
+        batch = not_like_digits(basis, images, np.full(len(images), digit), threshold)
+        for image, expected in zip(images, batch, strict=True):
+            assert not_like_digit(basis, image, digit, threshold) == expected, digit
+            flags[bool(expected)] += 1
+        as_float = images[:20].astype(np.float64) / 255
+        batch = not_like_digits(basis, as_float, np.full(20, digit), threshold)
+        assert [not_like_digit(basis, i, digit, threshold) for i in as_float] == list(batch)
+    # Both answers were compared.
+    assert flags[False] > 1000, flags
+    assert flags[True] > 100, flags
+    with pytest.raises(ValueError, match=r"one digit 0\.\.9"):
+        not_like_digit(basis, images[0], 10, threshold)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from app.core.errors import DomainError
-from app.reading.calibration import ReaderCalibration
-from app.reading.pipeline import ReadingLimits, prepare_string, read_string, recognize_image
+from app.reading.calibration import ReaderCalibration, load_calibration
+from app.reading.pipeline import (
+    ReadingLimits,
+    judge_digit,
+    judge_digits,
+    looks_like_several_digits,
+    prepare_string,
+    read_string,
+    recognize_image,
+)
 from app.reading.review import ReasonCode
 from harness.attacks import thin_strip_png
 from tests.app.conftest import encode
@@ -88,3 +97,80 @@ def test_a_thin_strip_costs_memory_of_its_working_size(width: int, height: int, 
     finally:
         tracemalloc.stop()
     assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def several_by_column_mass(image: npt.NDArray[np.uint8]) -> bool:
+    """looks_like_several_digits as first written: every step on the column masses."""
+    ink = image >= 64
+    mass = np.where(ink, image, 0).sum(axis=0, dtype=np.int64)
+    columns = np.flatnonzero(mass)
+    if columns.size == 0:
+        return False
+    rows = np.flatnonzero(ink.any(axis=1))
+    if int(columns[-1] - columns[0]) + 1 >= 2.0 * (int(rows[-1] - rows[0]) + 1):
+        return True
+    breaks = np.flatnonzero(np.diff(columns) > 1)
+    if breaks.size == 0:
+        return False
+    total = float(mass.sum())
+    runs = np.split(columns, breaks + 1)
+    return sum(float(mass[run].sum()) >= 0.15 * total for run in runs) >= 2
+
+
+def single_digit_images(mnist: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.uint8]]:
+    """Digits, pairs of digits side by side, a digit with a speck apart, dust, bars and
+    blanks."""
+    rng = np.random.default_rng(0)
+    images = list(mnist[:400])
+    for a, b in zip(mnist[400:600], mnist[600:800], strict=True):
+        pair = np.concatenate([a, b], axis=1)[::2, ::2]  # 14×28: two digits, half size
+        images.append(np.pad(pair, ((7, 7), (0, 0))))
+        speck = a.copy()
+        speck[rng.integers(0, 28), rng.integers(0, 3)] = 255
+        images.append(speck)
+        dust = np.zeros((28, 28), np.uint8)
+        dust[rng.integers(0, 28, 5), rng.integers(0, 28, 5)] = rng.integers(0, 256, 5)
+        images.append(dust)
+    for height in range(1, 15):  # bars about twice as wide as tall: the aspect's boundary
+        for width in (2 * height - 1, 2 * height, 2 * height + 1):
+            bar = np.zeros((28, 28), np.uint8)
+            bar[3 : 3 + height, 1 : 1 + min(width, 27)] = 200
+            images.append(bar)
+    images += [np.zeros((28, 28), np.uint8), np.full((28, 28), 255, np.uint8)]
+    return images
+
+
+def test_the_several_digits_test_keeps_its_definition(
+    mnist_test: tuple[np.ndarray, np.ndarray],
+) -> None:
+    images = single_digit_images(mnist_test[0])
+    expected = [several_by_column_mass(image) for image in images]
+    assert [looks_like_several_digits(image) for image in images] == expected
+    assert [looks_like_several_digits(image.astype(np.float32)) for image in images] == expected
+    assert 150 < sum(expected) < len(images) - 400  # pairs are found, digits are not
+
+
+def test_one_digit_is_judged_as_in_a_batch(
+    mnist_test: tuple[np.ndarray, np.ndarray], bundled_model_dir: Path
+) -> None:
+    """judge_digit (/predict, every answer) gives judge_digits' reasons, in the same order."""
+    calibration = load_calibration(bundled_model_dir)
+    assert calibration.likeness is not None
+    images = np.stack(single_digit_images(mnist_test[0]))
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet(np.full(10, 0.2), len(images)).astype(np.float32)
+    seen: set[ReasonCode] = set()
+    for given in ({}, {"threshold": 0.5}, {"operator_threshold": 0.9}):
+        batch = judge_digits(images, probabilities, calibration, **given)
+        for image, scores, expected in zip(images, probabilities, batch, strict=True):
+            assert judge_digit(image, scores, calibration, **given) == expected
+            seen.update(reason.code for reason in expected)
+    assert seen == {
+        ReasonCode.SEVERAL_DIGITS,
+        ReasonCode.NOT_DIGIT_LIKE,
+        ReasonCode.LOW_CONFIDENCE,
+    }
+    assert (
+        judge_digit(images[0], probabilities[0], ReaderCalibration())
+        == judge_digits(images[:1], probabilities[:1], ReaderCalibration())[0]
+    )
