@@ -7,15 +7,7 @@
 
   // ---------------------------------------------------------------- talking to the service
 
-  /** An error answer from the service, carrying the message meant for a person. */
-  class ServiceError extends Error {
-    constructor(message, code, status) {
-      super(message);
-      this.name = "ServiceError";
-      this.code = code;
-      this.status = status;
-    }
-  }
+  const { ServiceError, readAnswer } = window.DigitsService;
 
   function authHeaders() {
     const key = $("api-key").value.trim();
@@ -38,24 +30,7 @@
         0,
       );
     }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      // Not JSON (a proxy's HTML error page, say): fall through to the generic message below.
-    }
-    if (!response.ok) {
-      const error = body && body.error;
-      const message =
-        error && typeof error.message === "string"
-          ? error.message
-          : `The service answered ${response.status} ${response.statusText}. Try again later.`;
-      throw new ServiceError(message, (error && error.code) || "http_error", response.status);
-    }
-    if (body === null) {
-      throw new ServiceError("The service sent an answer this page cannot read.", "bad_answer", response.status);
-    }
-    return body;
+    return readAnswer(response, "Try again later.");
   }
 
   function percent(value, decimals = 1) {

@@ -49,15 +49,7 @@
 
   // ---------------------------------------------------------------- talking to the service
 
-  /** An error answer from the service, carrying the message meant for a person. */
-  class ServiceError extends Error {
-    constructor(message, code, status) {
-      super(message);
-      this.name = "ServiceError";
-      this.code = code;
-      this.status = status;
-    }
-  }
+  const { ServiceError, readAnswer } = window.DigitsService;
 
   function keyHeaders() {
     return apiKey ? { "X-API-Key": apiKey } : {};
@@ -85,24 +77,7 @@
     }
     if (response.ok && response.status === 204) return { response, body: null };
     if (response.ok && raw) return { response, body: await response.blob() };
-    let parsed = null;
-    try {
-      parsed = await response.json();
-    } catch {
-      // Not JSON (a proxy's HTML error page, say): the generic message below.
-    }
-    if (!response.ok) {
-      const error = parsed && parsed.error;
-      const message =
-        error && typeof error.message === "string"
-          ? error.message
-          : `The service answered ${response.status} ${response.statusText}.`;
-      throw new ServiceError(message, (error && error.code) || "http_error", response.status);
-    }
-    if (parsed === null) {
-      throw new ServiceError("The service sent an answer this page cannot read.", "bad_answer", response.status);
-    }
-    return { response, body: parsed };
+    return { response, body: await readAnswer(response) };
   }
 
   const isAuthError = (err) => err instanceof ServiceError && (err.status === 401 || err.status === 403);

@@ -44,10 +44,14 @@ class _Assets(HTMLParser):
 
 # Each page: a text it must hold, the assets it must load, the other pages it may link to.
 PAGES = {
-    "/": ("<canvas", {"/static/app.js", "/static/style.css"}, {"/docs", "/metrics", "/review"}),
+    "/": (
+        "<canvas",
+        {"/static/service.js", "/static/app.js", "/static/style.css"},
+        {"/docs", "/metrics", "/review"},
+    ),
     "/review": (
         'id="answer"',
-        {"/static/review.js", "/static/review.css", "/static/style.css"},
+        {"/static/service.js", "/static/review.js", "/static/review.css", "/static/style.css"},
         {"/", "/docs"},
     ),
 }
