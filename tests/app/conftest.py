@@ -28,6 +28,7 @@ from app.reviews.db import default_url
 from app.settings import Settings
 from harness import postgres
 from harness.mnist import MISSING, mnist_dir, read_test_set
+from tests.conftest import postgres_server
 
 REPO = Path(__file__).resolve().parents[2]
 # The committed model; TEST_BUNDLED_MODELS points these tests at another models directory.
@@ -49,16 +50,6 @@ def mnist_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- the review queue's databases ---------------------------------------------------------
-
-
-def postgres_server() -> str:
-    """The test PostgreSQL's URL; skips (or fails, when required) without one."""
-    url, reason = postgres.admin_url()
-    if url is None:
-        if postgres.required():
-            pytest.fail(f"{postgres.REQUIRE_ENV}=1 but {reason}")
-        pytest.skip(reason)
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

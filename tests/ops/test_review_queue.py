@@ -23,21 +23,13 @@ from sqlalchemy import create_engine, text
 
 from harness import postgres
 from harness.servers import RunningServer, free_port
+from tests.conftest import postgres_server
 from tests.ops.conftest import ServedModel, ServerFactory
 
 pytestmark = pytest.mark.slow
 
 STORE_EVERYTHING = {"DIGITS_REVIEW_QUEUE_PREDICT": "true", "DIGITS_REVIEW_AUDIT_SHARE": "1"}
 TIMEOUT = 30.0  # a bound on one request on a busy machine, not a speed check
-
-
-def postgres_server() -> str:
-    url, reason = postgres.admin_url()
-    if url is None:
-        if postgres.required():
-            pytest.fail(f"{postgres.REQUIRE_ENV}=1 but {reason}")
-        pytest.skip(reason)
-    return url
 
 
 def read(client: httpx.Client, server: RunningServer, png: bytes) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from app.reviews.db import default_url, open_database, upgrade
 from app.reviews.queue import NewItem, ReviewQueue, Submission
 from app.reviews.tables import Kind, Verdict
 from harness import postgres
+from tests.conftest import postgres_server
 from tests.training.synthetic import blob_digits, scan_png
 from training.export_reviews import main, write_export
 from training.extra_data import is_held_out, load_extra_set
@@ -189,12 +190,7 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         _migrate(url)
         yield url
         return
-    server, reason = postgres.admin_url()
-    if server is None:
-        if postgres.required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with postgres.fresh_database(server, prefix="htrain_export") as url:
+    with postgres.fresh_database(postgres_server(), prefix="htrain_export") as url:
         _migrate(url)
         yield url
 

@@ -32,8 +32,9 @@ from app.reviews.tables import Kind
 from app.telemetry import Telemetry
 from harness.servers import free_port
 from tests.app.api.test_predict import digit_png
-from tests.app.conftest import ModelsDir, encode, make_settings, postgres_server
+from tests.app.conftest import ModelsDir, encode, make_settings
 from tests.app.reading.test_segmentation import as_photo, draw_string, one, seven, zero
+from tests.conftest import postgres_server
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 REVIEWER_KEY = "reviewer-key-0123456789abcdef"
